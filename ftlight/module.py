@@ -1,0 +1,313 @@
+"""``FineTuner``: a LightningModule = pre-trained backbone + new head, frozen as asked."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from ftlight.backbone import Backbone, DataConfig, create_backbone
+from ftlight.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
+from ftlight.head import build_head
+from ftlight.optim import build_optimizer, build_scheduler, split_decay
+
+Task = Literal["multiclass", "binary", "multilabel"]
+
+
+class FineTuner(L.LightningModule):
+    """Fine-tune a pre-trained backbone with a new head.
+
+    Args:
+        backbone: registered name (``vgg16``, ``resnet50``, ``inception_v3``,
+            ``efficientnet_lite0``, Keras spellings too) or any timm model name.
+        num_classes: number of classes (1 or ``task="binary"``: one logit).
+        weights: ``None``, ``"imagenet"`` or a local weights file (see ``create_backbone``).
+        task: ``"multiclass"`` (softmax cross-entropy), ``"binary"`` or ``"multilabel"``.
+        hidden: sizes of hidden Dense layers in the new head.
+        activation, dropout, head_batchnorm: the head's layers.
+        keep_fc: keep VGG16's fc1/fc2 and replace only the prediction layer.
+        freeze: ``True`` (whole backbone), N (first N layer groups), names, or ``None``.
+        bn: ``"frozen"`` (frozen BN layers in inference mode) or ``"train"``.
+        optimizer: ``adamw``, ``adam``, ``sgd`` or ``rmsprop``.
+        lr: head learning rate. backbone_lr: learning rate of the backbone (default lr/10).
+        layer_decay: multiply the backbone LR by this per group, from the top down.
+        weight_decay: applied to weights only (never to norms and biases).
+        scheduler: ``None``, ``"cosine"`` (with ``warmup_epochs``) or ``"onecycle"``.
+        label_smoothing: for the multiclass cross-entropy.
+        class_names: names of the classes in label order (saved in checkpoints).
+        image_size: override the weights' input size (e.g. for fast CPU runs).
+        channels_last: use the channels-last memory format (faster on GPUs with AMP).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 2,
+        weights: str | None = None,
+        *,
+        task: Task = "multiclass",
+        hidden: Sequence[int] = (),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        head_batchnorm: bool = False,
+        keep_fc: bool = True,
+        freeze: FreezeSpec = None,
+        bn: BNPolicy = "frozen",
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        backbone_lr: float | None = None,
+        layer_decay: float | None = None,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: str | None = None,
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        class_names: Sequence[str] | None = None,
+        image_size: int | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes and task != "binary":
+            raise ValueError(f"{len(class_names)} class names given but num_classes={num_classes}.")
+        if task not in ("multiclass", "binary", "multilabel"):
+            raise ValueError(f"task must be multiclass, binary or multilabel. Received: {task!r}")
+        if num_classes < 1 or (task == "multiclass" and num_classes < 2):
+            raise ValueError(
+                f"num_classes={num_classes} is too small for task={task!r} (expected >= 2, or "
+                "task='binary')."
+            )
+        self.save_hyperparameters()
+        self.backbone: Backbone = create_backbone(
+            backbone, weights, keep_fc=keep_fc, image_size=image_size
+        )
+        self.num_outputs = 1 if task == "binary" else num_classes
+        self.head = build_head(
+            self.backbone.num_features,
+            self.num_outputs,
+            hidden=hidden,
+            activation=activation,
+            dropout=dropout,
+            batchnorm=head_batchnorm,
+        )
+        self.class_names = list(class_names) if class_names else None
+        self.frozen_names = freeze_backbone(self.backbone, freeze)
+        enforce_bn_policy(self.backbone, bn)
+        self._build_metrics()
+        self.confusion_matrix: torch.Tensor | None = None
+
+    # ---- properties ---------------------------------------------------------------------
+    @property
+    def data_config(self) -> DataConfig:
+        return self.backbone.data_config
+
+    @property
+    def weights_info(self) -> Any:
+        return self.backbone.weights_info
+
+    # ---- model --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` or cached features ``(B, num_features)`` -> logits."""
+        if x.ndim == 2:
+            if x.shape[1] != self.backbone.num_features:
+                raise ValueError(
+                    f"Feature input must have {self.backbone.num_features} columns. "
+                    f"Received: shape={tuple(x.shape)}"
+                )
+            return self.head(x)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> FineTuner:
+        """Switch modes, then put frozen BatchNorm layers back in inference mode."""
+        super().train(mode)
+        if mode:
+            enforce_bn_policy(self.backbone, self.hparams.bn)
+        return self
+
+    def set_freeze(self, freeze: FreezeSpec) -> list[str]:
+        """Change what is frozen (takes effect at the next ``fit``)."""
+        self.hparams.freeze = freeze
+        self.frozen_names = freeze_backbone(self.backbone, freeze)
+        if self.training:
+            self.train()
+        return self.frozen_names
+
+    # ---- losses and metrics -------------------------------------------------------------
+    def _build_metrics(self) -> None:
+        task = self.hparams.task
+        n = self.hparams.num_classes
+        kw: dict[str, Any] = {"task": task}
+        if task == "multiclass":
+            kw["num_classes"] = n
+        elif task == "multilabel":
+            kw["num_labels"] = n
+
+        def collection(prefix: str) -> torchmetrics.MetricCollection:
+            metrics: dict[str, torchmetrics.Metric] = {
+                "acc": torchmetrics.Accuracy(**kw),
+                "f1": torchmetrics.F1Score(**kw, average="macro"),
+            }
+            if task == "multiclass" and n > 5:
+                metrics["acc_top5"] = torchmetrics.Accuracy(**kw, top_k=5)
+            return torchmetrics.MetricCollection(metrics, prefix=prefix)
+
+        self.train_metrics = torchmetrics.MetricCollection(
+            {"acc": torchmetrics.Accuracy(**kw)}, prefix="train_"
+        )
+        self.val_metrics = collection("val_")
+        self.test_metrics = collection("test_")
+        self.val_confusion = torchmetrics.ConfusionMatrix(**kw)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        task = self.hparams.task
+        if task == "multiclass":
+            if target.ndim == 2:
+                raise ValueError(
+                    f"Expected integer class labels of shape (batch,). Received one-hot or "
+                    f"multi-hot labels of shape {tuple(target.shape)}; pass integer labels or "
+                    "use task='multilabel'."
+                )
+            if target.numel() and (target.min() < 0 or target.max() >= self.num_outputs):
+                raise ValueError(
+                    f"Label {int(target.max())} out of range for num_classes={self.num_outputs}."
+                )
+            return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+        if task == "binary":
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), target.float())
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.hparams.task == "multiclass":
+            return logits.softmax(-1)
+        probs = logits.sigmoid()
+        return probs.squeeze(1) if self.hparams.task == "binary" else probs
+
+    def _metric_input(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(logits)
+
+    # ---- steps --------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = self.loss(logits, y)
+        self.train_metrics.update(self._metric_input(logits.detach()), y)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log_dict(
+            self.train_metrics, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y)
+        )
+        return loss
+
+    def _eval_step(self, batch: Any, metrics: torchmetrics.MetricCollection, prefix: str):
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = self.loss(logits, y)
+        probs = self._metric_input(logits)
+        metrics.update(probs, y)
+        self.log(f"{prefix}loss", loss, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log_dict(metrics, prog_bar=True, batch_size=len(y))
+        return probs, y
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        probs, y = self._eval_step(batch, self.val_metrics, "val_")
+        self.val_confusion.update(probs, y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.confusion_matrix = self.val_confusion.compute().cpu()
+        self.val_confusion.reset()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test_")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.probabilities(self(x))
+
+    # ---- optimisation -------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Head at ``lr``; each backbone layer group at ``backbone_lr`` (× layer decay)."""
+        hp = self.hparams
+        backbone_lr = hp.backbone_lr if hp.backbone_lr is not None else hp.lr * 0.1
+        groups = []
+        for g in split_decay(self.head.named_parameters(), hp.weight_decay):
+            groups.append({**g, "lr": hp.lr, "name": "head"})
+        params = dict(self.backbone.model.named_parameters())
+        layer_groups = self.backbone.layer_groups
+        for depth, layer_group in enumerate(layer_groups):
+            scale = hp.layer_decay ** (len(layer_groups) - 1 - depth) if hp.layer_decay else 1.0
+            named = [(n, params[n]) for n in layer_group.param_names]
+            for g in split_decay(named, hp.weight_decay):
+                groups.append({**g, "lr": backbone_lr * scale, "name": layer_group.name})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = build_optimizer(hp.optimizer, self.param_groups(), hp.lr, momentum=hp.momentum)
+        if hp.scheduler is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(hp.warmup_epochs * total / epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": build_scheduler(hp.scheduler, optimizer, total, warmup),
+        }
+
+    # ---- data config and checkpoints ---------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "adopt_data_config"):
+            datamodule.adopt_data_config(self.data_config)
+            if self.class_names is None and getattr(datamodule, "_class_names", None):
+                self.class_names = list(datamodule.class_names)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ftlight"] = {
+            "backbone": self.backbone.name,
+            "class_names": self.class_names,
+            "data_config": self.data_config.to_dict(),
+            "weights_info": self.weights_info.to_dict(),
+            "frozen": list(self.frozen_names),
+        }
+        # The weights are in the state dict: rebuilding must not fetch them again.
+        hparams = copy.deepcopy(dict(checkpoint.get("hyper_parameters", {})))
+        hparams["weights"] = None
+        hparams["class_names"] = self.class_names
+        checkpoint["hyper_parameters"] = hparams
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("ftlight", {})
+        if meta.get("class_names"):
+            self.class_names = list(meta["class_names"])
+        if meta.get("data_config"):
+            self.backbone.data_config = DataConfig.from_dict(meta["data_config"])
+        if meta.get("weights_info"):
+            from ftlight.weights import WeightsInfo
+
+            self.backbone.weights_info = WeightsInfo(**meta["weights_info"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu") -> FineTuner:
+        """Load a checkpoint for inference (eval mode)."""
+        model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+        return model.eval()
+
+
+def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of running statistics of every BatchNorm layer (for tests and checks)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, _BatchNorm) and m.running_mean is not None:
+            out[f"{name}.running_mean"] = m.running_mean.clone()
+            out[f"{name}.running_var"] = m.running_var.clone()
+            out[f"{name}.num_batches_tracked"] = m.num_batches_tracked.clone()
+    return out
