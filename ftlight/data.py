@@ -162,9 +162,8 @@ def labels_to_tensor(y: Any, num_classes: int | None = None) -> torch.Tensor:
         raise ValueError(
             f"Labels must be (N,) integers or (N, C) one-hot. Received: {tuple(t.shape)}"
         )
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError("Labels must be whole numbers (class indices).")
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise ValueError("Labels must be whole numbers (class indices).")
     t = t.long()
     if len(t) and (t.min() < 0 or (num_classes is not None and t.max() >= num_classes)):
         raise ValueError(
@@ -186,7 +185,7 @@ def stratified_split(
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_held = int(round(len(idx) * fraction))
+        n_held = round(len(idx) * fraction)
         if len(idx) > 1:
             n_held = min(max(n_held, 1), len(idx) - 1)
         held.extend(idx[:n_held].tolist())
@@ -381,7 +380,7 @@ class ImageDataModule(L.LightningDataModule):
             splits["train"] = train
         self._class_names = classes
         counts = np.bincount([s[1] for s in splits["train"]], minlength=len(classes))
-        empty = [c for c, n in zip(classes, counts) if n == 0]
+        empty = [c for c, n in zip(classes, counts, strict=False) if n == 0]
         if empty:
             raise ValueError(f"Class folders without any image: {empty} (in {self.root}).")
         if ignored:

@@ -96,9 +96,9 @@ def enforce_bn_policy(root: nn.Module, policy: BNPolicy = "frozen") -> None:
     def visit(module: nn.Module, inherited: bool | None) -> None:
         own = getattr(module, INFERENCE_ATTR, None)
         flag = own if own is not None else inherited
-        if isinstance(module, _BatchNorm) and module.training:
-            if flag is True or (policy == "frozen" and is_frozen_bn(module, flag)):
-                module.eval()
+        frozen = flag is True or (policy == "frozen" and is_frozen_bn(module, flag))
+        if isinstance(module, _BatchNorm) and module.training and frozen:
+            module.eval()
         for child in module.children():
             visit(child, flag)
 

@@ -232,7 +232,7 @@ class FineTuner(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """Head at ``lr``; each backbone layer group at ``backbone_lr`` (× layer decay)."""
+        """Head at ``lr``; backbone groups at ``backbone_lr``, scaled by ``layer_decay``."""
         hp = self.hparams
         backbone_lr = hp.backbone_lr if hp.backbone_lr is not None else hp.lr * 0.1
         groups = []

@@ -33,7 +33,7 @@ def eval_transform(cfg: DataConfig, *, crop: bool = True) -> T.Compose:
     interp = interpolation_mode(cfg.interpolation)
     if crop:
         resize = [
-            T.Resize(int(round(size / cfg.crop_pct)), interpolation=interp, antialias=True),
+            T.Resize(round(size / cfg.crop_pct), interpolation=interp, antialias=True),
             T.CenterCrop(size),
         ]
     else:

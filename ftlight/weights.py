@@ -86,7 +86,9 @@ def load_packaged_efficientnet_lite0(model: nn.Module) -> WeightsInfo:
             "Expected a timm 'tf_efficientnet_lite0' with a 1000-class classifier."
         )
     mapped = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source_sd.items(), target_sd.items()):
+    for (src_key, tensor), (dst_key, ref) in zip(
+        source_sd.items(), target_sd.items(), strict=False
+    ):
         if tensor.shape != ref.shape:
             raise WeightsMismatchError(
                 f"Shape mismatch mapping {src_key} {tuple(tensor.shape)} -> "
