@@ -101,6 +101,8 @@ class FineTuner(L.LightningModule):
         enforce_bn_policy(self.backbone, bn)
         self._build_metrics()
         self.confusion_matrix: torch.Tensor | None = None
+        # Per-layer-group learning rates set by ftlight.staged.StagedUnfreeze (name -> lr).
+        self.group_lrs: dict[str, float] = {}
 
     # ---- properties ---------------------------------------------------------------------
     @property
@@ -232,7 +234,11 @@ class FineTuner(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """Head at ``lr``; backbone groups at ``backbone_lr``, scaled by ``layer_decay``."""
+        """Head at ``lr``; backbone groups at ``backbone_lr``, scaled by ``layer_decay``.
+
+        A group named in ``group_lrs`` (set by :class:`ftlight.staged.StagedUnfreeze`) uses
+        that learning rate instead.
+        """
         hp = self.hparams
         backbone_lr = hp.backbone_lr if hp.backbone_lr is not None else hp.lr * 0.1
         groups = []
@@ -244,7 +250,8 @@ class FineTuner(L.LightningModule):
             scale = hp.layer_decay ** (len(layer_groups) - 1 - depth) if hp.layer_decay else 1.0
             named = [(n, params[n]) for n in layer_group.param_names]
             for g in split_decay(named, hp.weight_decay):
-                groups.append({**g, "lr": backbone_lr * scale, "name": layer_group.name})
+                lr = self.group_lrs.get(layer_group.name, backbone_lr * scale)
+                groups.append({**g, "lr": lr, "name": layer_group.name})
         return groups
 
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,205 @@
+"""The ``ftlight`` command line: LightningCLI ``fit/validate/test`` plus ``predict``,
+``export``, ``demo`` and ``report``.
+
+``ftlight fit --config resnet50 --data.root my_images/`` trains with a bundled config
+(``ftlight/configs/<name>.yaml``; a path to any YAML works too). The data's class count and
+names flow to the model; the backbone's preprocessing (input size, mean/std, interpolation)
+flows to the data module when the model is set up (``FineTuner.setup``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+OWN_SUBCOMMANDS = {
+    "demo": "ftlight.demo",
+    "report": "ftlight.report",
+    "predict": "ftlight.predict",
+    "export": "ftlight.export",
+}
+
+USAGE = """usage: ftlight {fit,validate,test,predict,export,demo,report} ...
+
+  fit        train (LightningCLI); e.g. ftlight fit --config resnet50 --data.root imgs/
+  validate   evaluate a checkpoint on the validation split (LightningCLI)
+  test       evaluate a checkpoint on the test split (LightningCLI)
+  predict    top-k predictions for a folder or files -> CSV
+  export     TorchScript / ONNX export with preprocessing and class names
+  demo       offline transfer-learning demo
+  report     summarise a run directory
+
+Bundled configs: {configs}
+Run `ftlight <command> --help` for the options of a command.
+"""
+
+
+def bundled_configs() -> list[str]:
+    """Names of the YAML configs shipped in ``ftlight/configs``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(value: str) -> str:
+    """A bundled config name (``resnet50``) -> its path; paths and inline YAML pass through."""
+    if Path(value).exists() or "\n" in value or ":" in value:
+        return value
+    candidate = CONFIG_DIR / f"{value.removesuffix('.yaml')}.yaml"
+    if candidate.exists():
+        return str(candidate)
+    raise SystemExit(
+        f"ftlight: config {value!r} is neither a file nor a bundled config. "
+        f"Bundled configs: {bundled_configs()}"
+    )
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            out += [arg, resolve_config(argv[i + 1])]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            arg = "--config=" + resolve_config(arg.split("=", 1)[1])
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _lightning_cli_class() -> type:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from ftlight.staged import StagedUnfreeze
+
+    class FtlightCLI(LightningCLI):
+        """LightningCLI with ftlight's links, checkpointing and logging defaults."""
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val_loss",
+                    "checkpoint.mode": "min",
+                    "checkpoint.save_last": True,
+                    "checkpoint.save_top_k": 1,
+                    "checkpoint.filename": "best-{epoch}-{step}",
+                }
+            )
+            parser.add_lightning_class_args(StagedUnfreeze, "staged")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            root = Path(config.trainer.default_root_dir or ".")
+            # A fixed checkpoint folder, so that `--ckpt_path last` finds the previous run.
+            if config.get("checkpoint") is not None and config.checkpoint.dirpath is None:
+                config.checkpoint.dirpath = str(root / "checkpoints")
+            # Evaluating a checkpoint: its weights replace the backbone's, never download them.
+            if self.subcommand in ("validate", "test") and config.get("ckpt_path"):
+                config.model.weights = None
+
+        def instantiate_trainer(self, **kwargs: Any):
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            if config.trainer.logger in (None, True):
+                kwargs["logger"] = default_loggers(config.trainer.default_root_dir or ".")
+            return super().instantiate_trainer(**kwargs)
+
+    return FtlightCLI
+
+
+def default_loggers(root: str) -> list[Any]:
+    """CSV logger (always) plus TensorBoard when it is installed, sharing one version."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    csv = CSVLogger(root, name="logs")
+    loggers: list[Any] = [csv]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(root, name="logs", version=csv.version))
+    return loggers
+
+
+def _summarise(cli: Any) -> None:
+    """Print where checkpoints and metrics are, then the run report when available."""
+    trainer = cli.trainer
+    if not trainer.is_global_zero:
+        return
+    lines = ["", "ftlight: run finished."]
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and getattr(ckpt, "dirpath", None):
+        lines.append(f"  checkpoints: {ckpt.dirpath}")
+        if getattr(ckpt, "best_model_path", ""):
+            lines.append(f"    best: {ckpt.best_model_path}")
+        if getattr(ckpt, "last_model_path", ""):
+            lines.append(f"    last: {ckpt.last_model_path}")
+    log_dir = None
+    if trainer.loggers:
+        log_dir = trainer.loggers[0].log_dir
+        lines.append(f"  metrics: {Path(log_dir) / 'metrics.csv'}")
+        lines.append(f"  config:  {Path(log_dir) / 'config.yaml'}")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if metrics:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        lines.append(f"  final: {shown}")
+    print("\n".join(lines), flush=True)
+    if log_dir and cli.subcommand == "fit" and importlib.util.find_spec("ftlight.report"):
+        try:
+            importlib.import_module("ftlight.report").main([str(log_dir)])
+        except Exception as err:  # a report must never fail a finished run
+            print(f"ftlight: report skipped ({type(err).__name__}: {err})", flush=True)
+
+
+def run_lightning(argv: Sequence[str]) -> int:
+    """Run ``fit``, ``validate`` or ``test`` through LightningCLI."""
+    from ftlight.data import ImageDataModule
+    from ftlight.module import FineTuner
+
+    cli_class = _lightning_cli_class()
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # parse `argv` only (LightningCLI warns when both are set)
+    try:
+        cli = cli_class(
+            FineTuner,
+            ImageDataModule,
+            args=_resolve_config_args(list(argv)),
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "ftlight"},
+        )
+    finally:
+        sys.argv = saved_argv
+    if getattr(cli, "trainer", None) is not None and cli.subcommand:
+        _summarise(cli)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ftlight`` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE.format(configs=", ".join(bundled_configs())))
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in OWN_SUBCOMMANDS:
+        module = importlib.import_module(OWN_SUBCOMMANDS[command])
+        return int(module.main(rest) or 0)
+    if command in LIGHTNING_SUBCOMMANDS:
+        return run_lightning(args)
+    print(f"ftlight: unknown command {command!r}.\n")
+    print(USAGE.format(configs=", ".join(bundled_configs())))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
