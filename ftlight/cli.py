@@ -112,9 +112,23 @@ def _lightning_cli_class() -> type:
             config = self.config[self.subcommand] if self.subcommand else self.config
             if config.trainer.logger in (None, True):
                 kwargs["logger"] = default_loggers(config.trainer.default_root_dir or ".")
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
+            history = _metrics_history()
+            if history is not None:
+                trainer.callbacks.append(history)
+            return trainer
 
     return FtlightCLI
+
+
+def _metrics_history() -> Any:
+    """ftlight.report's per-epoch history callback, when that module is available."""
+    if importlib.util.find_spec("ftlight.report") is None:
+        return None
+    try:
+        return importlib.import_module("ftlight.report").MetricsHistory()
+    except (ImportError, AttributeError, TypeError):
+        return None
 
 
 def default_loggers(root: str) -> list[Any]:
@@ -128,6 +142,30 @@ def default_loggers(root: str) -> list[Any]:
 
         loggers.append(TensorBoardLogger(root, name="logs", version=csv.version))
     return loggers
+
+
+def write_metrics_json(cli: Any, log_dir: Path) -> Path:
+    """``metrics.json`` (final metrics, per-epoch history, confusion matrix) for reports."""
+    import json
+
+    trainer, model = cli.trainer, cli.model
+    record: dict[str, Any] = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1
+    }
+    record["backbone"] = model.backbone.name
+    record["epochs_run"] = int(trainer.current_epoch)
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        record["best_checkpoint"] = ckpt.best_model_path
+    history = next((cb for cb in trainer.callbacks if hasattr(cb, "epochs")), None)
+    if history is not None:
+        record["epochs"] = list(history.epochs)
+    if model.confusion_matrix is not None:
+        record["confusion_matrix"] = model.confusion_matrix.tolist()
+    record["class_names"] = model.class_names
+    path = log_dir / "metrics.json"
+    path.write_text(json.dumps(record, indent=2))
+    return path
 
 
 def _summarise(cli: Any) -> None:
@@ -153,6 +191,8 @@ def _summarise(cli: Any) -> None:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         lines.append(f"  final: {shown}")
     print("\n".join(lines), flush=True)
+    if log_dir and cli.subcommand == "fit":
+        write_metrics_json(cli, Path(log_dir))
     if log_dir and cli.subcommand == "fit" and importlib.util.find_spec("ftlight.report"):
         try:
             importlib.import_module("ftlight.report").main([str(log_dir)])
@@ -166,13 +206,14 @@ def run_lightning(argv: Sequence[str]) -> int:
     from ftlight.module import FineTuner
 
     cli_class = _lightning_cli_class()
+    # LightningCLI reads sys.argv, and so do Lightning's DDP launchers, which re-run this
+    # command in each child process: give them the resolved arguments.
     saved_argv = sys.argv
-    sys.argv = sys.argv[:1]  # parse `argv` only (LightningCLI warns when both are set)
+    sys.argv = [saved_argv[0] if saved_argv else "ftlight", *_resolve_config_args(list(argv))]
     try:
         cli = cli_class(
             FineTuner,
             ImageDataModule,
-            args=_resolve_config_args(list(argv)),
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "ftlight"},
