@@ -1,0 +1,58 @@
+"""Activation functions by Keras name, acting on internal-layout tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, dim=1 if x.ndim == 4 else -1)
+
+
+def _linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "linear": _linear,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "softmax": _softmax,
+    "tanh": torch.tanh,
+    "elu": F.elu,
+    "selu": F.selu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "softplus": F.softplus,
+    "softsign": F.softsign,
+    "leaky_relu": _leaky_relu,
+    "hard_sigmoid": F.hardsigmoid,
+    "mish": F.mish,
+}
+
+
+def get(identifier: str | Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``None``/name/callable -> callable (a callable receives internal-layout tensors)."""
+    if identifier is None:
+        return _linear
+    if callable(identifier):
+        return identifier
+    if isinstance(identifier, str) and identifier in _ACTIVATIONS:
+        return _ACTIVATIONS[identifier]
+    raise ValueError(
+        f"Unknown activation. Received: activation={identifier!r}. Expected one of "
+        f"{sorted(_ACTIVATIONS)} or a callable."
+    )
+
+
+def serialize(identifier: str | Callable | None) -> str | Callable | None:
+    return identifier

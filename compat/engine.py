@@ -1,0 +1,506 @@
+"""The backend loop: a LightningModule around a compat model, driven by ``lightning.Trainer``
+for ``fit`` / ``evaluate`` / ``predict``. Data arrives in Keras layout (NHWC)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from compat import backend, callbacks as callbacks_mod, losses, metrics as metrics_mod
+from compat import optimizers
+from compat.layers.base import inference_modules
+
+# ----- compile -------------------------------------------------------------------------
+
+
+def compile_model(model: Any, *, optimizer: Any, loss: Any, loss_weights: Any, metrics: Any,
+                  weighted_metrics: Any, steps_per_execution: int, jit_compile: Any) -> None:
+    if loss_weights is not None:
+        raise NotImplementedError("compile(loss_weights=...): multi-output losses")
+    if weighted_metrics:
+        raise NotImplementedError("compile(weighted_metrics=...)")
+    if steps_per_execution != 1:
+        raise NotImplementedError("compile(steps_per_execution > 1)")
+    if jit_compile is True:
+        raise NotImplementedError("compile(jit_compile=True)")
+    if isinstance(loss, (list, dict)):
+        raise NotImplementedError("compile(loss=list/dict): multi-output models")
+    if isinstance(metrics, dict):
+        raise NotImplementedError("compile(metrics=dict): multi-output models")
+    opt = optimizers.get(optimizer)
+    opt.torch_optimizer = None
+    loss_obj = losses.get(loss) if loss is not None else None
+    metric_objs = [metrics_mod.get(m) for m in (metrics or [])]
+    model._compiled = {"optimizer": optimizer if isinstance(optimizer, str) else opt,
+                       "loss": loss, "metrics": list(metrics or []), "loss_obj": loss_obj,
+                       "metric_objs": metric_objs}
+    model.optimizer = opt
+    apply_trainable(model)
+
+
+def apply_trainable(model: Any) -> None:
+    """Materialise ``trainable`` flags as ``requires_grad`` and list inference-mode modules."""
+    for var in model.weights:
+        value = var.value
+        if isinstance(value, torch.nn.Parameter):
+            value.requires_grad_(var.trainable)
+    model._inference_modules = inference_modules(model)
+
+
+def _require_compiled(model: Any, what: str) -> dict[str, Any]:
+    if model._compiled is None:
+        raise RuntimeError(f"You must call `compile()` before using the model ({what}).")
+    if model._compiled["loss_obj"] is None and what != "predict":
+        raise ValueError("compile() was called without a `loss`; pass one to train/evaluate.")
+    return model._compiled
+
+
+# ----- data ----------------------------------------------------------------------------
+
+
+def _tensor(x: Any, what: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # pragma: no cover - defensive
+        raise TypeError(f"{what} must be array-like. Received: {type(x)}") from err
+    if arr.dtype == object:
+        raise TypeError(f"{what} must be a numeric array. Received dtype=object with shape "
+                        f"{arr.shape}")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class _ArrayBatches(Dataset):
+    """Whole-batch indexing of in-memory tensors (one gather per batch, no collate)."""
+
+    def __init__(self, *tensors: torch.Tensor | None) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, idx: list[int]) -> tuple:
+        index = torch.as_tensor(idx)
+        return tuple(None if t is None else t[index] for t in self.tensors)
+
+
+class _BatchSequence(Dataset):
+    """Wraps a Keras-style batch sequence (``__len__`` + ``__getitem__`` -> a batch)."""
+
+    def __init__(self, seq: Any) -> None:
+        self.seq = seq
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def __getitem__(self, i: int) -> tuple:
+        item = self.seq[i]
+        if not isinstance(item, tuple):
+            item = (item,)
+        return tuple(_tensor(v, "batch") for v in item)
+
+
+def _is_batch_source(x: Any) -> bool:
+    return isinstance(x, DataLoader) or (
+        hasattr(x, "__getitem__") and hasattr(x, "__len__") and not isinstance(
+            x, (np.ndarray, torch.Tensor, list, tuple)) and getattr(x, "_compat_batches", False)
+    )
+
+
+def make_loader(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None,
+                shuffle: bool, what: str = "x") -> DataLoader:
+    if isinstance(x, DataLoader):
+        return x
+    if _is_batch_source(x):
+        if y is not None:
+            raise ValueError(f"`y` must not be given when `{what}` is a dataset/iterator that "
+                             "yields (x, y) batches.")
+        return DataLoader(_BatchSequence(x), batch_size=None, shuffle=shuffle)
+    if isinstance(x, (dict, list)) and not isinstance(x, np.ndarray):
+        if isinstance(x, dict) or (x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1):
+            raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
+    xt = _tensor(x, what)
+    yt = None if y is None else _tensor(y, "y")
+    if yt is not None and len(yt) != len(xt):
+        raise ValueError(
+            f"Data cardinality is ambiguous: x sizes: {len(xt)}, y sizes: {len(yt)}. Make sure "
+            "all arrays contain the same number of samples."
+        )
+    swt = None if sample_weight is None else _tensor(sample_weight, "sample_weight").float()
+    bs = batch_size or 32
+    sampler = RandomSampler(range(len(xt))) if shuffle else SequentialSampler(range(len(xt)))
+    return DataLoader(_ArrayBatches(xt, yt, swt), batch_size=None,
+                      sampler=BatchSampler(sampler, bs, drop_last=False))
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:
+    if isinstance(batch, (list, tuple)):
+        x = batch[0]
+        y = batch[1] if len(batch) > 1 else None
+        sw = batch[2] if len(batch) > 2 else None
+        return x, y, sw
+    return batch, None, None
+
+
+# ----- the LightningModule -------------------------------------------------------------
+
+
+class _Tracker:
+    """Loss mean and compiled metrics for one phase (train / val)."""
+
+    def __init__(self, metric_objs: list[Any]) -> None:
+        self.metrics = metric_objs
+        self.loss = metrics_mod.Mean()
+
+    def reset(self) -> None:
+        self.loss.reset_state()
+        for m in self.metrics:
+            m.reset_state()
+
+    def logs(self, prefix: str = "") -> dict[str, float]:
+        out = {}
+        for m in self.metrics:
+            out[prefix + m.name] = float(m.result())
+        out[prefix + "loss"] = float(self.loss.result())
+        return out
+
+
+class KerasLightningModule(L.LightningModule):
+    """Runs a compiled compat model: loss (+ regularization), metrics, optimizer, BN policy."""
+
+    def __init__(self, model: Any, *, class_weight: dict | None = None) -> None:
+        super().__init__()
+        self.model = model
+        compiled = model._compiled
+        self.loss_fn = compiled["loss_obj"] if compiled else None
+        self.train_tracker = _Tracker(compiled["metric_objs"] if compiled else [])
+        self.val_tracker = _Tracker([type(m).__new__(type(m)) for m in []])
+        if compiled:
+            import copy
+
+            self.val_tracker = _Tracker([copy.deepcopy(m) for m in compiled["metric_objs"]])
+        self.class_weight = None
+        if class_weight:
+            size = max(int(k) for k in class_weight) + 1
+            table = torch.ones(size)
+            for k, v in class_weight.items():
+                table[int(k)] = float(v)
+            self.class_weight = table
+        self._inference = list(getattr(model, "_inference_modules", []))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return backend.to_keras(self.model.forward(backend.to_internal(x)))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        opt = self.model.optimizer
+        if opt.torch_optimizer is None:
+            opt.build(self.model.parameters())
+        return opt.torch_optimizer
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        for module in self._inference:
+            module.training = False
+
+    def _loss(self, y: torch.Tensor, y_pred: torch.Tensor, sw: Any) -> torch.Tensor:
+        per = self.loss_fn.per_sample(y, y_pred)
+        if self.class_weight is not None:
+            labels = y.argmax(-1) if y.ndim == y_pred.ndim and y.shape[-1] > 1 else y.reshape(-1)
+            w = self.class_weight.to(per.device)[labels.long()]
+            sw = w if sw is None else sw * w
+        if sw is not None:
+            per = per * sw.to(per.dtype).reshape(per.shape)
+        return per.mean()
+
+    def _step(self, batch: Any, tracker: _Tracker, training: bool) -> torch.Tensor:
+        x, y, sw = _unpack(batch)
+        if y is None:
+            raise ValueError("Training and evaluation need targets: pass `y`, or a dataset "
+                             "that yields (x, y) batches.")
+        y_pred = self(x).float()
+        loss = self._loss(y, y_pred, sw)
+        regs = self.model.regularization_losses()
+        if regs:
+            loss = loss + torch.stack(regs).sum()
+        tracker.loss.update_state(loss.detach(), sample_weight=len(y_pred))
+        for m in tracker.metrics:
+            m.update_state(y, y_pred.detach())
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_tracker, True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.val_tracker, False)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, _, _ = _unpack(batch)
+        return self(x).detach().cpu()
+
+
+# ----- Lightning callbacks: Keras callbacks and the progress line ----------------------
+
+
+class _KerasBridge(L.Callback):
+    def __init__(self, model: Any, cbs: list[Any], initial_epoch: int, has_val: bool) -> None:
+        self.model, self.cbs, self.initial_epoch, self.has_val = model, cbs, initial_epoch, has_val
+        self.needs_batch_logs = any(
+            type(cb).on_train_batch_end is not callbacks_mod.Callback.on_train_batch_end
+            for cb in cbs
+        )
+
+    def _epoch(self, trainer: L.Trainer) -> int:
+        return self.initial_epoch + trainer.current_epoch
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        for cb in self.cbs:
+            cb.on_train_begin({})
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module.train_tracker.reset()
+        for cb in self.cbs:
+            cb.on_epoch_begin(self._epoch(trainer), {})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.needs_batch_logs:
+            logs = pl_module.train_tracker.logs()
+            for cb in self.cbs:
+                cb.on_train_batch_end(batch_idx, logs)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module.val_tracker.reset()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        logs = pl_module.train_tracker.logs()
+        if self.has_val:
+            logs.update(pl_module.val_tracker.logs("val_"))
+        pl_module._last_logs = logs
+        for cb in self.cbs:
+            cb.on_epoch_end(self._epoch(trainer), logs)
+        if self.model.stop_training:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        for cb in self.cbs:
+            cb.on_train_end(getattr(pl_module, "_last_logs", {}))
+
+
+def _fmt_logs(logs: dict[str, float]) -> str:
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
+
+
+class _Progress(L.Callback):
+    """Keras-like output: ``verbose=1`` a progress bar per epoch, ``verbose=2`` one line."""
+
+    def __init__(self, verbose: int, epochs: int, initial_epoch: int) -> None:
+        self.verbose, self.epochs, self.initial_epoch = verbose, epochs, initial_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.start = time.perf_counter()
+        self.total = trainer.num_training_batches
+        print(f"Epoch {self.initial_epoch + trainer.current_epoch + 1}/{self.epochs}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.verbose != 1:
+            return
+        done = batch_idx + 1
+        elapsed = time.perf_counter() - self.start
+        bar = "━" * int(20 * done / max(self.total, 1))
+        line = (f"\r{done}/{self.total} {bar:<20} {_fmt_time(elapsed)} "
+                f"{_fmt_time(elapsed / done)}/step - {_fmt_logs(pl_module.train_tracker.logs())}")
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        elapsed = time.perf_counter() - self.start
+        logs = getattr(pl_module, "_last_logs", pl_module.train_tracker.logs())
+        step = _fmt_time(elapsed / max(self.total, 1))
+        if self.verbose == 1:
+            bar = "━" * 20
+            print(f"\r{self.total}/{self.total} {bar} {_fmt_time(elapsed)} {step}/step - "
+                  f"{_fmt_logs(logs)}")
+        else:
+            print(f"{self.total}/{self.total} - {_fmt_time(elapsed)} - {step}/step - "
+                  f"{_fmt_logs(logs)}")
+
+
+# ----- the Trainer ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
+                                              "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LightningModule.*has parameters that were not.*")
+        warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
+        warnings.filterwarnings("ignore", ".*Checkpoint directory.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def make_trainer(**kwargs: Any) -> L.Trainer:
+    from compat import distribution, mixed_precision
+
+    options: dict[str, Any] = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "precision": mixed_precision.lightning_precision(),
+    }
+    options.update(distribution.trainer_options())
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def _verbose(verbose: Any) -> int:
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}")
+    return int(verbose)
+
+
+def _split(x: Any, y: Any, sw: Any, fraction: float) -> tuple:
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1). Received: {fraction}")
+    if _is_batch_source(x) or isinstance(x, DataLoader):
+        raise ValueError("validation_split is only supported for array inputs (as in Keras).")
+    n = len(x)
+    cut = int(n * (1.0 - fraction))
+    if cut in (0, n):
+        raise ValueError(f"validation_split={fraction} leaves no training or no validation "
+                         f"samples out of {n}.")
+    take = (lambda a, s: None if a is None else a[s])
+    return ((take(x, slice(0, cut)), take(y, slice(0, cut)), take(sw, slice(0, cut))),
+            (take(x, slice(cut, n)), take(y, slice(cut, n)), take(sw, slice(cut, n))))
+
+
+def fit(model: Any, *, x: Any, y: Any, batch_size: int | None, epochs: int, verbose: Any,
+        callbacks: Any, validation_split: float, validation_data: Any, shuffle: bool,
+        class_weight: Any, sample_weight: Any, initial_epoch: int, steps_per_epoch: int | None,
+        validation_steps: int | None, validation_batch_size: int | None,
+        validation_freq: int) -> callbacks_mod.History:
+    _require_compiled(model, "fit")
+    if x is None:
+        raise ValueError("fit() needs training data `x`.")
+    if validation_freq != 1:
+        raise NotImplementedError("fit(validation_freq != 1)")
+    verbose = _verbose(verbose)
+    if validation_split and validation_data is None:
+        (x, y, sample_weight), validation_data = _split(x, y, sample_weight, validation_split)
+    _ensure_built(model, x)
+    train = make_loader(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle)
+    val = None
+    if validation_data is not None:
+        if isinstance(validation_data, tuple):
+            if len(validation_data) not in (2, 3):
+                raise ValueError(
+                    "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                    f"val_sample_weight), or a dataset. Received a tuple of "
+                    f"{len(validation_data)} items."
+                )
+            val = make_loader(*validation_data, batch_size=validation_batch_size or batch_size,
+                              shuffle=False, what="validation_data")
+        else:
+            val = make_loader(validation_data, batch_size=validation_batch_size or batch_size,
+                              shuffle=False, what="validation_data")
+    history = callbacks_mod.History()
+    user_cbs = list(callbacks or [])
+    for cb in user_cbs:
+        if not isinstance(cb, callbacks_mod.Callback):
+            raise TypeError(f"callbacks must be compat.callbacks.Callback instances. Received: "
+                            f"{cb!r}")
+    cbs = [*user_cbs, history]
+    params = {"epochs": epochs, "verbose": verbose, "steps": steps_per_epoch or len(train)}
+    for cb in cbs:
+        cb.set_model(model)
+        cb.set_params(params)
+    model.stop_training = False
+    model._inference_modules = inference_modules(model)
+    module = KerasLightningModule(model, class_weight=class_weight)
+    lcbs: list[L.Callback] = [_KerasBridge(model, cbs, initial_epoch, val is not None)]
+    if verbose:
+        lcbs.append(_Progress(verbose, epochs, initial_epoch))
+    remaining = epochs - initial_epoch
+    if remaining > 0:
+        with _quiet():
+            trainer = make_trainer(max_epochs=remaining, callbacks=lcbs,
+                                   limit_train_batches=steps_per_epoch or 1.0,
+                                   limit_val_batches=validation_steps or 1.0)
+            trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+        if model.optimizer.torch_optimizer is not None:
+            model.optimizer.iterations += trainer.global_step
+    model.history = history
+    return history
+
+
+def _ensure_built(model: Any, x: Any) -> None:
+    if model.built and (getattr(model, "_input_layer", True) is not None):
+        return
+    if isinstance(x, DataLoader) or _is_batch_source(x):
+        return
+    shape = (None, *np.shape(x)[1:])
+    model._maybe_build(shape)
+
+
+def evaluate(model: Any, *, x: Any, y: Any, batch_size: int | None, verbose: Any,
+             sample_weight: Any, steps: int | None, callbacks: Any, return_dict: bool) -> Any:
+    _require_compiled(model, "evaluate")
+    _ensure_built(model, x)
+    loader = make_loader(x, y, sample_weight, batch_size=batch_size, shuffle=False)
+    module = KerasLightningModule(model)
+    with _quiet():
+        trainer = make_trainer(limit_val_batches=steps or 1.0)
+        module.val_tracker.reset()
+        trainer.validate(module, dataloaders=loader, verbose=False)
+    logs = module.val_tracker.logs()
+    ordered = {"loss": logs.pop("loss"), **logs}
+    if _verbose(verbose):
+        print(f"{len(loader)}/{len(loader)} - {_fmt_logs(ordered)}")
+    if return_dict:
+        return ordered
+    values = list(ordered.values())
+    return values[0] if len(values) == 1 else values
+
+
+def predict(model: Any, x: Any, *, batch_size: int | None, verbose: Any, steps: int | None,
+            callbacks: Any) -> np.ndarray:
+    _ensure_built(model, x)
+    loader = make_loader(x, batch_size=batch_size, shuffle=False)
+    module = KerasLightningModule(model)
+    with _quiet():
+        trainer = make_trainer(limit_predict_batches=steps or 1.0)
+        outs = trainer.predict(module, dataloaders=loader)
+    return torch.cat(outs).numpy()

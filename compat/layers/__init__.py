@@ -1,0 +1,67 @@
+"""``keras.layers``: layers holding torch modules, channels-last at the boundary."""
+
+from compat.layers.base import Layer, Variable
+from compat.layers.conv import AveragePooling2D, Conv2D, MaxPooling2D, ZeroPadding2D
+from compat.layers.core import (
+    Activation,
+    BatchNormalization,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    Input,
+    InputLayer,
+)
+from compat.layers.merging import Add, Concatenate
+from compat.layers.preprocessing import (
+    RandomFlip,
+    RandomRotation,
+    RandomZoom,
+    Rescaling,
+    Resizing,
+)
+
+Convolution2D = Conv2D
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D
+GlobalAvgPool2D = GlobalAveragePooling2D
+GlobalMaxPool2D = GlobalMaxPooling2D
+
+__all__ = [
+    "Activation",
+    "Add",
+    "AveragePooling2D",
+    "AvgPool2D",
+    "BatchNormalization",
+    "Concatenate",
+    "Conv2D",
+    "Convolution2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
+    "GlobalMaxPooling2D",
+    "Input",
+    "InputLayer",
+    "Layer",
+    "MaxPool2D",
+    "MaxPooling2D",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "Rescaling",
+    "Resizing",
+    "Variable",
+    "ZeroPadding2D",
+]
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise NotImplementedError(
+        f"compat.layers.{name} is not implemented. Supported layers: {', '.join(__all__)}"
+    )

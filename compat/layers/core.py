@@ -1,0 +1,381 @@
+"""Core layers: Input, Dense, Dropout, BatchNormalization, Flatten, Activation, pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compat import activations, regularizers
+from compat.graph import KerasTensor, Node
+from compat.layers.base import Layer, Shape, Variable
+
+# ----- inputs --------------------------------------------------------------------------
+
+
+class InputLayer(Layer):
+    """The entry point of a model; holds the input shape (batch dimension excluded)."""
+
+    def __init__(
+        self,
+        shape: Shape | None = None,
+        batch_size: int | None = None,
+        dtype: Any = None,
+        sparse: bool | None = None,
+        batch_shape: Shape | None = None,
+        input_tensor: Any = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "input_shape" in kwargs and shape is None:
+            shape = kwargs.pop("input_shape")
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        if sparse:
+            raise NotImplementedError("InputLayer(sparse=True): sparse inputs")
+        if input_tensor is not None:
+            raise NotImplementedError("InputLayer(input_tensor=...): wrapping existing tensors")
+        if batch_shape is None:
+            if shape is None:
+                raise ValueError("You must pass a `shape` argument to Input/InputLayer.")
+            if isinstance(shape, int):
+                shape = (shape,)
+            batch_shape = (batch_size, *tuple(shape))
+        self.batch_shape = tuple(None if d is None else int(d) for d in batch_shape)
+        self.built = True
+        out = KerasTensor((None, *self.batch_shape[1:]), name=self.name)
+        Node(self, [], [out])
+        self._output_tensor = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "batch_shape": self.batch_shape}
+
+
+def Input(  # noqa: N802 - Keras's name
+    shape: Shape | None = None,
+    batch_size: int | None = None,
+    dtype: Any = None,
+    sparse: bool | None = None,
+    batch_shape: Shape | None = None,
+    name: str | None = None,
+    tensor: Any = None,
+) -> KerasTensor:
+    """A symbolic input (``keras.Input``): ``shape`` excludes the batch dimension."""
+    layer = InputLayer(
+        shape=shape,
+        batch_size=batch_size,
+        dtype=dtype,
+        sparse=sparse,
+        batch_shape=batch_shape,
+        input_tensor=tensor,
+        name=name,
+    )
+    return layer._output_tensor
+
+
+# ----- dense & co ----------------------------------------------------------------------
+
+
+def _init_weight(weight: torch.Tensor, initializer: Any, fan_in: int, fan_out: int) -> None:
+    name = initializer if isinstance(initializer, str) else None
+    with torch.no_grad():
+        if name == "glorot_uniform":
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            weight.uniform_(-limit, limit)
+        elif name == "glorot_normal":
+            weight.normal_(0, math.sqrt(2.0 / (fan_in + fan_out)))
+        elif name == "he_normal":
+            nn.init.trunc_normal_(weight, 0, math.sqrt(2.0 / fan_in))
+        elif name == "he_uniform":
+            limit = math.sqrt(6.0 / fan_in)
+            weight.uniform_(-limit, limit)
+        elif name == "zeros":
+            weight.zero_()
+        elif name == "ones":
+            weight.fill_(1.0)
+        else:
+            raise NotImplementedError(
+                f"initializer={initializer!r}. Supported: 'glorot_uniform', 'glorot_normal', "
+                "'he_normal', 'he_uniform', 'zeros', 'ones'."
+            )
+
+
+class Dense(Layer):
+    """Fully connected layer; kernel is ``(in, units)`` in Keras's weights."""
+
+    def __init__(
+        self,
+        units: int,
+        activation: Any = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(
+                f"Received an invalid value for `units`, expected a positive integer. "
+                f"Received: units={units!r}"
+            )
+        for arg, value in (
+            ("activity_regularizer", activity_regularizer),
+            ("kernel_constraint", kernel_constraint),
+            ("bias_constraint", bias_constraint),
+        ):
+            if value is not None:
+                raise NotImplementedError(f"Dense({arg}=...)")
+        self.units = units
+        self.activation = activation
+        self._act = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.linear: nn.Linear | None = None
+
+    def build(self, input_shape: Shape) -> None:
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"Dense '{self.name}' needs a known last dimension. Received: "
+                f"input_shape={input_shape}"
+            )
+        fan_in = int(input_shape[-1])
+        self.linear = nn.Linear(fan_in, self.units, bias=self.use_bias)
+        _init_weight(self.linear.weight, self.kernel_initializer, fan_in, self.units)
+        if self.use_bias:
+            _init_weight(self.linear.bias, self.bias_initializer, fan_in, self.units)
+
+    def _check_input_shape(self, input_shape: Shape) -> None:
+        if _is_list(input_shape) or input_shape[-1] != self.linear.in_features:
+            raise ValueError(
+                f"Input of layer '{self.name}' is incompatible with the layer: expected "
+                f"axis -1 of input shape to have value {self.linear.in_features}, but "
+                f"received input with shape {input_shape}"
+            )
+
+    @classmethod
+    def from_torch(cls, linear: nn.Linear, *, name: str, activation: Any = None) -> Dense:
+        layer = cls(linear.out_features, activation=activation, name=name,
+                    use_bias=linear.bias is not None)
+        layer.linear = linear
+        layer.built = True
+        layer._build_shape = (None, linear.in_features)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            return self._act(self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return self._act(self.linear(x))
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return (*input_shape[:-1], self.units)
+
+    def _own_variables(self) -> list[Variable]:
+        if self.linear is None:
+            return []
+        out = [Variable(self, "kernel", self.linear, "weight", trainable=True,
+                        to_keras=lambda t: t.t(), from_keras=lambda t: t.t())]
+        if self.linear.bias is not None:
+            out.append(Variable(self, "bias", self.linear, "bias", trainable=True))
+        return out
+
+    def regularization_losses(self) -> list[torch.Tensor]:
+        out = []
+        if self.kernel_regularizer is not None and self.trainable:
+            out.append(self.kernel_regularizer(self.linear.weight))
+        if self.bias_regularizer is not None and self.trainable and self.use_bias:
+            out.append(self.bias_regularizer(self.linear.bias))
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "activation": self.activation}
+
+
+class Dropout(Layer):
+    def __init__(self, rate: float, noise_shape: Any = None, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0 <= rate <= 1:
+            raise ValueError(
+                f"Invalid value received for argument `rate`. Expected a float value between "
+                f"0 and 1. Received: rate={rate}"
+            )
+        if noise_shape is not None:
+            raise NotImplementedError("Dropout(noise_shape=...)")
+        self.rate = float(rate)
+        self.dropout = nn.Dropout(self.rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+
+class Activation(Layer):
+    def __init__(self, activation: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.activation = activation
+        self._act = activations.get(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._act(x)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+
+class Flatten(Layer):
+    """Flattens in Keras's (channels-last) order, so Dense weights match Keras's."""
+
+    def __init__(self, data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_data_format(data_format, "Flatten")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.permute(0, 2, 3, 1)
+        return x.flatten(1)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        dims = input_shape[1:]
+        return (None, None if None in dims else int(math.prod(dims)))
+
+
+class BatchNormalization(Layer):
+    """Batch normalization; ``trainable=False`` means inference mode (moving statistics,
+    never updated), as in Keras. Keras's ``momentum`` m is torch's ``1 - m``."""
+
+    def __init__(
+        self,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        moving_mean_initializer: Any = "zeros",
+        moving_variance_initializer: Any = "ones",
+        synchronized: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not (center and scale):
+            raise NotImplementedError("BatchNormalization(center=False or scale=False)")
+        defaults = ("zeros", "ones", "zeros", "ones")
+        given = (beta_initializer, gamma_initializer, moving_mean_initializer,
+                 moving_variance_initializer)
+        if given != defaults:
+            raise NotImplementedError("BatchNormalization with non-default initializers")
+        self.axis = axis
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.synchronized = synchronized
+        self.bn: nn.modules.batchnorm._BatchNorm | None = None
+
+    def build(self, input_shape: Shape) -> None:
+        rank = len(input_shape)
+        if self.axis % rank != rank - 1:
+            raise NotImplementedError(
+                f"BatchNormalization(axis={self.axis}) on inputs of shape {input_shape}: only "
+                "the channels (last) axis is supported."
+            )
+        channels = int(input_shape[-1])
+        cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
+        if rank == 3:
+            raise NotImplementedError("BatchNormalization on rank-3 inputs")
+        self.bn = cls(channels, eps=self.epsilon, momentum=1.0 - self.momentum)
+
+    @classmethod
+    def from_torch(cls, bn: nn.modules.batchnorm._BatchNorm, *, name: str) -> BatchNormalization:
+        layer = cls(name=name, epsilon=bn.eps, momentum=1.0 - (bn.momentum or 0.0))
+        layer.bn = bn
+        layer.built = True
+        return layer
+
+    def _check_input_shape(self, input_shape: Shape) -> None:
+        if _is_list(input_shape) or input_shape[-1] != self.bn.num_features:
+            raise ValueError(
+                f"Input of layer '{self.name}' is incompatible: expected axis -1 of size "
+                f"{self.bn.num_features}, received input with shape {input_shape}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def _frozen_bn_modules(self) -> list[nn.Module]:
+        return [self.bn] if self.bn is not None and not self.trainable else []
+
+    def _own_variables(self) -> list[Variable]:
+        if self.bn is None:
+            return []
+        out = []
+        if self.bn.weight is not None:
+            out.append(Variable(self, "gamma", self.bn, "weight", trainable=True))
+            out.append(Variable(self, "beta", self.bn, "bias", trainable=True))
+        out.append(Variable(self, "moving_mean", self.bn, "running_mean", trainable=False))
+        out.append(Variable(self, "moving_variance", self.bn, "running_var", trainable=False))
+        return out
+
+
+# ----- pooling / reshaping -------------------------------------------------------------
+
+
+class GlobalAveragePooling2D(Layer):
+    def __init__(self, data_format: str | None = None, keepdims: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_data_format(data_format, type(self).__name__)
+        self.keepdims = keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=self.keepdims)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        _expect_rank(self, input_shape, 4)
+        if self.keepdims:
+            return (None, 1, 1, input_shape[-1])
+        return (None, input_shape[-1])
+
+
+class GlobalMaxPooling2D(GlobalAveragePooling2D):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3), keepdim=self.keepdims)
+
+
+def _check_data_format(data_format: str | None, what: str) -> None:
+    if data_format not in (None, "channels_last"):
+        raise NotImplementedError(
+            f"{what}(data_format={data_format!r}): compat is channels_last at its boundary."
+        )
+
+
+def _expect_rank(layer: Layer, input_shape: Any, rank: int) -> None:
+    if _is_list(input_shape) or len(input_shape) != rank:
+        raise ValueError(
+            f"Input 0 of layer '{layer.name}' is incompatible with the layer: expected "
+            f"ndim={rank}, found ndim={len(input_shape)}. Full shape received: {input_shape}"
+        )
+
+
+def _is_list(shape: Any) -> bool:
+    return isinstance(shape, list) and bool(shape) and isinstance(shape[0], (tuple, list))

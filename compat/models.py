@@ -1,0 +1,430 @@
+"""``keras.models``: functional ``Model`` and ``Sequential`` as torch modules.
+
+``compile``/``fit``/``evaluate``/``predict`` keep Keras's signatures here and run through
+:mod:`compat.engine` (a LightningModule driven by ``lightning.Trainer``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compat import backend
+from compat.graph import KerasTensor, map_graph
+from compat.layers.base import Layer, Shape, _as_tensor, set_modes
+from compat.layers.core import InputLayer
+
+
+class Model(Layer):
+    """Functional model ``Model(inputs, outputs)`` (``keras.Model``)."""
+
+    def __init__(self, inputs: Any = None, outputs: Any = None, name: str | None = None,
+                 trainable: bool = True, **kwargs: Any) -> None:
+        if inputs is None or outputs is None:
+            if type(self) is Model:
+                raise NotImplementedError(
+                    "Subclassed keras.Model (overriding call()); build models with "
+                    "Model(inputs, outputs) or Sequential."
+                )
+        if name is None:
+            name = backend.unique_name("functional" if type(self) is Model else
+                                       backend.to_snake_case(type(self).__name__))
+        super().__init__(name=name, trainable=trainable, **kwargs)
+        self._compiled: dict[str, Any] | None = None
+        self.optimizer: Any = None
+        self.stop_training = False
+        self.history: Any = None
+        if inputs is not None and outputs is not None:
+            self._init_graph(inputs, outputs)
+
+    # ----- graph ---------------------------------------------------------------------
+    def _init_graph(self, inputs: Any, outputs: Any) -> None:
+        self._multi_in = isinstance(inputs, (list, tuple))
+        self._multi_out = isinstance(outputs, (list, tuple))
+        flat_in = list(inputs) if self._multi_in else [inputs]
+        flat_out = list(outputs) if self._multi_out else [outputs]
+        for t in flat_in + flat_out:
+            if not isinstance(t, KerasTensor):
+                raise TypeError(
+                    "Model(inputs, outputs) expects symbolic tensors made with compat.Input() "
+                    f"and compat layers. Received: {t!r}"
+                )
+        self._inputs, self._outputs = flat_in, flat_out
+        nodes, layers = map_graph(flat_in, flat_out)
+        self._layer_list = layers
+        self._graph_layers = nn.ModuleDict({layer.name: layer for layer in layers})
+        ids: dict[int, int] = {id(t): i for i, t in enumerate(flat_in)}
+        plan = []
+        for node in nodes:
+            if node.is_input:
+                continue
+            for t in node.outputs:
+                ids.setdefault(id(t), len(ids))
+            plan.append((node.layer, [ids[id(t)] for t in node.input_tensors],
+                         ids[id(node.outputs[0])], node.multi_input))
+        self._plan = plan
+        self._out_ids = [ids[id(t)] for t in flat_out]
+        self._n_slots = len(ids)
+        self.built = True
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self._layer_list)
+
+    def _sublayers(self) -> list[Layer]:
+        return self.layers
+
+    @property
+    def inputs(self) -> list[KerasTensor]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[KerasTensor]:
+        return list(self._outputs)
+
+    @property
+    def input(self) -> Any:
+        return self._inputs if self._multi_in else self._inputs[0]
+
+    @property
+    def output(self) -> Any:
+        return self._outputs if self._multi_out else self._outputs[0]
+
+    @property
+    def input_shape(self) -> Any:
+        shapes = [t.shape for t in self._inputs]
+        return shapes if self._multi_in else shapes[0]
+
+    @property
+    def output_shape(self) -> Any:
+        shapes = [t.shape for t in self._outputs]
+        return shapes if self._multi_out else shapes[0]
+
+    def forward(self, x: Any) -> Any:
+        slots: list[Any] = [None] * self._n_slots
+        xs = x if self._multi_in else [x]
+        for i, value in enumerate(xs):
+            slots[i] = value
+        for layer, in_ids, out_id, multi in self._plan:
+            arg = [slots[i] for i in in_ids] if multi else slots[in_ids[0]]
+            slots[out_id] = layer.forward(arg)
+        outs = [slots[i] for i in self._out_ids]
+        return outs if self._multi_out else outs[0]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shapes: list[Any] = [None] * self._n_slots
+        given = input_shape if self._multi_in else [input_shape]
+        for i, (s, t) in enumerate(zip(given, self._inputs, strict=True)):
+            if len(s) != len(t.shape) or any(
+                a is not None and b is not None and a != b
+                for a, b in zip(s[1:], t.shape[1:], strict=True)
+            ):
+                raise ValueError(
+                    f"Input {i} of model '{self.name}' is incompatible with the model: expected "
+                    f"shape={t.shape}, found shape={tuple(s)}"
+                )
+            shapes[i] = tuple(s)
+        for layer, in_ids, out_id, multi in self._plan:
+            arg = [shapes[i] for i in in_ids] if multi else shapes[in_ids[0]]
+            shapes[out_id] = layer.compute_output_shape(arg)
+        outs = [shapes[i] for i in self._out_ids]
+        return outs if self._multi_out else outs[0]
+
+    def _check_input_shape(self, input_shape: Any) -> None:
+        self.compute_output_shape(input_shape)
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """A layer by name or by index (``keras.Model.get_layer``)."""
+        if index is not None and name is not None:
+            raise ValueError(f"Provide only a layer name or a layer index. Received: "
+                             f"index={index}, name={name}.")
+        if index is not None:
+            if len(self.layers) <= index:
+                raise ValueError(f"Was asked to retrieve layer at index {index} but model only "
+                                 f"has {len(self.layers)} layers.")
+            return self.layers[index]
+        if name is not None:
+            for layer in self.layers:
+                if layer.name == name:
+                    return layer
+            raise ValueError(f"No such layer: {name}. Existing layers are: "
+                             f"{[layer.name for layer in self.layers]}.")
+        raise ValueError("Provide either a layer name or layer index at `get_layer`.")
+
+    def regularization_losses(self) -> list[torch.Tensor]:
+        out = []
+        for layer in self._sublayers():
+            out.extend(layer.regularization_losses())
+        return out
+
+    def count_params(self) -> int:
+        self._require_built("count_params")
+        return super().count_params()
+
+    def _require_built(self, what: str) -> None:
+        if not self.built:
+            raise ValueError(
+                f"This model has not yet been built. Build the model first by calling `build()`"
+                f" or by calling the model on a batch of data before `{what}`."
+            )
+
+    # ----- summary -------------------------------------------------------------------
+    def summary(self, line_length: int | None = None, positions: Any = None,
+                print_fn: Any = None, expand_nested: bool = False,
+                show_trainable: bool = False, layer_range: Any = None) -> None:
+        """Print a table of layers, output shapes and parameter counts, then the totals."""
+        from compat.summary import render_summary
+
+        text = render_summary(self, line_length or 80, show_trainable)
+        (print_fn or print)(text)
+
+    # ----- Keras training API --------------------------------------------------------
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
+                metrics: Any = None, weighted_metrics: Any = None, run_eagerly: bool = False,
+                steps_per_execution: int = 1, jit_compile: Any = "auto",
+                auto_scale_loss: bool = True) -> None:
+        """Configure training; trainability changes made before take effect now (Keras)."""
+        from compat import engine
+
+        engine.compile_model(self, optimizer=optimizer, loss=loss, loss_weights=loss_weights,
+                             metrics=metrics, weighted_metrics=weighted_metrics,
+                             steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+
+    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
+            verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
+            validation_data: Any = None, shuffle: bool = True, class_weight: Any = None,
+            sample_weight: Any = None, initial_epoch: int = 0,
+            steps_per_epoch: int | None = None, validation_steps: int | None = None,
+            validation_batch_size: int | None = None, validation_freq: int = 1) -> Any:
+        """Train on NumPy NHWC arrays, a dataset/iterator or a torch DataLoader; returns a
+        :class:`compat.callbacks.History` with Keras's keys."""
+        from compat import engine
+
+        return engine.fit(self, **{k: v for k, v in locals().items()
+                                   if k not in ("self", "engine", "__class__")})
+
+    def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
+                 verbose: Any = "auto", sample_weight: Any = None, steps: int | None = None,
+                 callbacks: Any = None, return_dict: bool = False) -> Any:
+        """Loss (scalar) or ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
+        from compat import engine
+
+        return engine.evaluate(self, **{k: v for k, v in locals().items()
+                                        if k not in ("self", "engine", "__class__")})
+
+    def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto",
+                steps: int | None = None, callbacks: Any = None) -> np.ndarray:
+        """Model outputs as NumPy arrays (channels-last for images)."""
+        from compat import engine
+
+        return engine.predict(self, x, batch_size=batch_size, verbose=verbose, steps=steps,
+                              callbacks=callbacks)
+
+    def predict_on_batch(self, x: Any) -> np.ndarray:
+        self.eval()
+        with torch.no_grad():
+            out = self._eager_call(x, False)
+        return out.cpu().numpy()
+
+    # ----- saving --------------------------------------------------------------------
+    def save(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
+        """Save architecture, weights and compile configuration in ONE self-contained file.
+
+        The file is a PyTorch pickle (``torch.save``), not TensorFlow's SavedModel nor the
+        ``.keras`` zip format; load it with :func:`compat.models.load_model` (trusted files
+        only, as with any pickle).
+        """
+        from compat import saving
+
+        saving.save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath: Any, overwrite: bool = True) -> None:
+        """Save the weights (Keras order and shapes) to one file (a torch file, not HDF5)."""
+        from compat import saving
+
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath: Any, skip_mismatch: bool = False) -> None:
+        from compat import saving
+
+        saving.load_weights(self, filepath, skip_mismatch=skip_mismatch)
+
+    def to_json(self, **kwargs: Any) -> str:
+        raise NotImplementedError("Model.to_json(): use model.save() / load_model()")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_engine_state"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name}, built={self.built}>"
+
+
+class Functional(Model):
+    """Alias kept for ``isinstance`` checks written against Keras's class name."""
+
+
+class Sequential(Model):
+    """A linear stack of layers (``keras.Sequential``)."""
+
+    def __init__(self, layers: list[Any] | None = None, trainable: bool = True,
+                 name: str | None = None) -> None:
+        super().__init__(name=name, trainable=trainable)
+        self._stack = nn.ModuleList()
+        self._input_layer: InputLayer | None = None
+        self._out_shape: Shape | None = None
+        self.built = False
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer: Any, rebuild: bool = True) -> None:
+        """Append a layer, a model, an ``InputLayer`` or an ``Input()`` tensor."""
+        if isinstance(layer, KerasTensor):
+            layer = layer._keras_history[0]
+        if isinstance(layer, InputLayer):
+            if self._input_layer is not None or len(self._stack):
+                raise ValueError(
+                    f"Sequential model '{self.name}' has already been configured to use input "
+                    f"shape {self.input_shape}. You cannot add a different Input layer to it."
+                )
+            self._input_layer = layer
+            self._out_shape = (None, *layer.batch_shape[1:])
+            return
+        if not isinstance(layer, Layer):
+            raise ValueError(
+                "Only instances of `keras.Layer` can be added to a Sequential model. "
+                f"Received: {layer!r} (of type {type(layer)})"
+            )
+        if any(existing.name == layer.name for existing in self._stack):
+            raise ValueError(f"All layers added to a Sequential model should have unique "
+                             f"names. Name '{layer.name}' is already the name of a layer in "
+                             "this model. Update the `name` argument to pass a unique name.")
+        if self._input_layer is None and not len(self._stack) and layer._batch_input_shape:
+            self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
+            self._out_shape = (None, *layer._batch_input_shape[1:])
+        if self._out_shape is not None:
+            layer._maybe_build(self._out_shape)
+            out = layer.compute_output_shape(self._out_shape)
+            self._stack.append(layer)
+            self._out_shape = out
+            self.built = True
+        else:
+            self._stack.append(layer)
+
+    def pop(self, rebuild: bool = True) -> Layer:
+        """Remove and return the last layer."""
+        if not len(self._stack):
+            raise TypeError("There are no layers in the model.")
+        layer = self._stack[-1]
+        del self._stack[-1]
+        self._rebuild_shapes()
+        return layer
+
+    def _rebuild_shapes(self) -> None:
+        if self._input_layer is None:
+            return
+        shape: Shape = (None, *self._input_layer.batch_shape[1:])
+        for layer in self._stack:
+            layer._maybe_build(shape)
+            shape = layer.compute_output_shape(shape)
+        self._out_shape = shape
+        self.built = bool(len(self._stack))
+
+    def build(self, input_shape: Shape | None = None) -> None:
+        if input_shape is not None and self._input_layer is None:
+            self._input_layer = InputLayer(batch_shape=tuple(input_shape))
+        if self._input_layer is None:
+            raise ValueError("You must provide an `input_shape` argument.")
+        self._rebuild_shapes()
+        self.built = True
+
+    def _maybe_build(self, input_shape: Shape) -> None:
+        if not self.built or self._input_layer is None:
+            self.build(input_shape)
+        else:
+            self._check_input_shape(input_shape)
+
+    def _check_input_shape(self, input_shape: Shape) -> None:
+        expected = (None, *self._input_layer.batch_shape[1:])
+        if len(input_shape) != len(expected) or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(input_shape[1:], expected[1:], strict=True)
+        ):
+            raise ValueError(
+                f"Input 0 of layer '{self.name}' is incompatible with the layer: expected "
+                f"shape={expected}, found shape={tuple(input_shape)}"
+            )
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self._stack)
+
+    @property
+    def _multi_in(self) -> bool:  # type: ignore[override]
+        return False
+
+    @property
+    def input_shape(self) -> Shape:
+        if self._input_layer is None:
+            raise AttributeError(f"Sequential model '{self.name}' has no defined input shape.")
+        return (None, *self._input_layer.batch_shape[1:])
+
+    @property
+    def output_shape(self) -> Shape:
+        return self._out_shape
+
+    @property
+    def inputs(self) -> list[KerasTensor]:
+        return [self.input]
+
+    @property
+    def input(self) -> KerasTensor:
+        if self._input_layer is None:
+            raise AttributeError(f"Sequential model '{self.name}' has no defined input.")
+        return self._input_layer._output_tensor
+
+    @property
+    def output(self) -> KerasTensor:
+        raise NotImplementedError(
+            "Sequential.output: wrap the stack as Model(inputs, outputs) to reach it"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self._stack:
+            x = layer.forward(x)
+        return x
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        self._check_input_shape(input_shape)
+        shape = input_shape
+        for layer in self._stack:
+            shape = layer.compute_output_shape(shape)
+        return shape
+
+
+def load_model(filepath: Any, custom_objects: Any = None, compile: bool = True,
+               safe_mode: bool = True) -> Model:
+    """Load a model written by ``Model.save`` (a PyTorch pickle; trusted files only)."""
+    from compat import saving
+
+    return saving.load_model(filepath, compile=compile)
+
+
+def clone_model(model: Model, **kwargs: Any) -> Model:
+    """A deep copy with the same weights (Keras re-initialises; compat copies)."""
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+__all__ = ["Functional", "Model", "Sequential", "clone_model", "load_model", "_as_tensor",
+           "set_modes"]

@@ -1,0 +1,5 @@
+"""``keras.preprocessing``."""
+
+from compat.preprocessing import image
+
+__all__ = ["image"]
