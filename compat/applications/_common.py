@@ -1,0 +1,95 @@
+"""Shared plumbing: timm modules and weights from the ftlight engine, Keras's arguments."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import timm
+from ftlight.registry import resolve_backbone
+from ftlight.weights import WEIGHT_FILE_SUFFIXES, create_hub_model, load_state_dict_file
+from torch import nn
+
+from compat.graph import KerasTensor
+from compat.layers import Input
+
+
+def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.Module:
+    """The timm model (classifier kept) for ``weights``; never falls back to random weights.
+
+    ``ftlight.create_backbone`` removes the classifier, which ``include_top=True`` with
+    pre-trained weights needs, so the weights branches are resolved here with the engine's
+    own helpers (``create_hub_model`` / ``load_state_dict_file``).
+    """
+    spec = resolve_backbone(name)
+    if weights is None or _is_compat_weights(weights):
+        return timm.create_model(spec.timm_name, pretrained=False)
+    if weights == "imagenet":
+        if include_top and classes != 1000:
+            raise ValueError(
+                "If using `weights='imagenet'` with `include_top=True`, `classes` should be "
+                f"1000. Received classes={classes}"
+            )
+        model, _ = create_hub_model(spec.timm_name)
+        return model
+    path = os.fspath(weights)
+    if path.endswith(WEIGHT_FILE_SUFFIXES) and os.path.exists(path):
+        model = timm.create_model(spec.timm_name, pretrained=False)
+        load_state_dict_file(model, path)
+        return model
+    raise ValueError(
+        "The `weights` argument should be either `None` (random initialization), 'imagenet' "
+        "(pre-training on ImageNet), or the path to an existing weights file (a torch state "
+        f"dict {WEIGHT_FILE_SUFFIXES} or a compat save_weights file). Received: "
+        f"weights={weights!r}"
+    )
+
+
+def _is_compat_weights(weights: Any) -> bool:
+    if not isinstance(weights, (str, os.PathLike)) or weights == "imagenet":
+        return False
+    path = os.fspath(weights)
+    return os.path.exists(path) and not path.endswith(WEIGHT_FILE_SUFFIXES)
+
+
+def finish_weights(model: Any, weights: Any) -> None:
+    if _is_compat_weights(weights):
+        model.load_weights(weights)
+
+
+def model_input(input_tensor: Any, input_shape: Any, default: int, min_size: int,
+                include_top: bool, weights: Any) -> KerasTensor:
+    if input_tensor is not None:
+        if not isinstance(input_tensor, KerasTensor):
+            raise TypeError(f"input_tensor must be a compat KerasTensor (compat.Input). "
+                            f"Received: {type(input_tensor)}")
+        return input_tensor
+    if input_shape is None:
+        input_shape = (default, default, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"`input_shape` must be a tuple of three integers (height, width, 3) "
+                         f"(channels_last). Received: input_shape={input_shape}")
+    if weights == "imagenet" and include_top and input_shape != (default, default, 3):
+        raise ValueError(f"When setting `include_top=True` and loading `imagenet` weights, "
+                         f"`input_shape` should be {(default, default, 3)}. Received: "
+                         f"input_shape={input_shape}")
+    for d in input_shape[:2]:
+        if d is not None and d < min_size:
+            raise ValueError(f"Input size must be at least {min_size}x{min_size}; Received: "
+                             f"input_shape={input_shape}")
+    return Input(shape=input_shape)
+
+
+def check_pooling(pooling: Any) -> None:
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+
+
+def no_act_bn(bn: nn.Module) -> nn.Module:
+    """timm's BatchNormAct2d with its activation removed (Keras has a separate Activation)."""
+    if hasattr(bn, "act"):
+        bn.act = nn.Identity()
+    if hasattr(bn, "drop"):
+        bn.drop = nn.Identity()
+    return bn

@@ -1,0 +1,133 @@
+"""InceptionV3 (``keras.applications.inception_v3``) on timm's ``inception_v3`` modules.
+
+Same 313 layers (311 without the top), with the auto-generated names of a fresh Keras
+session (``conv2d``...``conv2d_93``, ``batch_normalization_*``, ``activation_*``,
+``mixed0``...``mixed10``). timm's 94 conv+BN units are taken in Keras's construction order.
+Differences from Keras's architecture, kept because they belong to the torch weights: the
+BatchNormalization layers have a scale (gamma; Keras uses ``scale=False``), so there are
+17,216 more parameters (23,869,000 against Keras's 23,851,784), and the branch average-pools count the padded zeros
+(torchvision/timm semantics; Keras's ``'same'`` average pooling does not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from compat import backend, layers
+from compat.applications import _common
+from compat.applications.imagenet_utils import decode_predictions as _decode
+from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.models import Model
+
+
+class _Units:
+    def __init__(self, model: nn.Module) -> None:
+        self._it: Iterator[nn.Module] = iter(
+            [m for m in model.modules() if hasattr(m, "conv") and hasattr(m, "bn")]
+        )
+
+    def __call__(self, x: Any, filters: int, rows: int, cols: int, padding: str = "same",
+                 strides: tuple[int, int] = (1, 1)) -> Any:
+        unit = next(self._it)
+        conv = unit.conv
+        if (conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride)) != (
+            filters, (rows, cols), tuple(strides)
+        ):
+            raise RuntimeError(f"timm inception_v3 unit {conv} does not match Keras's "
+                               f"conv2d_bn({filters}, {rows}, {cols}, strides={strides})")
+        x = layers.Conv2D.from_torch(conv, name=backend.unique_name("conv2d"), padding=padding)(x)
+        bn = _common.no_act_bn(unit.bn)
+        x = layers.BatchNormalization.from_torch(
+            bn, name=backend.unique_name("batch_normalization"))(x)
+        return layers.Activation("relu")(x)
+
+
+def _avg(x: Any) -> Any:
+    pool = layers.AveragePooling2D((3, 3), strides=(1, 1), padding="same")
+    pool.count_include_pad = True
+    return pool(x)
+
+
+def _cat(xs: list, name: str | None = None) -> Any:
+    return layers.Concatenate(axis=-1, name=name)(xs)
+
+
+def _build(img: Any, c: _Units) -> Any:
+    x = c(img, 32, 3, 3, strides=(2, 2), padding="valid")
+    x = c(x, 32, 3, 3, padding="valid")
+    x = c(x, 64, 3, 3)
+    x = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    x = c(x, 80, 1, 1, padding="valid")
+    x = c(x, 192, 3, 3, padding="valid")
+    x = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    for i, pool_filters in enumerate((32, 64, 64)):
+        b1 = c(x, 64, 1, 1)
+        b5 = c(c(x, 48, 1, 1), 64, 5, 5)
+        b3 = c(c(c(x, 64, 1, 1), 96, 3, 3), 96, 3, 3)
+        bp = c(_avg(x), pool_filters, 1, 1)
+        x = _cat([b1, b5, b3, bp], f"mixed{i}")
+    b3 = c(x, 384, 3, 3, strides=(2, 2), padding="valid")
+    bd = c(c(c(x, 64, 1, 1), 96, 3, 3), 96, 3, 3, strides=(2, 2), padding="valid")
+    bp = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    x = _cat([b3, bd, bp], "mixed3")
+    for i, f in enumerate((128, 160, 160, 192)):
+        b1 = c(x, 192, 1, 1)
+        b7 = c(c(c(x, f, 1, 1), f, 1, 7), 192, 7, 1)
+        bd = c(c(c(c(c(x, f, 1, 1), f, 7, 1), f, 1, 7), f, 7, 1), 192, 1, 7)
+        bp = c(_avg(x), 192, 1, 1)
+        x = _cat([b1, b7, bd, bp], f"mixed{4 + i}")
+    b3 = c(c(x, 192, 1, 1), 320, 3, 3, strides=(2, 2), padding="valid")
+    b7 = c(c(c(c(x, 192, 1, 1), 192, 1, 7), 192, 7, 1), 192, 3, 3, strides=(2, 2),
+           padding="valid")
+    bp = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
+    x = _cat([b3, b7, bp], "mixed8")
+    for i in range(2):
+        b1 = c(x, 320, 1, 1)
+        b3 = c(x, 384, 1, 1)
+        b3 = _cat([c(b3, 384, 1, 3), c(b3, 384, 3, 1)], f"mixed9_{i}")
+        bd = c(c(x, 448, 1, 1), 384, 3, 3)
+        bd = _cat([c(bd, 384, 1, 3), c(bd, 384, 3, 1)])
+        bp = c(_avg(x), 192, 1, 1)
+        x = _cat([b1, b3, bd, bp], f"mixed{9 + i}")
+    return x
+
+
+def InceptionV3(  # noqa: N802 - Keras's name
+    include_top: bool = True, weights: Any = "imagenet", input_tensor: Any = None,
+    input_shape: Any = None, pooling: str | None = None, classes: int = 1000,
+    classifier_activation: Any = "softmax", name: str = "inception_v3",
+) -> Model:
+    _common.check_pooling(pooling)
+    tm = _common.timm_model("inception_v3", weights, include_top, classes)
+    with backend.canonical_names():
+        inputs = _common.model_input(input_tensor, input_shape, 299, 75, include_top, weights)
+        x = _build(inputs, _Units(tm))
+        if include_top:
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            if weights is not None and classes == tm.fc.out_features:
+                pred = layers.Dense.from_torch(tm.fc, name="predictions",
+                                               activation=classifier_activation)
+            else:
+                pred = layers.Dense(classes, activation=classifier_activation,
+                                    name="predictions")
+            x = pred(x)
+        elif pooling == "avg":
+            x = layers.GlobalAveragePooling2D()(x)
+        elif pooling == "max":
+            x = layers.GlobalMaxPooling2D()(x)
+        model = Model(inputs, x, name=name)
+    _common.finish_weights(model, weights)
+    return model
+
+
+def preprocess_input(x: Any, data_format: str | None = None) -> np.ndarray:
+    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
+    return _preprocess(x, data_format=data_format, mode="tf")
+
+
+def decode_predictions(preds: Any, top: int = 5) -> list:
+    return _decode(preds, top=top)
