@@ -25,7 +25,7 @@ OWN_SUBCOMMANDS = {
     "export": "ftlight.export",
 }
 
-USAGE = """usage: ftlight {fit,validate,test,predict,export,demo,report} ...
+USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
 
   fit        train (LightningCLI); e.g. ftlight fit --config resnet50 --data.root imgs/
   validate   evaluate a checkpoint on the validation split (LightningCLI)

@@ -1,0 +1,264 @@
+"""The ``ftlight`` command line: configs, and real fit/validate/test/predict/export runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ftlight import FineTuner
+from ftlight.backbone import DataConfig
+from ftlight.cli import bundled_configs, main
+from ftlight.data import load_rgb
+from ftlight.staged import StagedUnfreeze
+from ftlight.transforms import eval_transform
+
+CONFIGS = ["vgg16", "resnet50", "inception_v3", "efficientnet_lite0"]
+
+
+def make_image_folder(root: Path, classes=("cat", "dog"), n: int = 16, size: int = 40) -> Path:
+    """``root/<class>/<i>.png``: per-class colour plus noise (learnable, tiny)."""
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 40, 220), (40, 220, 40)]
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            noise = rng.integers(-40, 40, (size, size, 3))
+            img = (np.array(colours[c % 3])[None, None] + noise).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def ftlight(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftlight.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode in (0, 3), f"ftlight {args[0]} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *args, "--print_config"])
+    assert exc.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+# ---- parsing (in process) -----------------------------------------------------------------
+def test_usage_lists_commands_and_configs(capsys) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("fit", "predict", "export", "demo", "report", *CONFIGS):
+        assert word in out
+    assert main(["bogus"]) == 2
+    assert sorted(bundled_configs()) == sorted(CONFIGS)
+
+
+def test_fit_help_lists_model_data_and_staged_options(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model.backbone", "--data.root", "--staged.milestones", "--ckpt_path"):
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("vgg16", marks=pytest.mark.slow),
+        "resnet50",
+        "inception_v3",
+        "efficientnet_lite0",
+    ],
+)
+def test_bundled_config_parses_and_builds(name: str, capsys) -> None:
+    cfg = print_config(capsys, "--config", name)
+    assert cfg["model"]["backbone"] == name
+    assert cfg["checkpoint"]["save_last"] is True
+    milestones = cfg["staged"]["milestones"]
+    assert milestones and all("epoch" in m for m in milestones)
+    model_args = {k: v for k, v in cfg["model"].items() if k not in ("num_classes", "class_names")}
+    model = FineTuner(**{**model_args, "weights": None}, num_classes=3)  # one build per config
+    resolved = StagedUnfreeze(milestones).resolve(model)
+    assert resolved, f"{name}: no layer group is scheduled"
+    assert model.data_config.input_size[-1] in (224, 299)
+
+
+def test_config_by_path_and_trainer_flags_pass_through(capsys) -> None:
+    path = Path(__file__).parents[1] / "ftlight" / "configs" / "resnet50.yaml"
+    cfg = print_config(
+        capsys,
+        "--config",
+        str(path),
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.sync_batchnorm",
+        "true",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+    )
+    assert cfg["trainer"]["precision"] == "bf16-mixed"
+    assert cfg["trainer"]["sync_batchnorm"] is True
+    assert cfg["trainer"]["strategy"] == "ddp"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "no_such_config"])
+
+
+# ---- end to end (subprocesses) ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict:
+    """One short `ftlight fit` with the bundled efficientnet_lite0 config (offline weights)."""
+    work = tmp_path_factory.mktemp("cli")
+    make_image_folder(work / "imgs")
+    proc = ftlight(
+        "fit",
+        "--config",
+        "efficientnet_lite0",
+        "--data.root",
+        "imgs",
+        "--model.image_size",
+        "32",
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "0",
+        "--data.test_split",
+        "0.25",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        "run",
+        "--trainer.enable_progress_bar",
+        "false",
+        cwd=work,
+    )
+    log_dir = work / "run" / "logs" / "version_0"
+    return {
+        "work": work,
+        "proc": proc,
+        "log_dir": log_dir,
+        "last": work / "run/checkpoints/last.ckpt",
+    }
+
+
+@pytest.mark.slow
+def test_fit_writes_checkpoints_metrics_and_label_map(fitted) -> None:
+    out = fitted["proc"].stdout
+    assert "checkpoints:" in out and "metrics:" in out
+    assert fitted["last"].is_file()
+    with (fitted["log_dir"] / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("val_acc") for r in rows)
+    assert (fitted["log_dir"] / "config.yaml").is_file()
+    ckpt = torch.load(fitted["last"], map_location="cpu", weights_only=False)
+    meta = ckpt["ftlight"]
+    # Data -> model: class names; weights -> data: the backbone's preprocessing.
+    assert meta["class_names"] == ["cat", "dog"]
+    assert ckpt["hyper_parameters"]["num_classes"] == 2
+    assert meta["data_config"]["mean"] == [0.5, 0.5, 0.5] or meta["data_config"]["mean"] == (
+        0.5,
+        0.5,
+        0.5,
+    )
+    assert meta["data_config"]["input_size"][-1] == 32
+    assert meta["weights_info"]["source"] != "random"
+    assert ckpt["hyper_parameters"]["weights"] is None
+    summary = json.loads((fitted["log_dir"] / "metrics.json").read_text())
+    assert summary["class_names"] == ["cat", "dog"] and "val_acc" in summary
+
+
+@pytest.mark.slow
+def test_validate_and_test_from_checkpoint(fitted) -> None:
+    config = str(fitted["log_dir"] / "config.yaml")
+    for command, metric in (("validate", "val_acc"), ("test", "test_acc")):
+        proc = ftlight(
+            command,
+            "--config",
+            config,
+            "--ckpt_path",
+            str(fitted["last"]),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            cwd=fitted["work"],
+        )
+        assert metric in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_predict_csv_and_class_name_mismatch(fitted) -> None:
+    work = fitted["work"]
+    proc = ftlight("predict", str(fitted["last"]), "imgs", "-o", "preds.csv", "-k", "2", cwd=work)
+    assert "accuracy on 32 labelled images" in proc.stdout
+    with (work / "preds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 32
+    assert set(rows[0]) == {"path", "pred_1", "prob_1", "pred_2", "prob_2", "label"}
+    for row in rows:
+        assert {row["pred_1"], row["pred_2"]} == {"cat", "dog"}
+        assert float(row["prob_1"]) + float(row["prob_2"]) == pytest.approx(1.0, abs=1e-4)
+        assert float(row["prob_1"]) >= float(row["prob_2"])
+
+    make_image_folder(work / "other", classes=("cat", "bird"), n=2)
+    (work / "list.txt").write_text(f"{work / 'other/cat/0.png'}\n{work / 'other/bird/1.png'}\n")
+    proc = ftlight("predict", str(fitted["last"]), "other", "-o", "o.csv", "--strict", cwd=work)
+    assert proc.returncode == 3
+    assert "differ" in proc.stderr and "bird" in proc.stderr
+    proc = ftlight("predict", str(fitted["last"]), "list.txt", "-o", "l.csv", cwd=work)
+    with (work / "l.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+@pytest.mark.slow
+def test_export_torchscript_reproduces_checkpoint(fitted) -> None:
+    work = fitted["work"]
+    proc = ftlight("export", str(fitted["last"]), "-o", "exp", "--format", "torchscript", cwd=work)
+    assert "torchscript" in proc.stdout
+    meta = json.loads((work / "exp" / "model.json").read_text())
+    assert meta["class_names"] == ["cat", "dog"]
+    assert meta["preprocessing"]["input_size"][-1] == 32
+    # Reload and run on real images with the exported preprocessing: same as the checkpoint.
+    scripted = torch.jit.load(str(work / "exp" / "model.ts"))
+    transform = eval_transform(DataConfig.from_dict(meta["preprocessing"]))
+    paths = sorted((work / "imgs").rglob("*.png"))[:6]
+    batch = torch.stack([transform(load_rgb(p)) for p in paths])
+    model = FineTuner.from_checkpoint(fitted["last"])
+    with torch.no_grad():
+        expected = model.probabilities(model(batch))
+        got = scripted(batch)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_onnx_reproduces_checkpoint(fitted) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    work = fitted["work"]
+    ftlight("export", str(fitted["last"]), "-o", "onnx", "--format", "onnx", cwd=work)
+    meta = json.loads((work / "onnx" / "model.json").read_text())
+    assert meta["files"] == {"onnx": "model.onnx"}
+    transform = eval_transform(DataConfig.from_dict(meta["preprocessing"]))
+    paths = sorted((work / "imgs").rglob("*.png"))[-5:]
+    batch = torch.stack([transform(load_rgb(p)) for p in paths])
+    session = ort.InferenceSession(str(work / "onnx" / "model.onnx"))
+    (got,) = session.run(None, {"images": batch.numpy()})
+    model = FineTuner.from_checkpoint(fitted["last"])
+    with torch.no_grad():
+        expected = model.probabilities(model(batch))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
