@@ -358,6 +358,8 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
         warnings.filterwarnings("ignore", ".*Checkpoint directory.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start.*")
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
         try:
             yield

@@ -67,6 +67,16 @@ class Optimizer:
                                                **kwargs)
         return self.torch_optimizer
 
+    def _slots(self) -> int:
+        return 0
+
+    def count_keras_variables(self) -> int:
+        """Size of Keras's optimizer variables (iteration, learning_rate, slots per weight)."""
+        if self.torch_optimizer is None:
+            return 0
+        n = sum(p.numel() for g in self.torch_optimizer.param_groups for p in g["params"])
+        return 2 + self._slots() * n
+
     def get_config(self) -> dict[str, Any]:
         cfg = {k: v for k, v in vars(self).items()
                if not k.startswith("_") and k not in ("torch_optimizer", "iterations")}
@@ -95,6 +105,9 @@ class SGD(Optimizer):
     def _torch_kwargs(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "nesterov": self.nesterov}
 
+    def _slots(self) -> int:
+        return int(self.momentum > 0)
+
 
 class Adam(Optimizer):
     _torch_name = "adam"
@@ -107,6 +120,9 @@ class Adam(Optimizer):
 
     def _torch_kwargs(self) -> dict[str, Any]:
         return {"betas": (self.beta_1, self.beta_2), "eps": self.epsilon, "amsgrad": self.amsgrad}
+
+    def _slots(self) -> int:
+        return 2 + int(self.amsgrad)
 
 
 class AdamW(Adam):
@@ -128,6 +144,9 @@ class RMSprop(Optimizer):
     def _torch_kwargs(self) -> dict[str, Any]:
         return {"alpha": self.rho, "momentum": self.momentum, "eps": self.epsilon,
                 "centered": self.centered}
+
+    def _slots(self) -> int:
+        return 1 + int(self.momentum > 0) + int(self.centered)
 
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

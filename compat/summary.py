@@ -69,7 +69,9 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
         ) + "|"
 
     sep = "+" + "+".join("-" * w for w in widths[:cols]) + "+"
-    total = _count(model.weights)
+    opt = getattr(model, "optimizer", None)
+    opt_params = opt.count_keras_variables() if opt is not None else 0
+    total = _count(model.weights) + opt_params
     trainable = _count(model.trainable_weights)
     non_trainable = _count(model.non_trainable_weights)
     lines = [f'Model: "{model.name}"', sep, fmt(header), sep.replace("-", "=")]
@@ -79,6 +81,8 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
               f" Trainable params: {trainable:,} ({readable_memory_size(trainable * 4)})",
               f" Non-trainable params: {non_trainable:,} "
               f"({readable_memory_size(non_trainable * 4)})"]
+    if opt_params:
+        lines.append(f" Optimizer params: {opt_params:,} ({readable_memory_size(opt_params * 4)})")
     return "\n".join(lines) + "\n"
 
 
