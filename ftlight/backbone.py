@@ -188,6 +188,9 @@ def create_backbone(
     elif isinstance(weights, (str, os.PathLike)) and str(weights).endswith(WEIGHT_FILE_SUFFIXES):
         model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
         info = load_state_dict_file(model, weights)
+        # The classifier is removed below: its absence from a backbone-only file is expected.
+        classifier = str(model.pretrained_cfg.get("classifier", "")) + "."
+        info.missing_keys = [k for k in info.missing_keys if not k.startswith(classifier)]
     else:
         raise ValueError(
             f"Unsupported weights={weights!r}. Expected None, 'imagenet', or a path to a file "

@@ -30,22 +30,11 @@ class MetricsHistory(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._train_seconds = time.perf_counter() - self._start
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.training:
-            return
+        # Lightning 2 validates inside the training epoch: val_* are fresh here too.
         self._record(trainer)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.epochs or self.epochs[-1]["epoch"] != trainer.current_epoch - 1:
-            self._record(trainer, epoch=trainer.current_epoch - 1)
-
-    def _record(self, trainer: L.Trainer, epoch: int | None = None) -> None:
-        epoch = trainer.current_epoch if epoch is None else epoch
-        if self.epochs and self.epochs[-1]["epoch"] == epoch:
-            return
-        row: dict[str, Any] = {"phase": self.phase, "epoch": epoch}
+    def _record(self, trainer: L.Trainer) -> None:
+        row: dict[str, Any] = {"phase": self.phase, "epoch": trainer.current_epoch}
         for key, value in trainer.callback_metrics.items():
             if key.endswith("_step"):
                 continue
@@ -78,6 +67,7 @@ def plot_learning_curves(epochs: Sequence[dict[str, Any]], path: str | Path) -> 
                 ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
                 ax.text(i + 0.6, ax.get_ylim()[1], phases[i], va="top", fontsize=8)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title("accuracy" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend()

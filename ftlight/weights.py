@@ -164,7 +164,8 @@ def load_state_dict_file(model: nn.Module, path: str | os.PathLike) -> WeightsIn
         raise WeightsMismatchError(
             f"{path} does not fit this architecture: only {len(matched)} of {len(target)} "
             f"entries match by name and shape. Keys in the file not in the model (first 10): "
-            f"{mismatched}; shape mismatches: {dropped[:10]}. Expected weights saved from the "
+            f"{mismatched}; shape mismatches: {dropped[:10]}; the model expects keys like "
+            f"{list(target)[:5]}. Expected weights saved from the "
             f"same architecture ({type(model).__name__})."
         )
     result = model.load_state_dict(sd, strict=False)
@@ -203,7 +204,7 @@ def create_hub_model(timm_name: str, **kwargs: Any) -> tuple[nn.Module, WeightsI
         if hub_id:
             hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
             tried.append(f"Hugging Face Hub '{hub_id}' (cache: {hf_home}/hub)")
-        if url:
+        elif url:
             torch_home = os.environ.get("TORCH_HOME", str(Path.home() / ".cache" / "torch"))
             tried.append(f"URL {url} (cache: {torch_home}/hub/checkpoints)")
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")

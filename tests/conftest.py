@@ -1,0 +1,51 @@
+"""Shared fixtures: small real image folders and arrays made in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def make_image_folder(
+    root: Path,
+    *,
+    classes: tuple[str, ...] = ("red", "blue"),
+    per_class: int = 8,
+    size: int = 40,
+    splits: tuple[str, ...] = (),
+    seed: int = 0,
+) -> Path:
+    """Noisy solid-colour PNGs, one sub-folder per class (optionally under split folders)."""
+    rng = np.random.default_rng(seed)
+    for split in splits or ("",):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.array(COLOURS[name], dtype=np.float64)
+                pixels = base + rng.normal(0, 25, size=(size, size, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def colour_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """32 NHWC uint8 images of two colours and their integer labels."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % 2
+    base = np.where(labels[:, None] == 0, [[220, 30, 30]], [[30, 40, 220]]).astype(np.float64)
+    images = base[:, None, None, :] + rng.normal(0, 20, size=(32, 32, 32, 3))
+    return images.clip(0, 255).astype(np.uint8), labels
