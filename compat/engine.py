@@ -469,8 +469,7 @@ def fit(model: Any, *, x: Any, y: Any, batch_size: int | None, epochs: int, verb
 
 
 def _ensure_built(model: Any, x: Any) -> None:
-    if model.built and (getattr(model, "_input_layer", True) is not None):
-        return
+    """Build an unbuilt model from the data, or check the data against the input shape."""
     if isinstance(x, DataLoader) or _is_batch_source(x):
         return
     shape = (None, *np.shape(x)[1:])
