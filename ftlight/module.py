@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,9 @@ from ftlight.head import build_head
 from ftlight.optim import build_optimizer, build_scheduler, split_decay
 
 Task = Literal["multiclass", "binary", "multilabel"]
+
+# Frozen BatchNorm layers are in eval mode on purpose (see ftlight.freezing).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class FineTuner(L.LightningModule):

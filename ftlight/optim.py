@@ -72,7 +72,8 @@ def build_scheduler(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
             total_steps=max(total_steps, 2),
-            pct_start=max(warmup_steps / max(total_steps, 1), 0.05),
+            # OneCycleLR needs at least two steps in each phase.
+            pct_start=min(max(warmup_steps, 2, 0.05 * total_steps) / max(total_steps, 4), 0.5),
         )
     else:
         raise ValueError(f"Unknown scheduler {name!r}. Expected None, 'cosine' or 'onecycle'.")
