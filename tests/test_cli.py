@@ -262,3 +262,40 @@ def test_export_onnx_reproduces_checkpoint(fitted) -> None:
     with torch.no_grad():
         expected = model.probabilities(model(batch))
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(tmp_path: Path) -> None:
+    """`--ckpt_path last` finds the previous run's checkpoint; stage4 trains from epoch 1."""
+    make_image_folder(tmp_path / "imgs", n=8)
+    common = [
+        "--model.backbone=resnet18",
+        "--model.weights=null",
+        "--model.image_size=32",
+        "--model.freeze=true",
+        "--data.root=imgs",
+        "--data.num_workers=0",
+        "--data.batch_size=8",
+        "--trainer.default_root_dir=run",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--staged.milestones=[{epoch: 1, groups: [stage4], lr: 0.01}]",
+    ]
+    ftlight("fit", *common, "--trainer.max_epochs=1", cwd=tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=False)
+    ftlight("fit", *common, "--trainer.max_epochs=2", "--ckpt_path=last", cwd=tmp_path)
+    after = torch.load(last, map_location="cpu", weights_only=False)
+    assert after["epoch"] == 1 and before["epoch"] == 0
+    state = next(v for k, v in after["callbacks"].items() if "StagedUnfreeze" in k)
+    assert state["phase"] == 1
+
+    def moved(prefix: str) -> bool:
+        return any(
+            not torch.equal(v, after["state_dict"][k])
+            for k, v in before["state_dict"].items()
+            if k.startswith(prefix) and v.is_floating_point() and "running" not in k
+        )
+
+    assert moved("backbone.model.layer4.")
+    assert not moved("backbone.model.layer1.")
