@@ -1,0 +1,77 @@
+"""Export and predict in process: a binary model, TorchScript reload, CSV, format errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ftlight import FineTuner, ImageDataModule
+from ftlight.data import load_rgb
+from ftlight.export import export
+from ftlight.predict import class_name_mismatch, predict_probabilities, write_predictions
+from ftlight.transforms import eval_transform
+
+
+@pytest.fixture(scope="module")
+def binary_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = np.repeat([0, 1], 8)
+    dm = ImageDataModule.from_arrays(x, y, class_names=["no", "yes"], batch_size=8, val_split=0)
+    model = FineTuner("resnet18", 1, None, task="binary", image_size=32, class_names=["no", "yes"])
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp,
+    )
+    trainer.fit(model, dm)
+    path = tmp / "binary.ckpt"
+    trainer.save_checkpoint(path)
+    images = []
+    for i in range(3):
+        p = tmp / f"img{i}.png"
+        Image.fromarray(x[i * 5]).save(p)
+        images.append(str(p))
+    return tmp, path, images
+
+
+def test_binary_export_gives_two_columns_matching_predict(binary_checkpoint) -> None:
+    tmp, path, images = binary_checkpoint
+    result = export(path, tmp / "out", formats=["torchscript"])
+    assert result["max_abs_diff"]["torchscript"] <= 1e-5
+    meta = json.loads((tmp / "out" / "model.json").read_text())
+    assert meta["class_names"] == ["no", "yes"] and meta["task"] == "binary"
+    model = FineTuner.from_checkpoint(path)
+    probs = predict_probabilities(model, images)
+    assert probs.shape == (3, 2)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    batch = torch.stack([eval_transform(model.data_config)(load_rgb(p)) for p in images])
+    scripted = torch.jit.load(str(tmp / "out" / "model.ts"))
+    torch.testing.assert_close(scripted(batch), probs, atol=1e-5, rtol=1e-4)
+
+    csv_path = write_predictions(tmp / "p.csv", images, probs, ["no", "yes"], top_k=5)
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and "pred_2" in rows[0] and "pred_3" not in rows[0]
+
+
+def test_export_rejects_unknown_format_and_mismatch_messages(binary_checkpoint) -> None:
+    tmp, path, _ = binary_checkpoint
+    with pytest.raises(ValueError, match="tflite"):
+        export(path, tmp / "bad", formats=["tflite"])
+    assert class_name_mismatch(["a", "b"], ["a", "b"]) is None
+    assert class_name_mismatch(["a", "b"], []) is None
+    msg = class_name_mismatch(["a", "b"], ["a", "c"])
+    assert "['c']" in msg and "['b']" in msg
+    assert "order" in class_name_mismatch(["a", "b"], ["b", "a"])
