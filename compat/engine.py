@@ -210,6 +210,12 @@ class KerasLightningModule(L.LightningModule):
             opt.build(self.model.parameters())
         return opt.torch_optimizer
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores sub-module modes as they were; Keras semantics are re-applied here.
+        self.model.train()
+        for module in self._inference:
+            module.training = False
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         for module in self._inference:
             module.training = False
