@@ -1,0 +1,48 @@
+"""The built-in demo: real ImageNet weights, offline, six steps, >= 0.95 held-out accuracy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "ftlight.cli", "demo", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for step in range(1, 7):
+        assert f"[{step}/6]" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weights"]["source"] == "packaged"
+    assert metrics["test_accuracy"] >= 0.95, metrics
+    assert metrics["val_accuracy"] >= 0.9
+    assert {"feature_cache", "head_phase", "finetune_phase", "total"} <= set(metrics["seconds"])
+    assert len(metrics["epochs"]) == 25 + 3
+    assert (out / "model.ckpt").stat().st_size > 1_000_000
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        with Image.open(out / png) as img:
+            img.verify()
+    assert "learning_curves.png" in (out / "report.md").read_text()
+
+
+def test_demo_with_a_hub_backbone_fails_with_the_weights_error(tmp_path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "TORCH_HOME": str(tmp_path / "torch")}
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ftlight.cli", "demo", "--backbone", "resnet50", "--out",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+    )
+    assert result.returncode == 2
+    assert "Could not get ImageNet weights for 'resnet50'" in result.stderr
+    assert "weights=" in result.stderr
