@@ -50,17 +50,24 @@ class History(Callback):
 
 def _better(mode: str, monitor: str) -> Any:
     if mode == "auto":
-        mode = "max" if any(k in monitor for k in ("acc", "auc", "precision", "recall")) \
-            else "min"
+        mode = "max" if any(k in monitor for k in ("acc", "auc", "precision", "recall")) else "min"
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
     return (np.less, np.inf) if mode == "min" else (np.greater, -np.inf)
 
 
 class EarlyStopping(Callback):
-    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
-                 verbose: int = 0, mode: str = "auto", baseline: float | None = None,
-                 restore_best_weights: bool = False, start_from_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
         super().__init__()
         self.monitor, self.patience, self.verbose = monitor, patience, verbose
         self.min_delta = abs(min_delta)
@@ -104,10 +111,17 @@ class ModelCheckpoint(Callback):
     """Saves ``model.save`` / ``model.save_weights`` files; ``filepath`` may hold
     ``{epoch:02d}`` and log keys like Keras."""
 
-    def __init__(self, filepath: str, monitor: str = "val_loss", verbose: int = 0,
-                 save_best_only: bool = False, save_weights_only: bool = False,
-                 mode: str = "auto", save_freq: Any = "epoch",
-                 initial_value_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        filepath: str,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: Any = "epoch",
+        initial_value_threshold: float | None = None,
+    ) -> None:
         super().__init__()
         if save_freq != "epoch":
             raise NotImplementedError(f"ModelCheckpoint(save_freq={save_freq!r})")
@@ -133,13 +147,22 @@ class ModelCheckpoint(Callback):
 
 
 class ReduceLROnPlateau(Callback):
-    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
-                 verbose: int = 0, mode: str = "auto", min_delta: float = 1e-4,
-                 cooldown: int = 0, min_lr: float = 0.0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ) -> None:
         super().__init__()
         if factor >= 1.0:
-            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0. "
-                             f"Received: factor={factor}")
+            raise ValueError(
+                f"ReduceLROnPlateau does not support a factor >= 1.0. Received: factor={factor}"
+            )
         self.monitor, self.factor, self.patience, self.verbose = monitor, factor, patience, verbose
         self.min_delta, self.cooldown, self.min_lr = min_delta, cooldown, min_lr
         self._op, self._init = _better(mode, monitor)
@@ -169,8 +192,10 @@ class ReduceLROnPlateau(Callback):
                     new = max(old * self.factor, self.min_lr)
                     self.model.optimizer.learning_rate = new
                     if self.verbose:
-                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
-                              f"to {new}.")
+                        print(
+                            f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                            f"to {new}."
+                        )
                     self.cooldown_counter, self.wait = self.cooldown, 0
 
 
@@ -186,8 +211,9 @@ class LearningRateScheduler(Callback):
         except TypeError:
             lr = self.schedule(epoch)
         if not isinstance(lr, (float, int, np.floating)):
-            raise ValueError(f'The output of the "schedule" function should be a float. '
-                             f"Got: {lr!r}")
+            raise ValueError(
+                f'The output of the "schedule" function should be a float. Got: {lr!r}'
+            )
         self.model.optimizer.learning_rate = float(lr)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

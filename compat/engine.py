@@ -16,15 +16,25 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from compat import backend, callbacks as callbacks_mod, losses, metrics as metrics_mod
-from compat import optimizers
+from compat import backend, losses, optimizers
+from compat import callbacks as callbacks_mod
+from compat import metrics as metrics_mod
 from compat.layers.base import inference_modules
 
 # ----- compile -------------------------------------------------------------------------
 
 
-def compile_model(model: Any, *, optimizer: Any, loss: Any, loss_weights: Any, metrics: Any,
-                  weighted_metrics: Any, steps_per_execution: int, jit_compile: Any) -> None:
+def compile_model(
+    model: Any,
+    *,
+    optimizer: Any,
+    loss: Any,
+    loss_weights: Any,
+    metrics: Any,
+    weighted_metrics: Any,
+    steps_per_execution: int,
+    jit_compile: Any,
+) -> None:
     if loss_weights is not None:
         raise NotImplementedError("compile(loss_weights=...): multi-output losses")
     if weighted_metrics:
@@ -41,9 +51,13 @@ def compile_model(model: Any, *, optimizer: Any, loss: Any, loss_weights: Any, m
     opt.torch_optimizer = None
     loss_obj = losses.get(loss) if loss is not None else None
     metric_objs = [metrics_mod.get(m) for m in (metrics or [])]
-    model._compiled = {"optimizer": optimizer if isinstance(optimizer, str) else opt,
-                       "loss": loss, "metrics": list(metrics or []), "loss_obj": loss_obj,
-                       "metric_objs": metric_objs}
+    model._compiled = {
+        "optimizer": optimizer if isinstance(optimizer, str) else opt,
+        "loss": loss,
+        "metrics": list(metrics or []),
+        "loss_obj": loss_obj,
+        "metric_objs": metric_objs,
+    }
     model.optimizer = opt
     apply_trainable(model)
 
@@ -76,8 +90,9 @@ def _tensor(x: Any, what: str) -> torch.Tensor:
     except Exception as err:  # pragma: no cover - defensive
         raise TypeError(f"{what} must be array-like. Received: {type(x)}") from err
     if arr.dtype == object:
-        raise TypeError(f"{what} must be a numeric array. Received dtype=object with shape "
-                        f"{arr.shape}")
+        raise TypeError(
+            f"{what} must be a numeric array. Received dtype=object with shape {arr.shape}"
+        )
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr))
@@ -115,23 +130,35 @@ class _BatchSequence(Dataset):
 
 def _is_batch_source(x: Any) -> bool:
     return isinstance(x, DataLoader) or (
-        hasattr(x, "__getitem__") and hasattr(x, "__len__") and not isinstance(
-            x, (np.ndarray, torch.Tensor, list, tuple)) and getattr(x, "_compat_batches", False)
+        hasattr(x, "__getitem__")
+        and hasattr(x, "__len__")
+        and not isinstance(x, (np.ndarray, torch.Tensor, list, tuple))
+        and getattr(x, "_compat_batches", False)
     )
 
 
-def make_loader(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None,
-                shuffle: bool, what: str = "x") -> DataLoader:
+def make_loader(
+    x: Any,
+    y: Any = None,
+    sample_weight: Any = None,
+    *,
+    batch_size: int | None,
+    shuffle: bool,
+    what: str = "x",
+) -> DataLoader:
     if isinstance(x, DataLoader):
         return x
     if _is_batch_source(x):
         if y is not None:
-            raise ValueError(f"`y` must not be given when `{what}` is a dataset/iterator that "
-                             "yields (x, y) batches.")
+            raise ValueError(
+                f"`y` must not be given when `{what}` is a dataset/iterator that "
+                "yields (x, y) batches."
+            )
         return DataLoader(_BatchSequence(x), batch_size=None, shuffle=shuffle)
-    if isinstance(x, (dict, list)) and not isinstance(x, np.ndarray):
-        if isinstance(x, dict) or (x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1):
-            raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
+    if isinstance(x, dict) or (
+        isinstance(x, list) and x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1
+    ):
+        raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
     xt = _tensor(x, what)
     yt = None if y is None else _tensor(y, "y")
     if yt is not None and len(yt) != len(xt):
@@ -142,8 +169,11 @@ def make_loader(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size:
     swt = None if sample_weight is None else _tensor(sample_weight, "sample_weight").float()
     bs = batch_size or 32
     sampler = RandomSampler(range(len(xt))) if shuffle else SequentialSampler(range(len(xt)))
-    return DataLoader(_ArrayBatches(xt, yt, swt), batch_size=None,
-                      sampler=BatchSampler(sampler, bs, drop_last=False))
+    return DataLoader(
+        _ArrayBatches(xt, yt, swt),
+        batch_size=None,
+        sampler=BatchSampler(sampler, bs, drop_last=False),
+    )
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:
@@ -233,8 +263,10 @@ class KerasLightningModule(L.LightningModule):
     def _step(self, batch: Any, tracker: _Tracker, training: bool) -> torch.Tensor:
         x, y, sw = _unpack(batch)
         if y is None:
-            raise ValueError("Training and evaluation need targets: pass `y`, or a dataset "
-                             "that yields (x, y) batches.")
+            raise ValueError(
+                "Training and evaluation need targets: pass `y`, or a dataset "
+                "that yields (x, y) batches."
+            )
         y_pred = self(x).float()
         loss = self._loss(y, y_pred, sw)
         regs = self.model.regularization_losses()
@@ -279,8 +311,9 @@ class _KerasBridge(L.Callback):
         for cb in self.cbs:
             cb.on_epoch_begin(self._epoch(trainer), {})
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.needs_batch_logs:
             logs = pl_module.train_tracker.logs()
             for cb in self.cbs:
@@ -323,15 +356,18 @@ class _Progress(L.Callback):
         self.total = trainer.num_training_batches
         print(f"Epoch {self.initial_epoch + trainer.current_epoch + 1}/{self.epochs}")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.verbose != 1:
             return
         done = batch_idx + 1
         elapsed = time.perf_counter() - self.start
         bar = "━" * int(20 * done / max(self.total, 1))
-        line = (f"\r{done}/{self.total} {bar:<20} {_fmt_time(elapsed)} "
-                f"{_fmt_time(elapsed / done)}/step - {_fmt_logs(pl_module.train_tracker.logs())}")
+        line = (
+            f"\r{done}/{self.total} {bar:<20} {_fmt_time(elapsed)} "
+            f"{_fmt_time(elapsed / done)}/step - {_fmt_logs(pl_module.train_tracker.logs())}"
+        )
         sys.stdout.write(line)
         sys.stdout.flush()
 
@@ -341,11 +377,15 @@ class _Progress(L.Callback):
         step = _fmt_time(elapsed / max(self.total, 1))
         if self.verbose == 1:
             bar = "━" * 20
-            print(f"\r{self.total}/{self.total} {bar} {_fmt_time(elapsed)} {step}/step - "
-                  f"{_fmt_logs(logs)}")
+            print(
+                f"\r{self.total}/{self.total} {bar} {_fmt_time(elapsed)} {step}/step - "
+                f"{_fmt_logs(logs)}"
+            )
         else:
-            print(f"{self.total}/{self.total} - {_fmt_time(elapsed)} - {step}/step - "
-                  f"{_fmt_logs(logs)}")
+            print(
+                f"{self.total}/{self.total} - {_fmt_time(elapsed)} - {step}/step - "
+                f"{_fmt_logs(logs)}"
+            )
 
 
 # ----- the Trainer ---------------------------------------------------------------------
@@ -353,8 +393,7 @@ class _Progress(L.Callback):
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
-                                              "lightning")]
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
@@ -408,18 +447,39 @@ def _split(x: Any, y: Any, sw: Any, fraction: float) -> tuple:
     n = len(x)
     cut = int(n * (1.0 - fraction))
     if cut in (0, n):
-        raise ValueError(f"validation_split={fraction} leaves no training or no validation "
-                         f"samples out of {n}.")
-    take = (lambda a, s: None if a is None else a[s])
-    return ((take(x, slice(0, cut)), take(y, slice(0, cut)), take(sw, slice(0, cut))),
-            (take(x, slice(cut, n)), take(y, slice(cut, n)), take(sw, slice(cut, n))))
+        raise ValueError(
+            f"validation_split={fraction} leaves no training or no validation samples out of {n}."
+        )
+
+    def take(a, s):
+        return None if a is None else a[s]
+
+    return (
+        (take(x, slice(0, cut)), take(y, slice(0, cut)), take(sw, slice(0, cut))),
+        (take(x, slice(cut, n)), take(y, slice(cut, n)), take(sw, slice(cut, n))),
+    )
 
 
-def fit(model: Any, *, x: Any, y: Any, batch_size: int | None, epochs: int, verbose: Any,
-        callbacks: Any, validation_split: float, validation_data: Any, shuffle: bool,
-        class_weight: Any, sample_weight: Any, initial_epoch: int, steps_per_epoch: int | None,
-        validation_steps: int | None, validation_batch_size: int | None,
-        validation_freq: int) -> callbacks_mod.History:
+def fit(
+    model: Any,
+    *,
+    x: Any,
+    y: Any,
+    batch_size: int | None,
+    epochs: int,
+    verbose: Any,
+    callbacks: Any,
+    validation_split: float,
+    validation_data: Any,
+    shuffle: bool,
+    class_weight: Any,
+    sample_weight: Any,
+    initial_epoch: int,
+    steps_per_epoch: int | None,
+    validation_steps: int | None,
+    validation_batch_size: int | None,
+    validation_freq: int,
+) -> callbacks_mod.History:
     _require_compiled(model, "fit")
     if x is None:
         raise ValueError("fit() needs training data `x`.")
@@ -439,17 +499,26 @@ def fit(model: Any, *, x: Any, y: Any, batch_size: int | None, epochs: int, verb
                     f"val_sample_weight), or a dataset. Received a tuple of "
                     f"{len(validation_data)} items."
                 )
-            val = make_loader(*validation_data, batch_size=validation_batch_size or batch_size,
-                              shuffle=False, what="validation_data")
+            val = make_loader(
+                *validation_data,
+                batch_size=validation_batch_size or batch_size,
+                shuffle=False,
+                what="validation_data",
+            )
         else:
-            val = make_loader(validation_data, batch_size=validation_batch_size or batch_size,
-                              shuffle=False, what="validation_data")
+            val = make_loader(
+                validation_data,
+                batch_size=validation_batch_size or batch_size,
+                shuffle=False,
+                what="validation_data",
+            )
     history = callbacks_mod.History()
     user_cbs = list(callbacks or [])
     for cb in user_cbs:
         if not isinstance(cb, callbacks_mod.Callback):
-            raise TypeError(f"callbacks must be compat.callbacks.Callback instances. Received: "
-                            f"{cb!r}")
+            raise TypeError(
+                f"callbacks must be compat.callbacks.Callback instances. Received: {cb!r}"
+            )
     cbs = [*user_cbs, history]
     params = {"epochs": epochs, "verbose": verbose, "steps": steps_per_epoch or len(train)}
     for cb in cbs:
@@ -464,9 +533,12 @@ def fit(model: Any, *, x: Any, y: Any, batch_size: int | None, epochs: int, verb
     remaining = epochs - initial_epoch
     if remaining > 0:
         with _quiet():
-            trainer = make_trainer(max_epochs=remaining, callbacks=lcbs,
-                                   limit_train_batches=steps_per_epoch or 1.0,
-                                   limit_val_batches=validation_steps or 1.0)
+            trainer = make_trainer(
+                max_epochs=remaining,
+                callbacks=lcbs,
+                limit_train_batches=steps_per_epoch or 1.0,
+                limit_val_batches=validation_steps or 1.0,
+            )
             trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
         if model.optimizer.torch_optimizer is not None:
             model.optimizer.iterations += trainer.global_step
@@ -482,8 +554,18 @@ def _ensure_built(model: Any, x: Any) -> None:
     model._maybe_build(shape)
 
 
-def evaluate(model: Any, *, x: Any, y: Any, batch_size: int | None, verbose: Any,
-             sample_weight: Any, steps: int | None, callbacks: Any, return_dict: bool) -> Any:
+def evaluate(
+    model: Any,
+    *,
+    x: Any,
+    y: Any,
+    batch_size: int | None,
+    verbose: Any,
+    sample_weight: Any,
+    steps: int | None,
+    callbacks: Any,
+    return_dict: bool,
+) -> Any:
     _require_compiled(model, "evaluate")
     _ensure_built(model, x)
     loader = make_loader(x, y, sample_weight, batch_size=batch_size, shuffle=False)
@@ -502,8 +584,9 @@ def evaluate(model: Any, *, x: Any, y: Any, batch_size: int | None, verbose: Any
     return values[0] if len(values) == 1 else values
 
 
-def predict(model: Any, x: Any, *, batch_size: int | None, verbose: Any, steps: int | None,
-            callbacks: Any) -> np.ndarray:
+def predict(
+    model: Any, x: Any, *, batch_size: int | None, verbose: Any, steps: int | None, callbacks: Any
+) -> np.ndarray:
     _ensure_built(model, x)
     loader = make_loader(x, batch_size=batch_size, shuffle=False)
     module = KerasLightningModule(model)

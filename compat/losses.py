@@ -14,9 +14,14 @@ EPSILON = 1e-7
 class Loss:
     name = "loss"
 
-    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0,
-                 reduction: str = "sum_over_batch_size", name: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        from_logits: bool = False,
+        label_smoothing: float = 0.0,
+        reduction: str = "sum_over_batch_size",
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         if reduction not in ("sum_over_batch_size", "auto"):
             raise NotImplementedError(f"{type(self).__name__}(reduction={reduction!r})")
         if kwargs.get("axis", -1) != -1:
@@ -67,8 +72,9 @@ class CategoricalCrossentropy(Loss):
 class SparseCategoricalCrossentropy(Loss):
     name = "sparse_categorical_crossentropy"
 
-    def __init__(self, from_logits: bool = False, ignore_class: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, from_logits: bool = False, ignore_class: int | None = None, **kwargs: Any
+    ) -> None:
         if ignore_class is not None:
             raise NotImplementedError("SparseCategoricalCrossentropy(ignore_class=...)")
         super().__init__(from_logits=from_logits, **kwargs)
@@ -125,20 +131,23 @@ _BY_NAME = {
 }
 
 
-def categorical_crossentropy(y_true: Any, y_pred: Any, from_logits: bool = False,
-                             label_smoothing: float = 0.0) -> torch.Tensor:
+def categorical_crossentropy(
+    y_true: Any, y_pred: Any, from_logits: bool = False, label_smoothing: float = 0.0
+) -> torch.Tensor:
     loss = CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
     return loss.per_sample(torch.as_tensor(y_true), torch.as_tensor(y_pred))
 
 
-def sparse_categorical_crossentropy(y_true: Any, y_pred: Any,
-                                    from_logits: bool = False) -> torch.Tensor:
+def sparse_categorical_crossentropy(
+    y_true: Any, y_pred: Any, from_logits: bool = False
+) -> torch.Tensor:
     loss = SparseCategoricalCrossentropy(from_logits=from_logits)
     return loss.per_sample(torch.as_tensor(y_true), torch.as_tensor(y_pred))
 
 
-def binary_crossentropy(y_true: Any, y_pred: Any, from_logits: bool = False,
-                        label_smoothing: float = 0.0) -> torch.Tensor:
+def binary_crossentropy(
+    y_true: Any, y_pred: Any, from_logits: bool = False, label_smoothing: float = 0.0
+) -> torch.Tensor:
     loss = BinaryCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
     return loss.per_sample(torch.as_tensor(y_true), torch.as_tensor(y_pred))
 
@@ -150,5 +159,6 @@ def get(identifier: Any) -> Loss:
         return _BY_NAME[identifier]()
     if identifier is None:
         raise ValueError("compile(): a `loss` is required to train or evaluate.")
-    raise NotImplementedError(f"Loss {identifier!r}. Supported: {sorted(_BY_NAME)} or a "
-                              "compat.losses.Loss instance.")
+    raise NotImplementedError(
+        f"Loss {identifier!r}. Supported: {sorted(_BY_NAME)} or a compat.losses.Loss instance."
+    )

@@ -109,8 +109,9 @@ class Accuracy(Metric):
             y_true, y_pred = torch.as_tensor(y_true), torch.as_tensor(y_pred)
             if y_pred.shape[-1] == 1:
                 self._impl = BinaryAccuracy()
-            elif y_true.ndim < y_pred.ndim or (y_true.ndim == y_pred.ndim and
-                                               y_true.shape[-1] == 1):
+            elif y_true.ndim < y_pred.ndim or (
+                y_true.ndim == y_pred.ndim and y_true.shape[-1] == 1
+            ):
                 self._impl = SparseCategoricalAccuracy()
             else:
                 self._impl = CategoricalAccuracy()
@@ -185,8 +186,9 @@ class _TorchMetric(Metric):
 class AUC(_TorchMetric):
     name = "auc"
 
-    def __init__(self, num_thresholds: int = 200, curve: str = "ROC", name: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, num_thresholds: int = 200, curve: str = "ROC", name: str | None = None, **kwargs: Any
+    ) -> None:
         if curve != "ROC":
             raise NotImplementedError(f"AUC(curve={curve!r})")
         self.num_thresholds = num_thresholds
@@ -228,5 +230,6 @@ def get(identifier: Any) -> Metric:
         if identifier == "acc":
             metric.name = "acc"
         return metric
-    raise NotImplementedError(f"Metric {identifier!r}. Supported: {sorted(_BY_NAME)} or a "
-                              "compat.metrics.Metric instance.")
+    raise NotImplementedError(
+        f"Metric {identifier!r}. Supported: {sorted(_BY_NAME)} or a compat.metrics.Metric instance."
+    )

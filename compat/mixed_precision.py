@@ -14,8 +14,9 @@ class Policy:
 
     @property
     def compute_dtype(self) -> str:
-        return {"float32": "float32", "mixed_float16": "float16",
-                "mixed_bfloat16": "bfloat16"}[self.name]
+        return {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}[
+            self.name
+        ]
 
     @property
     def variable_dtype(self) -> str:

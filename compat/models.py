@@ -22,17 +22,23 @@ from compat.layers.core import InputLayer
 class Model(Layer):
     """Functional model ``Model(inputs, outputs)`` (``keras.Model``)."""
 
-    def __init__(self, inputs: Any = None, outputs: Any = None, name: str | None = None,
-                 trainable: bool = True, **kwargs: Any) -> None:
-        if inputs is None or outputs is None:
-            if type(self) is Model:
-                raise NotImplementedError(
-                    "Subclassed keras.Model (overriding call()); build models with "
-                    "Model(inputs, outputs) or Sequential."
-                )
+    def __init__(
+        self,
+        inputs: Any = None,
+        outputs: Any = None,
+        name: str | None = None,
+        trainable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if (inputs is None or outputs is None) and type(self) is Model:
+            raise NotImplementedError(
+                "Subclassed keras.Model (overriding call()); build models with "
+                "Model(inputs, outputs) or Sequential."
+            )
         if name is None:
-            name = backend.unique_name("functional" if type(self) is Model else
-                                       backend.to_snake_case(type(self).__name__))
+            name = backend.unique_name(
+                "functional" if type(self) is Model else backend.to_snake_case(type(self).__name__)
+            )
         super().__init__(name=name, trainable=trainable, **kwargs)
         self._compiled: dict[str, Any] | None = None
         self.optimizer: Any = None
@@ -64,8 +70,14 @@ class Model(Layer):
                 continue
             for t in node.outputs:
                 ids.setdefault(id(t), len(ids))
-            plan.append((node.layer, [ids[id(t)] for t in node.input_tensors],
-                         ids[id(node.outputs[0])], node.multi_input))
+            plan.append(
+                (
+                    node.layer,
+                    [ids[id(t)] for t in node.input_tensors],
+                    ids[id(node.outputs[0])],
+                    node.multi_input,
+                )
+            )
         self._plan = plan
         self._out_ids = [ids[id(t)] for t in flat_out]
         self._n_slots = len(ids)
@@ -140,19 +152,24 @@ class Model(Layer):
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """A layer by name or by index (``keras.Model.get_layer``)."""
         if index is not None and name is not None:
-            raise ValueError(f"Provide only a layer name or a layer index. Received: "
-                             f"index={index}, name={name}.")
+            raise ValueError(
+                f"Provide only a layer name or a layer index. Received: index={index}, name={name}."
+            )
         if index is not None:
             if len(self.layers) <= index:
-                raise ValueError(f"Was asked to retrieve layer at index {index} but model only "
-                                 f"has {len(self.layers)} layers.")
+                raise ValueError(
+                    f"Was asked to retrieve layer at index {index} but model only "
+                    f"has {len(self.layers)} layers."
+                )
             return self.layers[index]
         if name is not None:
             for layer in self.layers:
                 if layer.name == name:
                     return layer
-            raise ValueError(f"No such layer: {name}. Existing layers are: "
-                             f"{[layer.name for layer in self.layers]}.")
+            raise ValueError(
+                f"No such layer: {name}. Existing layers are: "
+                f"{[layer.name for layer in self.layers]}."
+            )
         raise ValueError("Provide either a layer name or layer index at `get_layer`.")
 
     def regularization_losses(self) -> list[torch.Tensor]:
@@ -173,9 +190,15 @@ class Model(Layer):
             )
 
     # ----- summary -------------------------------------------------------------------
-    def summary(self, line_length: int | None = None, positions: Any = None,
-                print_fn: Any = None, expand_nested: bool = False,
-                show_trainable: bool = False, layer_range: Any = None) -> None:
+    def summary(
+        self,
+        line_length: int | None = None,
+        positions: Any = None,
+        print_fn: Any = None,
+        expand_nested: bool = False,
+        show_trainable: bool = False,
+        layer_range: Any = None,
+    ) -> None:
         """Print a table of layers, output shapes and parameter counts, then the totals."""
         from compat.summary import render_summary
 
@@ -183,46 +206,91 @@ class Model(Layer):
         (print_fn or print)(text)
 
     # ----- Keras training API --------------------------------------------------------
-    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None,
-                metrics: Any = None, weighted_metrics: Any = None, run_eagerly: bool = False,
-                steps_per_execution: int = 1, jit_compile: Any = "auto",
-                auto_scale_loss: bool = True) -> None:
+    def compile(
+        self,
+        optimizer: Any = "rmsprop",
+        loss: Any = None,
+        loss_weights: Any = None,
+        metrics: Any = None,
+        weighted_metrics: Any = None,
+        run_eagerly: bool = False,
+        steps_per_execution: int = 1,
+        jit_compile: Any = "auto",
+        auto_scale_loss: bool = True,
+    ) -> None:
         """Configure training; trainability changes made before take effect now (Keras)."""
         from compat import engine
 
-        engine.compile_model(self, optimizer=optimizer, loss=loss, loss_weights=loss_weights,
-                             metrics=metrics, weighted_metrics=weighted_metrics,
-                             steps_per_execution=steps_per_execution, jit_compile=jit_compile)
+        engine.compile_model(
+            self,
+            optimizer=optimizer,
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+        )
 
-    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
-            verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
-            validation_data: Any = None, shuffle: bool = True, class_weight: Any = None,
-            sample_weight: Any = None, initial_epoch: int = 0,
-            steps_per_epoch: int | None = None, validation_steps: int | None = None,
-            validation_batch_size: int | None = None, validation_freq: int = 1) -> Any:
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: Any = "auto",
+        callbacks: Any = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        class_weight: Any = None,
+        sample_weight: Any = None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq: int = 1,
+    ) -> Any:
         """Train on NumPy NHWC arrays, a dataset/iterator or a torch DataLoader; returns a
         :class:`compat.callbacks.History` with Keras's keys."""
         from compat import engine
 
-        return engine.fit(self, **{k: v for k, v in locals().items()
-                                   if k not in ("self", "engine", "__class__")})
+        return engine.fit(
+            self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
+        )
 
-    def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None,
-                 verbose: Any = "auto", sample_weight: Any = None, steps: int | None = None,
-                 callbacks: Any = None, return_dict: bool = False) -> Any:
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        sample_weight: Any = None,
+        steps: int | None = None,
+        callbacks: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
         """Loss (scalar) or ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
         from compat import engine
 
-        return engine.evaluate(self, **{k: v for k, v in locals().items()
-                                        if k not in ("self", "engine", "__class__")})
+        return engine.evaluate(
+            self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
+        )
 
-    def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto",
-                steps: int | None = None, callbacks: Any = None) -> np.ndarray:
+    def predict(
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        steps: int | None = None,
+        callbacks: Any = None,
+    ) -> np.ndarray:
         """Model outputs as NumPy arrays (channels-last for images)."""
         from compat import engine
 
-        return engine.predict(self, x, batch_size=batch_size, verbose=verbose, steps=steps,
-                              callbacks=callbacks)
+        return engine.predict(
+            self, x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+        )
 
     def predict_on_batch(self, x: Any) -> np.ndarray:
         self.eval()
@@ -275,8 +343,9 @@ class Functional(Model):
 class Sequential(Model):
     """A linear stack of layers (``keras.Sequential``)."""
 
-    def __init__(self, layers: list[Any] | None = None, trainable: bool = True,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, layers: list[Any] | None = None, trainable: bool = True, name: str | None = None
+    ) -> None:
         super().__init__(name=name, trainable=trainable)
         self._stack = nn.ModuleList()
         self._input_layer: InputLayer | None = None
@@ -304,9 +373,11 @@ class Sequential(Model):
                 f"Received: {layer!r} (of type {type(layer)})"
             )
         if any(existing.name == layer.name for existing in self._stack):
-            raise ValueError(f"All layers added to a Sequential model should have unique "
-                             f"names. Name '{layer.name}' is already the name of a layer in "
-                             "this model. Update the `name` argument to pass a unique name.")
+            raise ValueError(
+                f"All layers added to a Sequential model should have unique "
+                f"names. Name '{layer.name}' is already the name of a layer in "
+                "this model. Update the `name` argument to pass a unique name."
+            )
         if self._input_layer is None and not len(self._stack) and layer._batch_input_shape:
             self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
             self._out_shape = (None, *layer._batch_input_shape[1:])
@@ -410,8 +481,9 @@ class Sequential(Model):
         return shape
 
 
-def load_model(filepath: Any, custom_objects: Any = None, compile: bool = True,
-               safe_mode: bool = True) -> Model:
+def load_model(
+    filepath: Any, custom_objects: Any = None, compile: bool = True, safe_mode: bool = True
+) -> Model:
     """Load a model written by ``Model.save`` (a PyTorch pickle; trusted files only)."""
     from compat import saving
 
@@ -426,5 +498,12 @@ def clone_model(model: Model, **kwargs: Any) -> Model:
     return torch.load(buf, weights_only=False)
 
 
-__all__ = ["Functional", "Model", "Sequential", "clone_model", "load_model", "_as_tensor",
-           "set_modes"]
+__all__ = [
+    "Functional",
+    "Model",
+    "Sequential",
+    "_as_tensor",
+    "clone_model",
+    "load_model",
+    "set_modes",
+]

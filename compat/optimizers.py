@@ -18,14 +18,29 @@ from ftlight.optim import build_optimizer
 
 class Optimizer:
     _torch_name = ""
-    _unsupported = ("clipvalue", "global_clipnorm", "use_ema", "ema_momentum",
-                    "ema_overwrite_frequency", "loss_scale_factor", "gradient_accumulation_steps")
+    _unsupported = (
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
 
-    def __init__(self, learning_rate: float = 0.001, weight_decay: float | None = None,
-                 clipnorm: float | None = None, name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         if "lr" in kwargs:
-            raise ValueError(f"Argument(s) not recognized: {{'lr': {kwargs['lr']}}}. Use "
-                             "`learning_rate` (Keras 3 removed `lr`).")
+            raise ValueError(
+                f"Argument(s) not recognized: {{'lr': {kwargs['lr']}}}. Use "
+                "`learning_rate` (Keras 3 removed `lr`)."
+            )
         for key in list(kwargs):
             if key in self._unsupported and kwargs[key] not in (None, False, 1):
                 raise NotImplementedError(f"{type(self).__name__}({key}=...)")
@@ -63,8 +78,9 @@ class Optimizer:
         kwargs = self._torch_kwargs()
         if self.weight_decay:
             kwargs["weight_decay"] = float(self.weight_decay)
-        self.torch_optimizer = build_optimizer(self._torch_name, groups, self._learning_rate,
-                                               **kwargs)
+        self.torch_optimizer = build_optimizer(
+            self._torch_name, groups, self._learning_rate, **kwargs
+        )
         return self.torch_optimizer
 
     def _slots(self) -> int:
@@ -78,8 +94,11 @@ class Optimizer:
         return 2 + self._slots() * n
 
     def get_config(self) -> dict[str, Any]:
-        cfg = {k: v for k, v in vars(self).items()
-               if not k.startswith("_") and k not in ("torch_optimizer", "iterations")}
+        cfg = {
+            k: v
+            for k, v in vars(self).items()
+            if not k.startswith("_") and k not in ("torch_optimizer", "iterations")
+        }
         cfg["learning_rate"] = self._learning_rate
         return cfg
 
@@ -96,8 +115,13 @@ class Optimizer:
 class SGD(Optimizer):
     _torch_name = "sgd"
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0,
-                 nesterov: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
@@ -112,9 +136,15 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     _torch_name = "adam"
 
-    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9,
-                 beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1, self.beta_2, self.epsilon, self.amsgrad = beta_1, beta_2, epsilon, amsgrad
 
@@ -128,22 +158,34 @@ class Adam(Optimizer):
 class AdamW(Adam):
     _torch_name = "adamw"
 
-    def __init__(self, learning_rate: float = 0.001, weight_decay: float = 0.004,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, learning_rate: float = 0.001, weight_decay: float = 0.004, **kwargs: Any
+    ) -> None:
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
 
 
 class RMSprop(Optimizer):
     _torch_name = "rmsprop"
 
-    def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
-                 epsilon: float = 1e-7, centered: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
 
     def _torch_kwargs(self) -> dict[str, Any]:
-        return {"alpha": self.rho, "momentum": self.momentum, "eps": self.epsilon,
-                "centered": self.centered}
+        return {
+            "alpha": self.rho,
+            "momentum": self.momentum,
+            "eps": self.epsilon,
+            "centered": self.centered,
+        }
 
     def _slots(self) -> int:
         return 1 + int(self.momentum > 0) + int(self.centered)
@@ -159,7 +201,5 @@ def get(identifier: str | Optimizer) -> Optimizer:
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
     if isinstance(identifier, str):
-        raise NotImplementedError(
-            f"Optimizer {identifier!r}. Supported: {sorted(_BY_NAME)}"
-        )
+        raise NotImplementedError(f"Optimizer {identifier!r}. Supported: {sorted(_BY_NAME)}")
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")

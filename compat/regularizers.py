@@ -39,15 +39,15 @@ class L1(L1L2):
         super().__init__(l1=l1)
 
 
-def l2(l2: float = 0.01) -> L2:  # noqa: D103 - Keras alias
+def l2(l2: float = 0.01) -> L2:
     return L2(l2)
 
 
-def l1(l1: float = 0.01) -> L1:  # noqa: D103 - Keras alias
+def l1(l1: float = 0.01) -> L1:
     return L1(l1)
 
 
-def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:  # noqa: D103 - Keras alias
+def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:
     return L1L2(l1, l2)
 
 
@@ -58,5 +58,7 @@ def get(identifier: Regularizer | str | None) -> Regularizer | None:
         return L2()
     if identifier in ("l1", "L1"):
         return L1()
-    raise ValueError(f"Unknown regularizer. Received: {identifier!r}. Expected 'l1', 'l2' or a "
-                     "compat.regularizers.Regularizer.")
+    raise ValueError(
+        f"Unknown regularizer. Received: {identifier!r}. Expected 'l1', 'l2' or a "
+        "compat.regularizers.Regularizer."
+    )

@@ -33,8 +33,7 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
         opt_state = model.optimizer.torch_optimizer.state_dict()
     was_training = model.training
     model.eval()
-    payload = {"format": FORMAT, "model": model, "compile": compiled,
-               "optimizer_state": opt_state}
+    payload = {"format": FORMAT, "model": model, "compile": compiled, "optimizer_state": opt_state}
     saved = model._compiled, model.optimizer
     try:
         model._compiled, model.optimizer = None, None
@@ -78,12 +77,16 @@ def load_weights(model: Any, filepath: Any, *, skip_mismatch: bool = False) -> N
     entries = payload["weights"]
     own = model.weights
     if len(entries) != len(own) and not skip_mismatch:
-        raise ValueError(f"Weights file {path} holds {len(entries)} variables; model "
-                         f"'{model.name}' has {len(own)}.")
+        raise ValueError(
+            f"Weights file {path} holds {len(entries)} variables; model "
+            f"'{model.name}' has {len(own)}."
+        )
     for var, (name, value) in zip(own, entries, strict=False):
         if tuple(np.shape(value)) != var.shape:
             if skip_mismatch:
                 continue
-            raise ValueError(f"Shape mismatch for {var.path}: file has {name} with shape "
-                             f"{np.shape(value)}, model expects {var.shape}.")
+            raise ValueError(
+                f"Shape mismatch for {var.path}: file has {name} with shape "
+                f"{np.shape(value)}, model expects {var.shape}."
+            )
         var.assign(value)

@@ -55,18 +55,28 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
         else:
             shape = "?"
         params = _count(layer.weights) if layer.built else 0
-        rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{params:,}",
-                     "Y" if layer.trainable else "N"))
+        rows.append(
+            (
+                f"{layer.name} ({type(layer).__name__})",
+                shape,
+                f"{params:,}",
+                "Y" if layer.trainable else "N",
+            )
+        )
     header = ("Layer (type)", "Output Shape", "Param #", "Trainable")
     cols = 4 if show_trainable else 3
     widths = [max(len(r[i]) for r in [header, *rows]) + 2 for i in range(cols)]
     widths[0] = max(widths[0], line_length - sum(widths[1:]) - cols - 1)
 
     def fmt(r: tuple) -> str:
-        return "|" + "|".join(
-            (f" {r[i]:<{widths[i] - 1}}" if i < 2 else f"{r[i]:>{widths[i] - 1}} ")
-            for i in range(cols)
-        ) + "|"
+        return (
+            "|"
+            + "|".join(
+                (f" {r[i]:<{widths[i] - 1}}" if i < 2 else f"{r[i]:>{widths[i] - 1}} ")
+                for i in range(cols)
+            )
+            + "|"
+        )
 
     sep = "+" + "+".join("-" * w for w in widths[:cols]) + "+"
     opt = getattr(model, "optimizer", None)
@@ -76,11 +86,12 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
     non_trainable = _count(model.non_trainable_weights)
     lines = [f'Model: "{model.name}"', sep, fmt(header), sep.replace("-", "=")]
     lines += [fmt(r) for r in rows]
-    lines += [sep,
-              f" Total params: {total:,} ({readable_memory_size(total * 4)})",
-              f" Trainable params: {trainable:,} ({readable_memory_size(trainable * 4)})",
-              f" Non-trainable params: {non_trainable:,} "
-              f"({readable_memory_size(non_trainable * 4)})"]
+    lines += [
+        sep,
+        f" Total params: {total:,} ({readable_memory_size(total * 4)})",
+        f" Trainable params: {trainable:,} ({readable_memory_size(trainable * 4)})",
+        f" Non-trainable params: {non_trainable:,} ({readable_memory_size(non_trainable * 4)})",
+    ]
     if opt_params:
         lines.append(f" Optimizer params: {opt_params:,} ({readable_memory_size(opt_params * 4)})")
     return "\n".join(lines) + "\n"
@@ -89,8 +100,6 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
 def _graph_output_shape(model: Any, layer: Any) -> str:
     graph_ids = {id(n) for n in layer._inbound_nodes}
     for node in layer._inbound_nodes:
-        if id(node) in graph_ids and all(
-            t._keras_history is not None for t in node.outputs
-        ):
+        if id(node) in graph_ids and all(t._keras_history is not None for t in node.outputs):
             return str(node.outputs[0].shape)
     return "?"

@@ -6,5 +6,12 @@ from compat.applications.inception_v3 import InceptionV3
 from compat.applications.resnet50 import ResNet50
 from compat.applications.vgg16 import VGG16
 
-__all__ = ["InceptionV3", "ResNet50", "VGG16", "imagenet_utils", "inception_v3", "resnet50",
-           "vgg16"]
+__all__ = [
+    "VGG16",
+    "InceptionV3",
+    "ResNet50",
+    "imagenet_utils",
+    "inception_v3",
+    "resnet50",
+    "vgg16",
+]

@@ -6,12 +6,12 @@ import os
 from typing import Any
 
 import timm
-from ftlight.registry import resolve_backbone
-from ftlight.weights import WEIGHT_FILE_SUFFIXES, create_hub_model, load_state_dict_file
 from torch import nn
 
 from compat.graph import KerasTensor
 from compat.layers import Input
+from ftlight.registry import resolve_backbone
+from ftlight.weights import WEIGHT_FILE_SUFFIXES, create_hub_model, load_state_dict_file
 
 
 def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.Module:
@@ -57,27 +57,41 @@ def finish_weights(model: Any, weights: Any) -> None:
         model.load_weights(weights)
 
 
-def model_input(input_tensor: Any, input_shape: Any, default: int, min_size: int,
-                include_top: bool, weights: Any) -> KerasTensor:
+def model_input(
+    input_tensor: Any,
+    input_shape: Any,
+    default: int,
+    min_size: int,
+    include_top: bool,
+    weights: Any,
+) -> KerasTensor:
     if input_tensor is not None:
         if not isinstance(input_tensor, KerasTensor):
-            raise TypeError(f"input_tensor must be a compat KerasTensor (compat.Input). "
-                            f"Received: {type(input_tensor)}")
+            raise TypeError(
+                f"input_tensor must be a compat KerasTensor (compat.Input). "
+                f"Received: {type(input_tensor)}"
+            )
         return input_tensor
     if input_shape is None:
         input_shape = (default, default, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"`input_shape` must be a tuple of three integers (height, width, 3) "
-                         f"(channels_last). Received: input_shape={input_shape}")
+        raise ValueError(
+            f"`input_shape` must be a tuple of three integers (height, width, 3) "
+            f"(channels_last). Received: input_shape={input_shape}"
+        )
     if weights == "imagenet" and include_top and input_shape != (default, default, 3):
-        raise ValueError(f"When setting `include_top=True` and loading `imagenet` weights, "
-                         f"`input_shape` should be {(default, default, 3)}. Received: "
-                         f"input_shape={input_shape}")
+        raise ValueError(
+            f"When setting `include_top=True` and loading `imagenet` weights, "
+            f"`input_shape` should be {(default, default, 3)}. Received: "
+            f"input_shape={input_shape}"
+        )
     for d in input_shape[:2]:
         if d is not None and d < min_size:
-            raise ValueError(f"Input size must be at least {min_size}x{min_size}; Received: "
-                             f"input_shape={input_shape}")
+            raise ValueError(
+                f"Input size must be at least {min_size}x{min_size}; Received: "
+                f"input_shape={input_shape}"
+            )
     return Input(shape=input_shape)
 
 

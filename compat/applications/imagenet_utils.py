@@ -23,8 +23,9 @@ def preprocess_input(x: Any, data_format: str | None = None, mode: str = "caffe"
         raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
     x = np.asarray(x, dtype="float32").copy()
     if x.shape[-1] != 3:
-        raise ValueError(f"preprocess_input expects channels-last RGB images (..., 3). "
-                         f"Received: shape={x.shape}")
+        raise ValueError(
+            f"preprocess_input expects channels-last RGB images (..., 3). Received: shape={x.shape}"
+        )
     if mode == "caffe":
         return x[..., ::-1] - _MEAN_BGR
     if mode == "tf":

@@ -5,7 +5,8 @@ session (``conv2d``...``conv2d_93``, ``batch_normalization_*``, ``activation_*``
 ``mixed0``...``mixed10``). timm's 94 conv+BN units are taken in Keras's construction order.
 Differences from Keras's architecture, kept because they belong to the torch weights: the
 BatchNormalization layers have a scale (gamma; Keras uses ``scale=False``), so there are
-17,216 more parameters (23,869,000 against Keras's 23,851,784), and the branch average-pools count the padded zeros
+17,216 more parameters (23,869,000 against Keras's 23,851,784), and the branch
+average-pools count the padded zeros
 (torchvision/timm semantics; Keras's ``'same'`` average pooling does not).
 """
 
@@ -30,19 +31,31 @@ class _Units:
             [m for m in model.modules() if hasattr(m, "conv") and hasattr(m, "bn")]
         )
 
-    def __call__(self, x: Any, filters: int, rows: int, cols: int, padding: str = "same",
-                 strides: tuple[int, int] = (1, 1)) -> Any:
+    def __call__(
+        self,
+        x: Any,
+        filters: int,
+        rows: int,
+        cols: int,
+        padding: str = "same",
+        strides: tuple[int, int] = (1, 1),
+    ) -> Any:
         unit = next(self._it)
         conv = unit.conv
         if (conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride)) != (
-            filters, (rows, cols), tuple(strides)
+            filters,
+            (rows, cols),
+            tuple(strides),
         ):
-            raise RuntimeError(f"timm inception_v3 unit {conv} does not match Keras's "
-                               f"conv2d_bn({filters}, {rows}, {cols}, strides={strides})")
+            raise RuntimeError(
+                f"timm inception_v3 unit {conv} does not match Keras's "
+                f"conv2d_bn({filters}, {rows}, {cols}, strides={strides})"
+            )
         x = layers.Conv2D.from_torch(conv, name=backend.unique_name("conv2d"), padding=padding)(x)
         bn = _common.no_act_bn(unit.bn)
         x = layers.BatchNormalization.from_torch(
-            bn, name=backend.unique_name("batch_normalization"))(x)
+            bn, name=backend.unique_name("batch_normalization")
+        )(x)
         return layers.Activation("relu")(x)
 
 
@@ -81,8 +94,7 @@ def _build(img: Any, c: _Units) -> Any:
         bp = c(_avg(x), 192, 1, 1)
         x = _cat([b1, b7, bd, bp], f"mixed{4 + i}")
     b3 = c(c(x, 192, 1, 1), 320, 3, 3, strides=(2, 2), padding="valid")
-    b7 = c(c(c(c(x, 192, 1, 1), 192, 1, 7), 192, 7, 1), 192, 3, 3, strides=(2, 2),
-           padding="valid")
+    b7 = c(c(c(c(x, 192, 1, 1), 192, 1, 7), 192, 7, 1), 192, 3, 3, strides=(2, 2), padding="valid")
     bp = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
     x = _cat([b3, b7, bp], "mixed8")
     for i in range(2):
@@ -96,10 +108,15 @@ def _build(img: Any, c: _Units) -> Any:
     return x
 
 
-def InceptionV3(  # noqa: N802 - Keras's name
-    include_top: bool = True, weights: Any = "imagenet", input_tensor: Any = None,
-    input_shape: Any = None, pooling: str | None = None, classes: int = 1000,
-    classifier_activation: Any = "softmax", name: str = "inception_v3",
+def InceptionV3(
+    include_top: bool = True,
+    weights: Any = "imagenet",
+    input_tensor: Any = None,
+    input_shape: Any = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: Any = "softmax",
+    name: str = "inception_v3",
 ) -> Model:
     _common.check_pooling(pooling)
     tm = _common.timm_model("inception_v3", weights, include_top, classes)
@@ -109,11 +126,11 @@ def InceptionV3(  # noqa: N802 - Keras's name
         if include_top:
             x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
             if weights is not None and classes == tm.fc.out_features:
-                pred = layers.Dense.from_torch(tm.fc, name="predictions",
-                                               activation=classifier_activation)
+                pred = layers.Dense.from_torch(
+                    tm.fc, name="predictions", activation=classifier_activation
+                )
             else:
-                pred = layers.Dense(classes, activation=classifier_activation,
-                                    name="predictions")
+                pred = layers.Dense(classes, activation=classifier_activation, name="predictions")
             x = pred(x)
         elif pooling == "avg":
             x = layers.GlobalAveragePooling2D()(x)

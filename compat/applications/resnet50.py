@@ -2,7 +2,8 @@
 
 Same 177 layers (175 without the top), names and order as Keras. Differences from Keras's
 architecture, kept because they belong to the torch weights: convolutions have no bias
-(Keras's do: 25,610,152 parameters here, counting BN moving statistics as Keras does, against Keras's 25,636,712), BatchNorm epsilon is
+(Keras's do: 25,610,152 parameters here, counting BN moving statistics as Keras does,
+against Keras's 25,636,712), BatchNorm epsilon is
 1e-5 (Keras 1.001e-5), and the stride of each down-sampling block sits on the 3x3
 convolution (``*_2_conv``, ResNet v1.5) rather than on the first 1x1 (``*_1_conv``), so the
 ``*_1_*`` layers of ``conv3_block1``/``conv4_block1``/``conv5_block1`` output the larger
@@ -25,10 +26,12 @@ from compat.models import Model
 
 def _block(x: Any, block: Any, name: str) -> Any:
     if block.downsample is not None:
-        shortcut = layers.Conv2D.from_torch(block.downsample[0], name=f"{name}_0_conv",
-                                            padding="valid")(x)
-        shortcut = layers.BatchNormalization.from_torch(block.downsample[1],
-                                                        name=f"{name}_0_bn")(shortcut)
+        shortcut = layers.Conv2D.from_torch(
+            block.downsample[0], name=f"{name}_0_conv", padding="valid"
+        )(x)
+        shortcut = layers.BatchNormalization.from_torch(block.downsample[1], name=f"{name}_0_bn")(
+            shortcut
+        )
     else:
         shortcut = x
     y = layers.Conv2D.from_torch(block.conv1, name=f"{name}_1_conv", padding="valid")(x)
@@ -43,10 +46,15 @@ def _block(x: Any, block: Any, name: str) -> Any:
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def ResNet50(  # noqa: N802 - Keras's name
-    include_top: bool = True, weights: Any = "imagenet", input_tensor: Any = None,
-    input_shape: Any = None, pooling: str | None = None, classes: int = 1000,
-    classifier_activation: Any = "softmax", name: str = "resnet50",
+def ResNet50(
+    include_top: bool = True,
+    weights: Any = "imagenet",
+    input_tensor: Any = None,
+    input_shape: Any = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: Any = "softmax",
+    name: str = "resnet50",
 ) -> Model:
     _common.check_pooling(pooling)
     tm = _common.timm_model("resnet50", weights, include_top, classes)
@@ -65,11 +73,11 @@ def ResNet50(  # noqa: N802 - Keras's name
         if include_top:
             x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
             if weights is not None and classes == tm.fc.out_features:
-                pred = layers.Dense.from_torch(tm.fc, name="predictions",
-                                               activation=classifier_activation)
+                pred = layers.Dense.from_torch(
+                    tm.fc, name="predictions", activation=classifier_activation
+                )
             else:
-                pred = layers.Dense(classes, activation=classifier_activation,
-                                    name="predictions")
+                pred = layers.Dense(classes, activation=classifier_activation, name="predictions")
             x = pred(x)
         elif pooling == "avg":
             x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

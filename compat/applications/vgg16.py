@@ -29,10 +29,15 @@ def _linear_from_conv(conv: nn.Conv2d) -> nn.Linear:
     return linear
 
 
-def VGG16(  # noqa: N802 - Keras's name
-    include_top: bool = True, weights: Any = "imagenet", input_tensor: Any = None,
-    input_shape: Any = None, pooling: str | None = None, classes: int = 1000,
-    classifier_activation: Any = "softmax", name: str = "vgg16",
+def VGG16(
+    include_top: bool = True,
+    weights: Any = "imagenet",
+    input_tensor: Any = None,
+    input_shape: Any = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: Any = "softmax",
+    name: str = "vgg16",
 ) -> Model:
     _common.check_pooling(pooling)
     tm = _common.timm_model("vgg16", weights, include_top, classes)
@@ -43,8 +48,9 @@ def VGG16(  # noqa: N802 - Keras's name
         i = 0
         for block, n in enumerate((2, 2, 3, 3, 3), start=1):
             for j in range(1, n + 1):
-                layer = layers.Conv2D.from_torch(convs[i], name=f"block{block}_conv{j}",
-                                                 padding="same", activation="relu")
+                layer = layers.Conv2D.from_torch(
+                    convs[i], name=f"block{block}_conv{j}", padding="same", activation="relu"
+                )
                 x = layer(x)
                 i += 1
             x = layers.MaxPooling2D((2, 2), strides=(2, 2), name=f"block{block}_pool")(x)
@@ -53,19 +59,21 @@ def VGG16(  # noqa: N802 - Keras's name
             flat = x.shape[-1]
             fc1_conv = tm.pre_logits.fc1
             if flat == int(np.prod(fc1_conv.weight.shape[1:])):
-                fc1 = layers.Dense.from_torch(_linear_from_conv(fc1_conv), name="fc1",
-                                              activation="relu")
+                fc1 = layers.Dense.from_torch(
+                    _linear_from_conv(fc1_conv), name="fc1", activation="relu"
+                )
             else:
                 fc1 = layers.Dense(4096, activation="relu", name="fc1")
             x = fc1(x)
-            x = layers.Dense.from_torch(_linear_from_conv(tm.pre_logits.fc2), name="fc2",
-                                        activation="relu")(x)
+            x = layers.Dense.from_torch(
+                _linear_from_conv(tm.pre_logits.fc2), name="fc2", activation="relu"
+            )(x)
             if weights is not None and classes == tm.head.fc.out_features:
-                pred = layers.Dense.from_torch(tm.head.fc, name="predictions",
-                                               activation=classifier_activation)
+                pred = layers.Dense.from_torch(
+                    tm.head.fc, name="predictions", activation=classifier_activation
+                )
             else:
-                pred = layers.Dense(classes, activation=classifier_activation,
-                                    name="predictions")
+                pred = layers.Dense(classes, activation=classifier_activation, name="predictions")
             x = pred(x)
         elif pooling == "avg":
             x = layers.GlobalAveragePooling2D()(x)

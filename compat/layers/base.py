@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from ftlight.freezing import INFERENCE_ATTR
 from torch import nn
 
 from compat import backend
 from compat.graph import KerasTensor, Node
+from ftlight.freezing import INFERENCE_ATTR
 
 Shape = tuple[int | None, ...]
 
@@ -190,9 +190,8 @@ class Layer(nn.Module):
 
     def _iter_weights(self, kind: str) -> Iterator[Variable]:
         own = self._own_variables()
-        if kind in ("all", "trainable"):
-            if kind == "all" or self.trainable:
-                yield from (v for v in own if v._trainable)
+        if kind in ("all", "trainable") and (kind == "all" or self.trainable):
+            yield from (v for v in own if v._trainable)
         if kind in ("all", "non_trainable"):
             yield from (v for v in own if not v._trainable or not self.trainable)
         for layer in self._sublayers():
@@ -356,11 +355,13 @@ class Layer(nn.Module):
     # ----- graph access --------------------------------------------------------------
     def _single_node(self, what: str) -> Node:
         if not self._inbound_nodes:
-            raise AttributeError(f"Layer '{self.name}' has never been called and thus has no "
-                                 f"defined {what}.")
+            raise AttributeError(
+                f"Layer '{self.name}' has never been called and thus has no defined {what}."
+            )
         if len(self._inbound_nodes) > 1:
-            raise AttributeError(f"Layer '{self.name}' has multiple inbound nodes; {what} is "
-                                 "ill-defined.")
+            raise AttributeError(
+                f"Layer '{self.name}' has multiple inbound nodes; {what} is ill-defined."
+            )
         return self._inbound_nodes[0]
 
     @property

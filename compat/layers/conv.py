@@ -17,12 +17,15 @@ from compat.layers.core import _check_data_format, _expect_rank, _init_weight, _
 def _pair(value: Any, what: str) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) for v in value)
     ):
         return (int(value[0]), int(value[1]))
-    raise ValueError(f"The `{what}` argument must be an int or a tuple of 2 ints. "
-                     f"Received: {what}={value!r}")
+    raise ValueError(
+        f"The `{what}` argument must be an int or a tuple of 2 ints. Received: {what}={value!r}"
+    )
 
 
 def _check_padding(padding: str) -> str:
@@ -73,8 +76,10 @@ class Conv2D(Layer):
         if kernel_regularizer is not None:
             raise NotImplementedError("Conv2D(kernel_regularizer=...)")
         if not isinstance(filters, int) or filters <= 0:
-            raise ValueError(f"Invalid value for argument `filters`. Expected a strictly "
-                             f"positive value. Received filters={filters!r}.")
+            raise ValueError(
+                f"Invalid value for argument `filters`. Expected a strictly "
+                f"positive value. Received filters={filters!r}."
+            )
         self.filters = filters
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.strides = _pair(strides, "strides")
@@ -92,9 +97,16 @@ class Conv2D(Layer):
     def build(self, input_shape: Shape) -> None:
         _expect_rank(self, input_shape, 4)
         cin = int(input_shape[-1])
-        self.conv = nn.Conv2d(cin, self.filters, self.kernel_size, self.strides,
-                              padding=0, dilation=self.dilation_rate, groups=self.groups,
-                              bias=self.use_bias)
+        self.conv = nn.Conv2d(
+            cin,
+            self.filters,
+            self.kernel_size,
+            self.strides,
+            padding=0,
+            dilation=self.dilation_rate,
+            groups=self.groups,
+            bias=self.use_bias,
+        )
         fan_in = cin // self.groups * self.kernel_size[0] * self.kernel_size[1]
         fan_out = self.filters * self.kernel_size[0] * self.kernel_size[1]
         _init_weight(self.conv.weight, self.kernel_initializer, fan_in, fan_out)
@@ -102,12 +114,21 @@ class Conv2D(Layer):
             _init_weight(self.conv.bias, self.bias_initializer, fan_in, fan_out)
 
     @classmethod
-    def from_torch(cls, conv: nn.Conv2d, *, name: str, padding: str, activation: Any = None
-                   ) -> Conv2D:
+    def from_torch(
+        cls, conv: nn.Conv2d, *, name: str, padding: str, activation: Any = None
+    ) -> Conv2D:
         """Wrap an existing torch convolution (its own ``padding`` is kept as is)."""
-        layer = cls(conv.out_channels, conv.kernel_size, conv.stride, padding=padding,
-                    dilation_rate=conv.dilation, groups=conv.groups, activation=activation,
-                    use_bias=conv.bias is not None, name=name)
+        layer = cls(
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            padding=padding,
+            dilation_rate=conv.dilation,
+            groups=conv.groups,
+            activation=activation,
+            use_bias=conv.bias is not None,
+            name=name,
+        )
         layer.conv = conv
         layer._torch_pad = tuple(conv.padding)
         layer.built = True
@@ -145,16 +166,31 @@ class Conv2D(Layer):
     def _own_variables(self) -> list[Variable]:
         if self.conv is None:
             return []
-        out = [Variable(self, "kernel", self.conv, "weight", trainable=True,
-                        to_keras=conv_kernel_to_keras, from_keras=conv_kernel_from_keras)]
+        out = [
+            Variable(
+                self,
+                "kernel",
+                self.conv,
+                "weight",
+                trainable=True,
+                to_keras=conv_kernel_to_keras,
+                from_keras=conv_kernel_from_keras,
+            )
+        ]
         if self.conv.bias is not None:
             out.append(Variable(self, "bias", self.conv, "bias", trainable=True))
         return out
 
 
 class MaxPooling2D(Layer):
-    def __init__(self, pool_size: Any = (2, 2), strides: Any = None, padding: str = "valid",
-                 data_format: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pool_size: Any = (2, 2),
+        strides: Any = None,
+        padding: str = "valid",
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         _check_data_format(data_format, type(self).__name__)
         self.pool_size = _pair(pool_size, "pool_size")
@@ -188,8 +224,13 @@ class AveragePooling2D(MaxPooling2D):
         pads = self._pads(x)
         symmetric = pads[0] == pads[1] and pads[2] == pads[3]
         if symmetric and pads[0] * 2 <= self.pool_size[1] and pads[2] * 2 <= self.pool_size[0]:
-            return F.avg_pool2d(x, self.pool_size, self.strides, padding=(pads[2], pads[0]),
-                                count_include_pad=self.count_include_pad)
+            return F.avg_pool2d(
+                x,
+                self.pool_size,
+                self.strides,
+                padding=(pads[2], pads[0]),
+                count_include_pad=self.count_include_pad,
+            )
         summed = F.avg_pool2d(F.pad(x, pads), self.pool_size, self.strides, divisor_override=1)
         if self.count_include_pad:
             return summed / (self.pool_size[0] * self.pool_size[1])
@@ -199,8 +240,9 @@ class AveragePooling2D(MaxPooling2D):
 
 
 class ZeroPadding2D(Layer):
-    def __init__(self, padding: Any = (1, 1), data_format: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, padding: Any = (1, 1), data_format: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         _check_data_format(data_format, "ZeroPadding2D")
         if isinstance(padding, int):

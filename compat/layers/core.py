@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compat import activations, regularizers
@@ -59,7 +58,7 @@ class InputLayer(Layer):
         return {"name": self.name, "batch_shape": self.batch_shape}
 
 
-def Input(  # noqa: N802 - Keras's name
+def Input(
     shape: Shape | None = None,
     batch_size: int | None = None,
     dtype: Any = None,
@@ -170,8 +169,9 @@ class Dense(Layer):
 
     @classmethod
     def from_torch(cls, linear: nn.Linear, *, name: str, activation: Any = None) -> Dense:
-        layer = cls(linear.out_features, activation=activation, name=name,
-                    use_bias=linear.bias is not None)
+        layer = cls(
+            linear.out_features, activation=activation, name=name, use_bias=linear.bias is not None
+        )
         layer.linear = linear
         layer.built = True
         layer._build_shape = (None, linear.in_features)
@@ -188,8 +188,17 @@ class Dense(Layer):
     def _own_variables(self) -> list[Variable]:
         if self.linear is None:
             return []
-        out = [Variable(self, "kernel", self.linear, "weight", trainable=True,
-                        to_keras=lambda t: t.t(), from_keras=lambda t: t.t())]
+        out = [
+            Variable(
+                self,
+                "kernel",
+                self.linear,
+                "weight",
+                trainable=True,
+                to_keras=lambda t: t.t(),
+                from_keras=lambda t: t.t(),
+            )
+        ]
         if self.linear.bias is not None:
             out.append(Variable(self, "bias", self.linear, "bias", trainable=True))
         return out
@@ -207,8 +216,9 @@ class Dense(Layer):
 
 
 class Dropout(Layer):
-    def __init__(self, rate: float, noise_shape: Any = None, seed: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, rate: float, noise_shape: Any = None, seed: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if not 0 <= rate <= 1:
             raise ValueError(
@@ -279,8 +289,12 @@ class BatchNormalization(Layer):
         if not (center and scale):
             raise NotImplementedError("BatchNormalization(center=False or scale=False)")
         defaults = ("zeros", "ones", "zeros", "ones")
-        given = (beta_initializer, gamma_initializer, moving_mean_initializer,
-                 moving_variance_initializer)
+        given = (
+            beta_initializer,
+            gamma_initializer,
+            moving_mean_initializer,
+            moving_variance_initializer,
+        )
         if given != defaults:
             raise NotImplementedError("BatchNormalization with non-default initializers")
         self.axis = axis
@@ -341,8 +355,9 @@ class BatchNormalization(Layer):
 
 
 class GlobalAveragePooling2D(Layer):
-    def __init__(self, data_format: str | None = None, keepdims: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, data_format: str | None = None, keepdims: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         _check_data_format(data_format, type(self).__name__)
         self.keepdims = keepdims

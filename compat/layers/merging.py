@@ -23,8 +23,7 @@ class Add(Layer):
     def _check_input_shape(self, input_shape: Any) -> None:
         shapes = _shape_list(self, input_shape)
         if any(tuple(s) != tuple(shapes[0]) for s in shapes):
-            raise ValueError(f"Inputs of '{self.name}' must have equal shapes. Received: "
-                             f"{shapes}")
+            raise ValueError(f"Inputs of '{self.name}' must have equal shapes. Received: {shapes}")
 
     def build(self, input_shape: Any) -> None:
         self._check_input_shape(input_shape)

@@ -26,8 +26,14 @@ class Rescaling(Layer):
 
 
 class Resizing(Layer):
-    def __init__(self, height: int, width: int, interpolation: str = "bilinear",
-                 crop_to_aspect_ratio: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        interpolation: str = "bilinear",
+        crop_to_aspect_ratio: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if crop_to_aspect_ratio:
             raise NotImplementedError("Resizing(crop_to_aspect_ratio=True)")
@@ -36,8 +42,7 @@ class Resizing(Layer):
         self.height, self.width, self.interpolation = int(height), int(width), interpolation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kw = {} if self.interpolation == "nearest" else {"align_corners": False,
-                                                          "antialias": False}
+        kw = {} if self.interpolation == "nearest" else {"align_corners": False, "antialias": False}
         return F.interpolate(x, size=(self.height, self.width), mode=self.interpolation, **kw)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -60,8 +65,9 @@ class _RandomAffine(Layer):
             return x
         theta = self._matrices(x.shape[0], x.device).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                             align_corners=False)
+        return F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
 
 
 def _factor_range(factor: Any, what: str) -> tuple[float, float]:
@@ -73,12 +79,14 @@ def _factor_range(factor: Any, what: str) -> tuple[float, float]:
 
 
 class RandomFlip(Layer):
-    def __init__(self, mode: str = "horizontal_and_vertical", seed: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, mode: str = "horizontal_and_vertical", seed: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if mode not in ("horizontal", "vertical", "horizontal_and_vertical"):
-            raise ValueError(f"RandomFlip layer {self.name} received an unknown mode argument "
-                             f"{mode!r}")
+            raise ValueError(
+                f"RandomFlip layer {self.name} received an unknown mode argument {mode!r}"
+            )
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +108,15 @@ class RandomFlip(Layer):
 class RandomRotation(_RandomAffine):
     """``factor`` is a fraction of a full turn (0.1 -> up to 36 degrees), as in Keras."""
 
-    def __init__(self, factor: Any, fill_mode: str = "reflect", interpolation: str = "bilinear",
-                 seed: int | None = None, fill_value: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        factor: Any,
+        fill_mode: str = "reflect",
+        interpolation: str = "bilinear",
+        seed: int | None = None,
+        fill_value: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if fill_mode != "reflect":
             raise NotImplementedError(f"RandomRotation(fill_mode={fill_mode!r})")
@@ -112,22 +127,29 @@ class RandomRotation(_RandomAffine):
         angle = (torch.rand(n, device=device) * (hi - lo) + lo) * 2 * math.pi
         cos, sin = angle.cos(), angle.sin()
         zero = torch.zeros_like(cos)
-        return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)],
-                           1)
+        return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
 
 
 class RandomZoom(_RandomAffine):
     """Negative factors zoom in, positive zoom out (Keras's convention)."""
 
-    def __init__(self, height_factor: Any, width_factor: Any = None, fill_mode: str = "reflect",
-                 interpolation: str = "bilinear", seed: int | None = None,
-                 fill_value: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        height_factor: Any,
+        width_factor: Any = None,
+        fill_mode: str = "reflect",
+        interpolation: str = "bilinear",
+        seed: int | None = None,
+        fill_value: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if fill_mode != "reflect":
             raise NotImplementedError(f"RandomZoom(fill_mode={fill_mode!r})")
         self.height_factor = _factor_range(height_factor, "height_factor")
-        self.width_factor = (_factor_range(width_factor, "width_factor")
-                             if width_factor is not None else None)
+        self.width_factor = (
+            _factor_range(width_factor, "width_factor") if width_factor is not None else None
+        )
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
         lo, hi = self.height_factor
@@ -138,5 +160,4 @@ class RandomZoom(_RandomAffine):
             lo, hi = self.width_factor
             zw = 1 + torch.rand(n, device=device) * (hi - lo) + lo
         zero = torch.zeros_like(zh)
-        return torch.stack([torch.stack([zw, zero, zero], 1), torch.stack([zero, zh, zero], 1)],
-                           1)
+        return torch.stack([torch.stack([zw, zero, zero], 1), torch.stack([zero, zh, zero], 1)], 1)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "torch"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import compat  # noqa: E402
+import compat
 
 REFERENCE = Path(__file__).parents[1] / "data" / "keras_reference"
 

@@ -24,11 +24,13 @@ def test_layers_match_keras_reference(ck, reference, fn, ref, kwargs, params):
     if params is not None:
         assert model.count_params() == params
     shapes = {la.name: list(la.output.shape) for la in model.layers}
-    mismatched = {la["name"] for la in expected["layers"] if shapes[la["name"]] !=
-                  la["output_shape"]}
+    mismatched = {
+        la["name"] for la in expected["layers"] if shapes[la["name"]] != la["output_shape"]
+    }
     if fn == "ResNet50":  # stride on the 3x3 conv (v1.5), documented in compat.applications
-        assert mismatched == {f"conv{s}_block1_1_{k}" for s in (3, 4, 5)
-                              for k in ("conv", "bn", "relu")}
+        assert mismatched == {
+            f"conv{s}_block1_1_{k}" for s in (3, 4, 5) for k in ("conv", "bn", "relu")
+        }
     else:
         assert mismatched == set()
 
@@ -82,8 +84,9 @@ def test_preprocess_and_decode(ck):
     x = np.full((1, 2, 2, 3), 255.0, dtype="float32")
     np.testing.assert_allclose(ck.applications.inception_v3.preprocess_input(x), 1.0)
     caffe = ck.applications.vgg16.preprocess_input(x)
-    np.testing.assert_allclose(caffe[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        caffe[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-6
+    )
     preds = np.zeros((1, 1000), dtype="float32")
     preds[0, 1] = 1.0
     top = ck.applications.resnet50.decode_predictions(preds, top=2)

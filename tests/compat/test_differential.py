@@ -27,8 +27,11 @@ def _tutorial(K, x, y, xv, yv, path):
     model.add(K.layers.Dropout(0.5))
     model.add(K.layers.BatchNormalization())
     model.add(K.layers.Dense(3, activation="softmax"))
-    model.compile(optimizer=K.optimizers.SGD(learning_rate=1e-3, momentum=0.9),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=K.optimizers.SGD(learning_rate=1e-3, momentum=0.9),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     before = [w.numpy().copy() for w in model.weights]
     frozen = {id(w) for layer in model.layers[:15] for w in layer.weights}
     history = model.fit(x, y, batch_size=4, epochs=2, validation_data=(xv, yv), verbose=0)
@@ -37,9 +40,7 @@ def _tutorial(K, x, y, xv, yv, path):
         w.path: not np.array_equal(b, a)
         for w, b, a in zip(model.weights, before, after, strict=True)
     }
-    frozen_changed = [
-        w.path for w in model.weights if id(w) in frozen and changed[w.path]
-    ]
+    frozen_changed = [w.path for w in model.weights if id(w) in frozen and changed[w.path]]
     evaluation = model.evaluate(xv, yv, verbose=0)
     preds = model.predict(xv, verbose=0)
     lines = []
@@ -53,14 +54,17 @@ def test_vgg16_tutorial_matches_keras(keras, ck, images, tmp_path):
     x, y = images(8, 32)
     xv, yv = images(4, 32, seed=1)
     k_model, k_hist, k_frozen, _, k_eval, k_pred, k_sum = _tutorial(
-        keras, x, y, xv, yv, tmp_path / "k.keras")
+        keras, x, y, xv, yv, tmp_path / "k.keras"
+    )
     c_model, c_hist, c_frozen, c_changed, c_eval, c_pred, c_sum = _tutorial(
-        ck, x, y, xv, yv, tmp_path / "c.model")
+        ck, x, y, xv, yv, tmp_path / "c.model"
+    )
 
     assert [layer.name for layer in c_model.layers] == [layer.name for layer in k_model.layers]
     assert len(c_model.layers) == len(k_model.layers) == 23
     assert [type(la).__name__ for la in c_model.layers] == [
-        type(la).__name__ for la in k_model.layers]
+        type(la).__name__ for la in k_model.layers
+    ]
     assert _trainable_count(c_model) == _trainable_count(k_model)
     assert c_model.count_params() == k_model.count_params()
     assert sorted(c_hist.history) == sorted(k_hist.history)
@@ -100,8 +104,10 @@ def _inception_recipe(K):
         layer.trainable = False
     for layer in model.layers[249:]:
         layer.trainable = True
-    model.compile(optimizer=K.optimizers.SGD(learning_rate=0.0001, momentum=0.9),
-                  loss="categorical_crossentropy")
+    model.compile(
+        optimizer=K.optimizers.SGD(learning_rate=0.0001, momentum=0.9),
+        loss="categorical_crossentropy",
+    )
     phase2 = {layer.name for layer in model.layers if layer.trainable}
     return model, phase1, phase2
 
@@ -139,8 +145,11 @@ def _guide(K, x, y):
     h = K.layers.Dropout(0.2)(h)
     outputs = K.layers.Dense(1)(h)
     model = K.Model(inputs, outputs)
-    model.compile(optimizer=K.optimizers.Adam(), loss=K.losses.BinaryCrossentropy(
-        from_logits=True), metrics=[K.metrics.BinaryAccuracy()])
+    model.compile(
+        optimizer=K.optimizers.Adam(),
+        loss=K.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[K.metrics.BinaryAccuracy()],
+    )
     stats0 = _bn_stats(base)
     base0 = {w.path: w.numpy().copy() for w in base.weights}
     phase1_trainable = len(model.trainable_weights)
@@ -148,13 +157,17 @@ def _guide(K, x, y):
     stats1 = _bn_stats(base)
     base1 = {w.path: w.numpy().copy() for w in base.weights}
     base.trainable = True
-    model.compile(optimizer=K.optimizers.Adam(1e-3), loss=K.losses.BinaryCrossentropy(
-        from_logits=True), metrics=[K.metrics.BinaryAccuracy()])
+    model.compile(
+        optimizer=K.optimizers.Adam(1e-3),
+        loss=K.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[K.metrics.BinaryAccuracy()],
+    )
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
     stats2 = _bn_stats(base)
     base2 = {w.path: w.numpy().copy() for w in base.weights}
-    return dict(trainable1=phase1_trainable, h1=h1, s=(stats0, stats1, stats2),
-                w=(base0, base1, base2))
+    return dict(
+        trainable1=phase1_trainable, h1=h1, s=(stats0, stats1, stats2), w=(base0, base1, base2)
+    )
 
 
 def _same(a: dict, b: dict) -> bool:

@@ -10,13 +10,15 @@ from PIL import Image
 
 
 def _model(K, classes=3, activation="softmax"):
-    return K.Sequential([
-        K.Input((8, 8, 3)),
-        K.layers.Conv2D(4, 3, activation="relu"),
-        K.layers.BatchNormalization(),
-        K.layers.GlobalAveragePooling2D(),
-        K.layers.Dense(classes, activation=activation),
-    ])
+    return K.Sequential(
+        [
+            K.Input((8, 8, 3)),
+            K.layers.Conv2D(4, 3, activation="relu"),
+            K.layers.BatchNormalization(),
+            K.layers.GlobalAveragePooling2D(),
+            K.layers.Dense(classes, activation=activation),
+        ]
+    )
 
 
 def test_history_keys_and_evaluate_forms_match_keras(keras, ck, images):
@@ -24,8 +26,11 @@ def test_history_keys_and_evaluate_forms_match_keras(keras, ck, images):
     results = {}
     for K in (keras, ck):
         model = _model(K)
-        model.compile(optimizer="adam", loss="categorical_crossentropy",
-                      metrics=["accuracy", K.metrics.TopKCategoricalAccuracy(k=2)])
+        model.compile(
+            optimizer="adam",
+            loss="categorical_crossentropy",
+            metrics=["accuracy", K.metrics.TopKCategoricalAccuracy(k=2)],
+        )
         hist = model.fit(x, y, batch_size=4, epochs=2, validation_split=0.25, verbose=0)
         ev = model.evaluate(x, y, verbose=0)
         evd = model.evaluate(x, y, verbose=0, return_dict=True)
@@ -48,8 +53,11 @@ def test_sparse_labels_and_loss_value_match_keras(keras, ck, images):
 def test_fit_trains_and_verbose_lines(ck, images, capsys):
     x, y = images(16, 8)
     model = _model(ck)
-    model.compile(optimizer=ck.optimizers.Adam(learning_rate=0.05),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=ck.optimizers.Adam(learning_rate=0.05),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     hist = model.fit(x, y, batch_size=8, epochs=3, verbose=2)
     out = capsys.readouterr().out
     assert "Epoch 3/3" in out and "2/2 - " in out and "accuracy: " in out and "loss: " in out
@@ -69,20 +77,28 @@ def test_callbacks(ck, images, tmp_path):
             seen.append(epoch)
 
     hist = model.fit(
-        x, y, batch_size=4, epochs=6, initial_epoch=1, verbose=0, validation_data=(x, y),
+        x,
+        y,
+        batch_size=4,
+        epochs=6,
+        initial_epoch=1,
+        verbose=0,
+        validation_data=(x, y),
         callbacks=[
             Recorder(),
             ck.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1)),
             ck.callbacks.CSVLogger(tmp_path / "log.csv"),
-            ck.callbacks.ModelCheckpoint(str(tmp_path / "w{epoch:02d}.weights.pt"),
-                                         save_weights_only=True),
+            ck.callbacks.ModelCheckpoint(
+                str(tmp_path / "w{epoch:02d}.weights.pt"), save_weights_only=True
+            ),
             ck.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0),
         ],
     )
     assert seen[0] == 1 and hist.epoch[0] == 1
     assert len(seen) == 2  # stopped by EarlyStopping after its second epoch
     assert model.optimizer.learning_rate == pytest.approx(0.1 / 3)
-    rows = list(csv.reader(open(tmp_path / "log.csv")))
+    with open(tmp_path / "log.csv") as fh:
+        rows = list(csv.reader(fh))
     assert rows[0][0] == "epoch" and "val_loss" in rows[0] and len(rows) == 3
     assert (tmp_path / "w02.weights.pt").exists() and (tmp_path / "w03.weights.pt").exists()
 
@@ -120,8 +136,11 @@ def test_class_weight_and_binary_auc(ck):
     x = rng.uniform(size=(8, 8, 8, 3)).astype("float32")
     y = np.array([0, 1] * 4, dtype="float32")
     model = _model(ck, classes=1, activation="sigmoid")
-    model.compile(optimizer="adam", loss="binary_crossentropy",
-                  metrics=["accuracy", ck.metrics.AUC(), ck.metrics.Precision()])
+    model.compile(
+        optimizer="adam",
+        loss="binary_crossentropy",
+        metrics=["accuracy", ck.metrics.AUC(), ck.metrics.Precision()],
+    )
     hist = model.fit(x, y, epochs=1, verbose=0, class_weight={0: 1.0, 1: 3.0})
     assert sorted(hist.history) == ["accuracy", "auc", "loss", "precision"]
     assert 0.0 <= hist.history["auc"][0] <= 1.0
@@ -151,24 +170,27 @@ def _folder(tmp_path, n=3):
 
 def test_image_dataset_from_directory_and_generator(ck, tmp_path):
     root = _folder(tmp_path)
-    ds = ck.utils.image_dataset_from_directory(root, image_size=(8, 8), batch_size=4,
-                                               label_mode="categorical")
+    ds = ck.utils.image_dataset_from_directory(
+        root, image_size=(8, 8), batch_size=4, label_mode="categorical"
+    )
     assert ds.class_names == ["cats", "dogs"] and len(ds) == 2
     xb, yb = ds[0]
     assert xb.shape == (4, 8, 8, 3) and yb.shape == (4, 2) and xb.max() > 1
     model = _model(ck, classes=2)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     assert len(model.fit(ds, epochs=1, verbose=0).history["loss"]) == 1
-    gen = ck.preprocessing.image.ImageDataGenerator(rescale=1 / 255, horizontal_flip=True,
-                                                    rotation_range=10)
+    gen = ck.preprocessing.image.ImageDataGenerator(
+        rescale=1 / 255, horizontal_flip=True, rotation_range=10
+    )
     it = gen.flow_from_directory(root, target_size=(8, 8), batch_size=3, class_mode="binary")
     xb, yb = it[0]
     assert xb.max() <= 1.0 and yb.shape == (3, 1) and it.class_indices == {"cats": 0, "dogs": 1}
     binary = _model(ck, classes=1, activation="sigmoid")
     binary.compile(optimizer="adam", loss="binary_crossentropy")
     binary.fit(it, epochs=1, verbose=0)
-    flow = gen.flow(np.ones((5, 8, 8, 3)) * 255, ck.utils.to_categorical([0, 1, 0, 1, 1]),
-                    batch_size=2)
+    flow = gen.flow(
+        np.ones((5, 8, 8, 3)) * 255, ck.utils.to_categorical([0, 1, 0, 1, 1]), batch_size=2
+    )
     assert len(flow) == 3 and flow[0][0].max() <= 1.0
     with pytest.raises(NotImplementedError, match="featurewise_center"):
         ck.preprocessing.image.ImageDataGenerator(featurewise_center=True)
@@ -183,7 +205,9 @@ def test_policy_and_distribution_map_to_lightning(ck):
     finally:
         ck.mixed_precision.set_global_policy("float32")
     assert ck.distribution.DataParallel(devices=2).trainer_options() == {
-        "strategy": "ddp", "devices": 2}
+        "strategy": "ddp",
+        "devices": 2,
+    }
     assert ck.utils.to_categorical([2, 0], 3).tolist() == [[0, 0, 1], [1, 0, 0]]
 
 
