@@ -1,0 +1,196 @@
+"""Time the same fine-tuning three ways in one process: a plain PyTorch loop, compat ``fit``
+(Lightning Trainer) and Keras 3 on the torch backend.
+
+ResNet50 at 64 px, batch 32, random data, all layers trainable, SGD(momentum=0.9), softmax
+head + categorical cross-entropy. Each loop runs ``--warmup`` steps, then ``--steps`` timed
+steps. Writes ``benchmarks/results/compat_fit_cpu.json`` (or ``--out``).
+
+    python benchmarks/bench_compat_fit.py --steps 6 --warmup 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np
+import torch
+
+SIZE, BATCH, CLASSES = 64, 32, 10
+
+
+def data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (n, SIZE, SIZE, 3)).astype("float32")
+    y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, n)]
+    return x, y
+
+
+def bench_plain(steps: int, warmup: int) -> float:
+    import timm
+
+    model = timm.create_model("resnet50", pretrained=False, num_classes=CLASSES)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = data(BATCH * (steps + warmup))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+    yt = torch.from_numpy(y)
+    model.train()
+    t0 = 0.0
+    for i in range(steps + warmup):
+        if i == warmup:
+            t0 = time.perf_counter()
+        xb, yb = xt[i * BATCH : (i + 1) * BATCH], yt[i * BATCH : (i + 1) * BATCH]
+        p = torch.softmax(model(xb), -1).clamp(1e-7, 1 - 1e-7)
+        loss = -(yb * p.log()).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+class _Timer:
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.count, self.t0 = warmup, 0, None
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == self.warmup:
+            self.t0 = time.perf_counter()
+
+
+def bench_compat(steps: int, warmup: int) -> float:
+    import compat as keras
+
+    timer = _Timer(warmup)
+    base = keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling="avg"
+    )
+    out = keras.layers.Dense(CLASSES, activation="softmax")(base.output)
+    model = keras.Model(base.input, out)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss="categorical_crossentropy",
+    )
+    x, y = data(BATCH * (steps + warmup))
+    # a user batch hook would make compat compute logs every step; tick in the bridge instead
+    t_end = []
+
+    class End(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            t_end.append(time.perf_counter())
+
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[_NoLogTick(timer), End()],
+    )
+    return steps * BATCH / (t_end[0] - timer.t0)
+
+
+class _NoLogTick:
+    """Marker replaced below (compat Callback subclass created lazily)."""
+
+    def __new__(cls, timer: _Timer):
+        import compat as keras
+        from compat import engine
+
+        class NoLog(keras.callbacks.Callback):
+            pass
+
+        cb = NoLog()
+        original = engine._KerasBridge.on_train_batch_end
+
+        def hook(self, trainer, pl_module, outputs, batch, batch_idx):
+            timer.tick()
+            original(self, trainer, pl_module, outputs, batch, batch_idx)
+
+        engine._KerasBridge.on_train_batch_end = hook
+        return cb
+
+
+def bench_keras(steps: int, warmup: int) -> float:
+    import keras
+
+    timer = _Timer(warmup)
+    t_end = []
+
+    class Tick(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            timer.tick()
+
+        def on_train_end(self, logs=None):
+            t_end.append(time.perf_counter())
+
+    base = keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling="avg"
+    )
+    out = keras.layers.Dense(CLASSES, activation="softmax")(base.output)
+    model = keras.Model(base.input, out)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss="categorical_crossentropy",
+    )
+    x, y = data(BATCH * (steps + warmup))
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[Tick()])
+    return steps * BATCH / (t_end[0] - timer.t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "compat_fit_cpu.json")
+    )
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = {}
+    for name, fn in (("plain", bench_plain), ("compat", bench_compat), ("keras", bench_keras)):
+        results[name] = fn(args.steps, args.warmup)
+        print(f"{name:>7}: {results[name]:.1f} images/s", flush=True)
+    ratios = {
+        "compat_vs_plain": results["compat"] / results["plain"],
+        "compat_vs_keras": results["compat"] / results["keras"],
+    }
+    print(f"compat / plain = {ratios['compat_vs_plain']:.3f} (target >= 0.95)")
+    print(f"compat / keras = {ratios['compat_vs_keras']:.3f} (target >= 1.3)")
+    import keras
+    import lightning
+    import timm
+
+    record = {
+        "workload": f"ResNet50 {SIZE}px, batch {BATCH}, random data, SGD momentum, all layers "
+        f"trainable; {args.warmup} warm-up + {args.steps} timed steps",
+        "images_per_s": results,
+        "ratios": ratios,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "timm": timm.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
