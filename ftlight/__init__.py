@@ -1,6 +1,6 @@
 """ftlight: fine-tune pre-trained image models on PyTorch Lightning."""
 
-from ftlight.backbone import Backbone, DataConfig, LayerGroup, create_backbone
+from ftlight.backbone import Backbone, DataConfig, LayerGroup, create_backbone, load_timm_model
 from ftlight.data import ImageDataModule
 from ftlight.freezing import enforce_bn_policy, freeze_backbone
 from ftlight.head import build_head
@@ -25,6 +25,7 @@ __all__ = [
     "enforce_bn_policy",
     "freeze_backbone",
     "list_backbones",
+    "load_timm_model",
     "register_backbone",
     "resolve_backbone",
 ]

@@ -156,6 +156,33 @@ def _data_config_from(model: nn.Module, spec: BackboneSpec) -> DataConfig:
     )
 
 
+def load_timm_model(
+    name: str, weights: str | os.PathLike | None = None, **timm_kwargs: Any
+) -> tuple[nn.Module, WeightsInfo]:
+    """The full timm model (ImageNet classifier kept) with ``weights`` loaded, and provenance.
+
+    ``weights`` as in :func:`create_backbone`; never falls back to random weights.
+    """
+    spec = resolve_backbone(name)
+    if weights is None:
+        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
+        info = WeightsInfo(source="random")
+    elif weights == "imagenet" and spec.packaged_weights:
+        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
+        info = load_packaged_efficientnet_lite0(model)
+    elif weights == "imagenet":
+        model, info = create_hub_model(spec.timm_name, **timm_kwargs)
+    elif isinstance(weights, (str, os.PathLike)) and str(weights).endswith(WEIGHT_FILE_SUFFIXES):
+        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
+        info = load_state_dict_file(model, weights)
+    else:
+        raise ValueError(
+            f"Unsupported weights={weights!r}. Expected None, 'imagenet', or a path to a file "
+            f"ending in one of {WEIGHT_FILE_SUFFIXES}."
+        )
+    return model, info
+
+
 def create_backbone(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -177,25 +204,11 @@ def create_backbone(
         timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ...).
     """
     spec = resolve_backbone(name)
-    if weights is None:
-        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
-        info = WeightsInfo(source="random")
-    elif weights == "imagenet" and spec.packaged_weights:
-        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
-        info = load_packaged_efficientnet_lite0(model)
-    elif weights == "imagenet":
-        model, info = create_hub_model(spec.timm_name, **timm_kwargs)
-    elif isinstance(weights, (str, os.PathLike)) and str(weights).endswith(WEIGHT_FILE_SUFFIXES):
-        model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
-        info = load_state_dict_file(model, weights)
+    model, info = load_timm_model(spec.name, weights, **timm_kwargs)
+    if info.source == "file":
         # The classifier is removed below: its absence from a backbone-only file is expected.
         classifier = str(model.pretrained_cfg.get("classifier", "")) + "."
         info.missing_keys = [k for k in info.missing_keys if not k.startswith(classifier)]
-    else:
-        raise ValueError(
-            f"Unsupported weights={weights!r}. Expected None, 'imagenet', or a path to a file "
-            f"ending in one of {WEIGHT_FILE_SUFFIXES}."
-        )
     data_config = _data_config_from(model, spec)
     if image_size is not None:
         data_config = data_config.with_image_size(image_size)

@@ -5,38 +5,32 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import timm
 from torch import nn
 
 from compat.graph import KerasTensor
 from compat.layers import Input
-from ftlight.registry import resolve_backbone
-from ftlight.weights import WEIGHT_FILE_SUFFIXES, create_hub_model, load_state_dict_file
+from ftlight.backbone import load_timm_model
+from ftlight.weights import WEIGHT_FILE_SUFFIXES
 
 
 def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.Module:
     """The timm model (classifier kept) for ``weights``; never falls back to random weights.
 
-    ``ftlight.create_backbone`` removes the classifier, which ``include_top=True`` with
-    pre-trained weights needs, so the weights branches are resolved here with the engine's
-    own helpers (``create_hub_model`` / ``load_state_dict_file``).
+    Weights are resolved by the engine (:func:`ftlight.backbone.load_timm_model`); a compat
+    ``save_weights`` file is loaded later by :func:`finish_weights`.
     """
-    spec = resolve_backbone(name)
     if weights is None or _is_compat_weights(weights):
-        return timm.create_model(spec.timm_name, pretrained=False)
-    if weights == "imagenet":
-        if include_top and classes != 1000:
-            raise ValueError(
-                "If using `weights='imagenet'` with `include_top=True`, `classes` should be "
-                f"1000. Received classes={classes}"
-            )
-        model, _ = create_hub_model(spec.timm_name)
-        return model
-    path = os.fspath(weights)
-    if path.endswith(WEIGHT_FILE_SUFFIXES) and os.path.exists(path):
-        model = timm.create_model(spec.timm_name, pretrained=False)
-        load_state_dict_file(model, path)
-        return model
+        return load_timm_model(name, None)[0]
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            "If using `weights='imagenet'` with `include_top=True`, `classes` should be "
+            f"1000. Received classes={classes}"
+        )
+    path = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
+    if weights == "imagenet" or (
+        path and path.endswith(WEIGHT_FILE_SUFFIXES) and os.path.exists(path)
+    ):
+        return load_timm_model(name, weights)[0]
     raise ValueError(
         "The `weights` argument should be either `None` (random initialization), 'imagenet' "
         "(pre-training on ImageNet), or the path to an existing weights file (a torch state "
