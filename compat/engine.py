@@ -98,6 +98,19 @@ def _tensor(x: Any, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    """NaN or Inf in the data is an error (Keras would train on it and report ``loss: nan``)."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return
+    bad = (~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero().flatten().tolist()
+    kinds = [k for k, f in (("NaN", torch.isnan), ("Inf", torch.isinf)) if bool(f(t).any())]
+    raise ValueError(
+        f"`{what}` contains {' and '.join(kinds)} values in {len(bad)} of {len(t)} samples "
+        f"(indices {bad[:10]}{'...' if len(bad) > 10 else ''}). Remove or repair those samples, "
+        f"e.g. keep = np.isfinite({what}).reshape(len({what}), -1).all(1)."
+    )
+
+
 class _ArrayBatches(Dataset):
     """Whole-batch indexing of in-memory tensors (one gather per batch, no collate)."""
 
@@ -160,7 +173,10 @@ def make_loader(
     ):
         raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
     xt = _tensor(x, what)
+    _check_finite(xt, what)
     yt = None if y is None else _tensor(y, "y")
+    if yt is not None:
+        _check_finite(yt, "y")
     if yt is not None and len(yt) != len(xt):
         raise ValueError(
             f"Data cardinality is ambiguous: x sizes: {len(xt)}, y sizes: {len(yt)}. Make sure "
@@ -551,7 +567,19 @@ def _ensure_built(model: Any, x: Any) -> None:
     if isinstance(x, DataLoader) or _is_batch_source(x):
         return
     shape = (None, *np.shape(x)[1:])
-    model._maybe_build(shape)
+    channels_first = len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3, 4)
+    hint = (
+        f"The data looks channels-first (N, C, H, W) = {tuple(np.shape(x))}; compat, like "
+        "Keras, takes channels-last images (N, H, W, C): pass x.transpose(0, 2, 3, 1)."
+    )
+    if channels_first and not model.built:
+        warnings.warn(hint + " The model is being built for this shape as given.", stacklevel=4)
+    try:
+        model._maybe_build(shape)
+    except ValueError as err:
+        if channels_first:
+            raise ValueError(f"{err}. {hint}") from err
+        raise
 
 
 def evaluate(

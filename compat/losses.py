@@ -57,6 +57,17 @@ class CategoricalCrossentropy(Loss):
     name = "categorical_crossentropy"
 
     def per_sample(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+        integer_labels = y_true.ndim == y_pred.ndim - 1 or (
+            y_true.ndim == y_pred.ndim and y_true.shape[-1] == 1 < y_pred.shape[-1]
+        )
+        if integer_labels and y_true.ndim >= 1 and y_true.shape[0] == y_pred.shape[0]:
+            raise ValueError(
+                "categorical_crossentropy expects one-hot labels of shape "
+                f"{(*y_true.shape[: y_pred.ndim - 1], y_pred.shape[-1])}. Received integer "
+                f"labels: target.shape={tuple(y_true.shape)}, output.shape="
+                f"{tuple(y_pred.shape)}. Use loss='sparse_categorical_crossentropy', or "
+                f"one-hot encode them: keras.utils.to_categorical(y, {y_pred.shape[-1]})."
+            )
         _check_pair(y_true, y_pred, "categorical_crossentropy")
         y_true = y_true.to(y_pred.dtype)
         if self.label_smoothing:
@@ -83,12 +94,31 @@ class SparseCategoricalCrossentropy(Loss):
         if y_true.ndim == y_pred.ndim and y_true.shape[-1] == 1:
             y_true = y_true[..., 0]
         if y_true.ndim != y_pred.ndim - 1:
+            hint = ""
+            if y_true.shape == y_pred.shape:
+                hint = (
+                    " These look like one-hot labels: use loss='categorical_crossentropy', or "
+                    "pass integer labels (y.argmax(-1))."
+                )
             raise ValueError(
                 "sparse_categorical_crossentropy expects integer labels of shape (batch,). "
                 f"Received: target.shape={tuple(y_true.shape)}, output.shape="
-                f"{tuple(y_pred.shape)}"
+                f"{tuple(y_pred.shape)}.{hint}"
+            )
+        if y_true.is_floating_point() and not torch.equal(y_true, y_true.round()):
+            raise ValueError(
+                "sparse_categorical_crossentropy expects integer class indices. Received "
+                f"non-integer values, e.g. {float(y_true[y_true != y_true.round()][0])}."
             )
         target = y_true.long()
+        n = y_pred.shape[-1]
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n):
+            bad = int(target.max()) if int(target.max()) >= n else int(target.min())
+            raise ValueError(
+                f"Received a label value of {bad} which is outside the valid range of "
+                f"[0, {n - 1}] (the model has {n} outputs). "
+                "Check the labels, or give the last Dense layer one unit per class."
+            )
         if self.from_logits:
             log_p = F.log_softmax(y_pred, dim=-1)
         else:

@@ -78,6 +78,7 @@ def _lightning_cli_class() -> type:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+    from ftlight.guards import AtomicCheckpointIO, NonFiniteLossGuard
     from ftlight.staged import StagedUnfreeze
 
     class FtlightCLI(LightningCLI):
@@ -112,10 +113,15 @@ def _lightning_cli_class() -> type:
             config = self.config[self.subcommand] if self.subcommand else self.config
             if config.trainer.logger in (None, True):
                 kwargs["logger"] = default_loggers(config.trainer.default_root_dir or ".")
+            if not config.trainer.get("plugins"):
+                kwargs.setdefault("plugins", [AtomicCheckpointIO()])
             trainer = super().instantiate_trainer(**kwargs)
             history = _metrics_history()
             if history is not None:
                 trainer.callbacks.append(history)
+            if not any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callbacks):
+                # Before the checkpoint callbacks, so that bad weights are never saved.
+                trainer.callbacks.insert(0, NonFiniteLossGuard())
             return trainer
 
     return FtlightCLI
@@ -148,6 +154,8 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
     """``metrics.json`` (final metrics, per-epoch history, confusion matrix) for reports."""
     import json
 
+    from ftlight.guards import atomic_write
+
     trainer, model = cli.trainer, cli.model
     record: dict[str, Any] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1
@@ -162,10 +170,35 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
         record["epochs"] = list(history.epochs)
     if model.confusion_matrix is not None:
         record["confusion_matrix"] = model.confusion_matrix.tolist()
+        record["confusion_split"] = "validation"
     record["class_names"] = model.class_names
+    mistakes = validation_mistakes(model, cli.datamodule)
+    if mistakes is not None:
+        record["mistakes"] = mistakes
+        record["mistakes_split"] = "validation"
     path = log_dir / "metrics.json"
-    path.write_text(json.dumps(record, indent=2))
+    atomic_write(path, json.dumps(record, indent=2))
     return path
+
+
+def validation_mistakes(model: Any, datamodule: Any, k: int = 16) -> list[dict[str, Any]] | None:
+    """The ``k`` most confident mistakes on a folder's validation split (``None``: no files)."""
+    from ftlight.predict import predict_probabilities
+    from ftlight.report import worst_mistakes
+
+    dataset = getattr(datamodule, "datasets", {}).get("val")
+    samples = getattr(dataset, "samples", None)
+    names = model.class_names
+    if not samples or not names or model.hparams.task != "multiclass":
+        return None
+    was_training = model.training
+    probs = predict_probabilities(
+        model, [path for path, _ in samples], batch_size=datamodule.batch_size
+    )
+    model.train(was_training)
+    return worst_mistakes(
+        [path for path, _ in samples], [label for _, label in samples], probs, names, k=k
+    )
 
 
 def _summarise(cli: Any) -> None:
@@ -203,6 +236,7 @@ def _summarise(cli: Any) -> None:
 def run_lightning(argv: Sequence[str]) -> int:
     """Run ``fit``, ``validate`` or ``test`` through LightningCLI."""
     from ftlight.data import ImageDataModule
+    from ftlight.guards import NonFiniteLossError
     from ftlight.module import FineTuner
 
     cli_class = _lightning_cli_class()
@@ -218,6 +252,9 @@ def run_lightning(argv: Sequence[str]) -> int:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "ftlight"},
         )
+    except NonFiniteLossError as err:
+        print(f"ftlight: error: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         sys.argv = saved_argv
     if getattr(cli, "trainer", None) is not None and cli.subcommand:

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from ftlight.backbone import DataConfig
+from ftlight.resumable import EpochSampler, ResumableDataLoader
 from ftlight.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -442,10 +443,12 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         dataset.transform = self.transform_for(split)
         workers = self.num_workers
-        return DataLoader(
+        shuffle = (split == "train") if shuffle is None else shuffle
+        # Seeded per epoch and resumable mid-epoch (ftlight.resumable): kill-safe, repeatable.
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=(split == "train") if shuffle is None else shuffle,
+            sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed),
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,

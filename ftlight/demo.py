@@ -22,8 +22,9 @@ import torch
 
 from ftlight.data import ImageDataModule, stratified_split
 from ftlight.features import cache_features
+from ftlight.guards import AtomicCheckpointIO, NonFiniteLossGuard, atomic_write
 from ftlight.module import FineTuner
-from ftlight.report import METRICS_FILE, MetricsHistory, write_report
+from ftlight.report import METRICS_FILE, MetricsHistory, worst_mistakes, write_report
 from ftlight.weights import WeightsUnavailableError
 
 
@@ -58,7 +59,8 @@ def _trainer(out: Path, name: str, epochs: int, progress: bool, history: Metrics
         max_epochs=epochs,
         default_root_dir=out,
         logger=L.pytorch.loggers.CSVLogger(out / "logs", name=name),
-        callbacks=[history],
+        callbacks=[history, NonFiniteLossGuard()],
+        plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -154,6 +156,8 @@ def run_demo(
     predicted = probs.argmax(1)
     n = images.num_classes
     confusion = torch.bincount(truth * n + predicted, minlength=n * n).reshape(n, n)
+    test_paths = [path for path, _ in images.datasets["test"].samples]
+    mistakes = worst_mistakes(test_paths, truth.tolist(), probs, images.class_names, k=16)
     checkpoint = out / "model.ckpt"
     trainer.save_checkpoint(checkpoint)
 
@@ -167,6 +171,9 @@ def run_demo(
         "num_test_images": len(truth),
         "class_names": images.class_names,
         "confusion_matrix": confusion.tolist(),
+        "confusion_split": "test",
+        "mistakes": mistakes,
+        "mistakes_split": "test",
         "seconds": {
             "feature_cache": round(t_cache, 2),
             "head_phase": round(t_head, 2),
@@ -176,7 +183,7 @@ def run_demo(
         "epochs": head_history.epochs + tune_history.epochs,
         "checkpoint": str(checkpoint),
     }
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    atomic_write(out / METRICS_FILE, json.dumps(metrics, indent=2))
     report = write_report(out)
     say(
         f"Test accuracy: {metrics['test_accuracy']:.4f} on {len(truth)} held-out images "

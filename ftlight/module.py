@@ -278,6 +278,22 @@ class FineTuner(L.LightningModule):
             datamodule.adopt_data_config(self.data_config)
             if self.class_names is None and getattr(datamodule, "_class_names", None):
                 self.class_names = list(datamodule.class_names)
+            self._check_class_count(datamodule)
+
+    def _check_class_count(self, datamodule: Any) -> None:
+        """The data's class count must be what the head was built for (not multilabel)."""
+        task, n_model = self.hparams.task, self.hparams.num_classes
+        n_data = getattr(datamodule, "num_classes", None)
+        if task == "multilabel" or not isinstance(n_data, int):
+            return
+        expected = 2 if task == "binary" else n_model
+        if n_data != expected:
+            names = getattr(datamodule, "class_names", None)
+            raise ValueError(
+                f"The data has {n_data} classes {names} but the model was built for {expected} "
+                f"(num_classes={n_model}, task={task!r}). Build the model with "
+                "num_classes=datamodule.num_classes (the CLI links them), or check the data."
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ftlight"] = {

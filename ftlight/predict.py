@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ftlight.data import IMG_EXTENSIONS, ImageFileDataset, scan_class_folder
+from ftlight.guards import atomic_path
 from ftlight.module import FineTuner
 from ftlight.transforms import eval_transform
 
@@ -123,8 +124,7 @@ def write_predictions(
     if has_labels:
         header.append("label")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row, p in enumerate(paths):

@@ -1,6 +1,9 @@
-"""Run records and pictures: per-epoch metrics with timings, learning curves, confusion matrix.
+"""Run records and pictures: per-epoch metrics with timings, learning curves, confusion matrix
+and the most confident mistakes.
 
-``ftlight report RUN_DIR`` redraws the plots and writes ``report.md`` from ``metrics.json``.
+``ftlight report RUN_DIR`` redraws the plots and writes ``report.md`` from ``metrics.json``
+(written by ``ftlight demo`` and at the end of ``ftlight fit``). All files are written
+atomically (a kill never leaves half a file).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+
+from ftlight.guards import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.json"
 
@@ -72,8 +77,15 @@ def plot_learning_curves(epochs: Sequence[dict[str, Any]], path: str | Path) -> 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -109,10 +121,78 @@ def plot_confusion_matrix(
                 color="white" if cm[i, j] > peak / 2 else "black",
             )
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def worst_mistakes(
+    paths: Sequence[str],
+    truth: Sequence[int],
+    probs: Any,
+    class_names: Sequence[str],
+    k: int = 16,
+) -> list[dict[str, Any]]:
+    """The ``k`` most confident misclassifications: path, true and predicted class, P(pred)."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(truth)
+    pred = p.argmax(1)
+    wrong = np.flatnonzero(pred != t)
+    order = wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")][:k]
+    return [
+        {
+            "path": str(paths[i]),
+            "true": str(class_names[int(t[i])]),
+            "pred": str(class_names[int(pred[i])]),
+            "prob": round(float(p[i, pred[i]]), 4),
+            "prob_true": round(float(p[i, t[i]]), 4),
+        }
+        for i in order
+    ]
+
+
+def plot_mistakes(
+    mistakes: Sequence[dict[str, Any]], path: str | Path, title: str = "most confident mistakes"
+) -> Path:
+    """A grid of misclassified images, each titled with its true and predicted class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    n = max(1, len(mistakes))
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, mistakes, strict=False):
+        try:
+            with Image.open(m["path"]) as img:
+                image = np.asarray(img.convert("RGB"))
+            small = max(image.shape[:2]) < 128
+            ax.imshow(image, interpolation="nearest" if small else "antialiased")
+        except OSError:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=9)
+        ax.set_title(
+            f"true: {m['true']}\npred: {m['pred']} ({m['prob']:.2f})",
+            fontsize=11,
+            color="#b00020",
+        )
+        ax.text(
+            0.5,
+            -0.04,
+            Path(m["path"]).name,
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            fontsize=8,
+            color="#444444",
+        )
+    if not mistakes:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -126,7 +206,11 @@ def write_report(run_dir: str | Path) -> Path:
         )
     metrics = json.loads(metrics_path.read_text())
     lines = [f"# ftlight run: {run_dir.name}", ""]
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    summary = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, str)) and not k.endswith("_split")
+    }
     for key, value in summary.items():
         lines.append(
             f"- **{key}**: {value:.4f}" if isinstance(value, float) else f"- **{key}**: {value}"
@@ -138,15 +222,36 @@ def write_report(run_dir: str | Path) -> Path:
         names = metrics.get("class_names") or [
             str(i) for i in range(len(metrics["confusion_matrix"]))
         ]
+        split = metrics.get("confusion_split", "test")
         plot_confusion_matrix(
             metrics["confusion_matrix"],
             names,
             run_dir / "confusion_matrix.png",
-            title="confusion matrix (test)",
+            title=f"confusion matrix ({split})",
         )
         lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)"]
+    mistakes = metrics.get("mistakes")
+    if mistakes is not None:
+        split = metrics.get("mistakes_split", "validation")
+        plot_mistakes(
+            mistakes, run_dir / "mistakes.png", title=f"most confident mistakes ({split})"
+        )
+        lines += [
+            "",
+            f"## Most confident mistakes ({split})",
+            "",
+            "![most confident mistakes](mistakes.png)",
+            "",
+            "| image | true | predicted | P(predicted) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{m['path']}` | {m['true']} | {m['pred']} | {m['prob']:.3f} |" for m in mistakes
+        ]
+        if not mistakes:
+            lines.append("| (none) | | | |")
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    atomic_write(report, "\n".join(lines) + "\n")
     return report
 
 

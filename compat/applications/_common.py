@@ -51,6 +51,49 @@ def finish_weights(model: Any, weights: Any) -> None:
         model.load_weights(weights)
 
 
+def check_input_shape(
+    input_tensor: Any,
+    input_shape: Any,
+    default: int,
+    min_size: int,
+    include_top: bool,
+    weights: Any,
+) -> tuple[Any, ...] | None:
+    """Keras's checks of ``input_shape`` (run before any weights are loaded)."""
+    if input_tensor is not None:
+        return None
+    if input_shape is None:
+        return (default, default, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        hint = ""
+        if len(input_shape) == 3 and input_shape[0] == 3:
+            hint = f" This looks channels-first; pass {(*input_shape[1:], 3)}."
+        raise ValueError(
+            f"`input_shape` must be a tuple of three integers (height, width, 3) "
+            f"(channels_last). Received: input_shape={input_shape}.{hint}"
+        )
+    if include_top and None in input_shape:
+        raise ValueError(
+            "If `include_top` is True, you should specify a static `input_shape`. "
+            f"Received: input_shape={input_shape}"
+        )
+    if weights == "imagenet" and include_top and input_shape != (default, default, 3):
+        raise ValueError(
+            f"When setting `include_top=True` and loading `imagenet` weights, "
+            f"`input_shape` should be {(default, default, 3)}. Received: "
+            f"input_shape={input_shape}. For another size use include_top=False (and a new "
+            "head), or resize the images."
+        )
+    for d in input_shape[:2]:
+        if d is not None and d < min_size:
+            raise ValueError(
+                f"Input size must be at least {min_size}x{min_size}; Received: "
+                f"input_shape={input_shape}"
+            )
+    return input_shape
+
+
 def model_input(
     input_tensor: Any,
     input_shape: Any,
@@ -66,27 +109,8 @@ def model_input(
                 f"Received: {type(input_tensor)}"
             )
         return input_tensor
-    if input_shape is None:
-        input_shape = (default, default, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(
-            f"`input_shape` must be a tuple of three integers (height, width, 3) "
-            f"(channels_last). Received: input_shape={input_shape}"
-        )
-    if weights == "imagenet" and include_top and input_shape != (default, default, 3):
-        raise ValueError(
-            f"When setting `include_top=True` and loading `imagenet` weights, "
-            f"`input_shape` should be {(default, default, 3)}. Received: "
-            f"input_shape={input_shape}"
-        )
-    for d in input_shape[:2]:
-        if d is not None and d < min_size:
-            raise ValueError(
-                f"Input size must be at least {min_size}x{min_size}; Received: "
-                f"input_shape={input_shape}"
-            )
-    return Input(shape=input_shape)
+    shape = check_input_shape(None, input_shape, default, min_size, include_top, weights)
+    return Input(shape=shape)
 
 
 def check_pooling(pooling: Any) -> None:

@@ -119,6 +119,7 @@ def InceptionV3(
     name: str = "inception_v3",
 ) -> Model:
     _common.check_pooling(pooling)
+    _common.check_input_shape(input_tensor, input_shape, 299, 75, include_top, weights)
     tm = _common.timm_model("inception_v3", weights, include_top, classes)
     with backend.canonical_names():
         inputs = _common.model_input(input_tensor, input_shape, 299, 75, include_top, weights)

@@ -57,6 +57,7 @@ def ResNet50(
     name: str = "resnet50",
 ) -> Model:
     _common.check_pooling(pooling)
+    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
     tm = _common.timm_model("resnet50", weights, include_top, classes)
     with backend.canonical_names():
         inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)

@@ -40,6 +40,7 @@ def VGG16(
     name: str = "vgg16",
 ) -> Model:
     _common.check_pooling(pooling)
+    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
     tm = _common.timm_model("vgg16", weights, include_top, classes)
     with backend.canonical_names():
         inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
@@ -61,6 +62,13 @@ def VGG16(
             if flat == int(np.prod(fc1_conv.weight.shape[1:])):
                 fc1 = layers.Dense.from_torch(
                     _linear_from_conv(fc1_conv), name="fc1", activation="relu"
+                )
+            elif weights is not None and not _common._is_compat_weights(weights):
+                raise ValueError(
+                    f"The top of these VGG16 weights takes 7x7x512 = "
+                    f"{int(np.prod(fc1_conv.weight.shape[1:]))} features (224x224 images); "
+                    f"input_shape={tuple(inputs.shape[1:])} gives {flat}. Use "
+                    "include_top=False with a new head, or input_shape=(224, 224, 3)."
                 )
             else:
                 fc1 = layers.Dense(4096, activation="relu", name="fc1")
