@@ -47,7 +47,15 @@ class FineTuner(L.LightningModule):
         label_smoothing: for the multiclass cross-entropy.
         class_names: names of the classes in label order (saved in checkpoints).
         image_size: override the weights' input size (e.g. for fast CPU runs).
-        channels_last: use the channels-last memory format (faster on GPUs with AMP).
+        channels_last: use the channels-last memory format (``None``: on CUDA only, where it
+            is faster with AMP).
+        cache_features: train the head on backbone features computed once while the backbone
+            is static (frozen, BatchNorm in inference mode, deterministic training transforms);
+            ``True`` warns when that is not possible and why; ``None`` (default) does it only in
+            the all-gated first phase of a :class:`~ftlight.staged.StagedUnfreeze` run; see
+            :class:`ftlight.features.FeatureCache`.
+        torch_compile: compile the backbone with ``torch.compile`` at set-up (state-dict keys
+            are unchanged).
     """
 
     def __init__(
@@ -75,7 +83,9 @@ class FineTuner(L.LightningModule):
         label_smoothing: float = 0.0,
         class_names: Sequence[str] | None = None,
         image_size: int | None = None,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
+        cache_features: bool | None = None,
+        torch_compile: bool = False,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes and task != "binary":
@@ -117,7 +127,22 @@ class FineTuner(L.LightningModule):
     def weights_info(self) -> Any:
         return self.backbone.weights_info
 
+    @property
+    def feature_extractor(self) -> Backbone:
+        """The part whose output can be cached (see :class:`ftlight.features.FeatureCache`)."""
+        return self.backbone
+
     # ---- model --------------------------------------------------------------------------
+    def _channels_last(self) -> bool:
+        flag = self.hparams.get("channels_last")
+        return self.device.type == "cuda" if flag is None else bool(flag)
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` -> backbone features ``(B, num_features)``."""
+        if self._channels_last():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` or cached features ``(B, num_features)`` -> logits."""
         if x.ndim == 2:
@@ -127,9 +152,7 @@ class FineTuner(L.LightningModule):
                     f"Received: shape={tuple(x.shape)}"
                 )
             return self.head(x)
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(x))
+        return self.head(self.extract_features(x))
 
     def train(self, mode: bool = True) -> FineTuner:
         """Switch modes, then put frozen BatchNorm layers back in inference mode."""
@@ -142,9 +165,19 @@ class FineTuner(L.LightningModule):
         """Change what is frozen (takes effect at the next ``fit``)."""
         self.hparams.freeze = freeze
         self.frozen_names = freeze_backbone(self.backbone, freeze)
+        self.__dict__.pop("_feature_cache", None)  # cached features are stale once it trains
         if self.training:
             self.train()
         return self.frozen_names
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Feature caching for frozen phases (``cache_features``)."""
+        mode = self.hparams.get("cache_features")
+        if mode is False:
+            return []
+        from ftlight.features import FeatureCache
+
+        return [FeatureCache(mode)]
 
     # ---- losses and metrics -------------------------------------------------------------
     def _build_metrics(self) -> None:
@@ -273,6 +306,16 @@ class FineTuner(L.LightningModule):
 
     # ---- data config and checkpoints ---------------------------------------------------
     def setup(self, stage: str) -> None:
+        # The model is moved to its device after setup: ask the strategy where it goes.
+        device = self.trainer.strategy.root_device if self._trainer else self.device
+        if self.hparams.get("channels_last") or (
+            self.hparams.get("channels_last") is None and device.type == "cuda"
+        ):
+            self.backbone.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and not torch.backends.cudnn.deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
+        if self.hparams.get("torch_compile") and self.backbone.model._compiled_call_impl is None:
+            self.backbone.model.compile()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "adopt_data_config"):
             datamodule.adopt_data_config(self.data_config)
