@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -16,6 +17,16 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from ftlight.backbone import DataConfig
+from ftlight.pipeline import (
+    BatchDecoder,
+    DecodedDataset,
+    DecodedImages,
+    EncodedBatch,
+    EncodedFiles,
+    collate_encoded,
+    resolve_decode_device,
+    split_transform,
+)
 from ftlight.resumable import EpochSampler, ResumableDataLoader
 from ftlight.transforms import eval_transform, train_transform
 
@@ -220,6 +231,12 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: loader workers (``None``: one fewer than the cores, at most 8).
         skip_corrupt: skip unreadable files with a warning and a count (default: raise).
         verify_images: decode every image once at set-up to find corrupt files early.
+        decode_cache: folder for a decoded-once cache of folder images (uint8, memory-mapped;
+            see :class:`ftlight.pipeline.DecodedImages`): resize and centre crop (or, when
+            augmenting, the shrink of large images) happen once, not every epoch.
+        decode_device: ``"cpu"`` (PIL in DataLoader workers) or ``"cuda"``: workers only read
+            the files; batches of JPEGs are decoded on the GPU (nvJPEG) and transformed there
+            (:class:`ftlight.pipeline.BatchDecoder`). Without a GPU: the CPU path, with a warning.
     """
 
     def __init__(
@@ -237,6 +254,8 @@ class ImageDataModule(L.LightningDataModule):
         skip_corrupt: bool = False,
         verify_images: bool = True,
         data_config: dict[str, Any] | None = None,
+        decode_cache: str | None = None,
+        decode_device: str = "cpu",
     ) -> None:
         super().__init__()
         self.root = Path(root) if root is not None else None
@@ -250,6 +269,9 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.skip_corrupt = skip_corrupt
         self.verify_images = verify_images
+        self.decode_cache = decode_cache
+        self.decode_device = decode_device
+        self._decoded: dict[Any, Dataset] = {}
         self._data_config = DataConfig.from_dict(data_config) if data_config else None
         self._explicit_config = data_config is not None
         self._arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -440,8 +462,7 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         if split not in self.datasets:
             raise ValueError(f"No {split!r} split; have {sorted(self.datasets)}.")
-        dataset = self.datasets[split]
-        dataset.transform = self.transform_for(split)
+        dataset = self._fast_dataset(split)
         workers = self.num_workers
         shuffle = (split == "train") if shuffle is None else shuffle
         # Seeded per epoch and resumable mid-epoch (ftlight.resumable): kill-safe, repeatable.
@@ -452,7 +473,56 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            collate_fn=collate_encoded if isinstance(dataset, EncodedFiles) else None,
         )
+
+    def _fast_dataset(self, split: str) -> Dataset:
+        """The split's dataset with its transform, or its decoded-once / encoded variant."""
+        dataset = self.datasets[split]
+        if not isinstance(dataset, ImageFileDataset):  # arrays: decoded already
+            dataset.transform = self.transform_for(split)
+            return dataset
+        augment = self.augment and split == "train"
+        if self.decode_device != "cpu":
+            device = resolve_decode_device(self.decode_device, num_workers=self.num_workers)
+            if device != "cpu":
+                self.decoders["train" if split == "train" else "eval"] = BatchDecoder(
+                    self.data_config, augment=augment, hflip=self.hflip, device=device
+                )
+                return EncodedFiles(dataset.samples)
+            self.decode_device = "cpu"  # warned once; the CPU path from now on
+        if self.decode_cache is None:
+            dataset.transform = self.transform_for(split)
+            return dataset
+        once, every, geometry = split_transform(self.data_config, augment=augment, hflip=self.hflip)
+        key = (split, json.dumps(geometry, sort_keys=True))
+        if key not in self._decoded:
+            paths = [path for path, _ in dataset.samples]
+            images = DecodedImages.build(
+                paths, self.decode_cache, once, geometry, num_workers=self.num_workers
+            )
+            self._decoded[key] = DecodedDataset(images, [y for _, y in dataset.samples])
+        decoded = self._decoded[key]
+        decoded.transform = every
+        return decoded
+
+    @property
+    def decoders(self) -> dict[str, Any]:
+        """Per-split :class:`~ftlight.pipeline.BatchDecoder` of the GPU decoding path."""
+        return self.__dict__.setdefault("_decoders", {})
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Encoded batches (``decode_device="cuda"``) are decoded on ``device`` here."""
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], EncodedBatch):
+            training = self.trainer is not None and self.trainer.training
+            decoder = self.decoders.get("train" if training else "eval") or next(
+                iter(self.decoders.values())
+            )
+            decoder.device = torch.device(device)
+            return decoder(batch[0]), batch[1].to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

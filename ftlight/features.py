@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from ftlight.backbone import Backbone
 from ftlight.data import ImageDataModule
+from ftlight.resumable import EpochSampler, ResumableDataLoader
 
 
 class CachingUnavailableError(RuntimeError):
@@ -288,7 +289,10 @@ class FeatureRows(Dataset):
 def _batching(loader: DataLoader) -> tuple[int, bool, bool]:
     """(batch size, shuffled, drop_last) of a map-style loader, auto- or sampler-batched."""
     if loader.batch_size is not None:
-        return loader.batch_size, isinstance(loader.sampler, RandomSampler), loader.drop_last
+        shuffled = isinstance(loader.sampler, RandomSampler) or bool(
+            getattr(loader.sampler, "shuffle", False)
+        )
+        return loader.batch_size, shuffled, loader.drop_last
     sampler = loader.sampler
     if isinstance(sampler, BatchSampler):
         return sampler.batch_size, isinstance(sampler.sampler, RandomSampler), sampler.drop_last
@@ -512,12 +516,18 @@ class FeatureCache(Callback):
         if hit is None or hit[0] != version:
             store[key] = (version, self._compute(trainer, pl_module, loader, split))
         rows = store[key][1]
+        shuffle = shuffle and split == "train"
+        if isinstance(loader.sampler, EpochSampler):  # same seeded order as the image loader
+            sampler = EpochSampler(len(rows), shuffle=shuffle, seed=loader.sampler.seed)
+            return ResumableDataLoader(
+                rows,
+                batch_size=batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                collate_fn=_identity,
+            )
         return DataLoader(
-            rows,
-            batch_size=batch_size,
-            shuffle=shuffle and split == "train",
-            drop_last=drop_last,
-            collate_fn=_identity,
+            rows, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=_identity
         )
 
     @torch.no_grad()
@@ -535,8 +545,10 @@ class FeatureCache(Callback):
         start = 0
         try:
             for batch in _in_order(loader):
+                # Lightning's transfer hooks: device moves and GPU decoding, as in training.
+                batch = pl_module._apply_batch_transfer_handler(batch, device)
                 items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-                x = items[0].to(device, non_blocking=True)
+                x = items[0]
                 with trainer.precision_plugin.forward_context():
                     f = pl_module.extract_features(x)
                 if feats is None:
@@ -555,8 +567,7 @@ class FeatureCache(Callback):
             None if any(v is None for v in col) else torch.cat([torch.as_tensor(v) for v in col])
             for col in extras
         ]
-        if feats.device.type == "cuda":
-            columns = [None if c is None else c.to(feats.device) for c in columns]
+        columns = [None if c is None else c.to(feats.device) for c in columns]
         log.info("Cached %d %s feature rows %s (%s)", start, split, tuple(feats.shape), dtype)
         return FeatureRows(feats[:start], *columns)
 
