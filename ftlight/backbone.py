@@ -78,6 +78,7 @@ class Backbone(nn.Module):
         data_config: DataConfig,
         weights_info: WeightsInfo,
         min_input_size: int = 32,
+        grouping: str = "timm",
     ) -> None:
         super().__init__()
         self.model = model
@@ -85,7 +86,9 @@ class Backbone(nn.Module):
         self.data_config = data_config
         self.weights_info = weights_info
         self.num_features = _output_width(model)
-        self.layer_groups = _layer_groups(model)
+        self.layer_groups = (
+            _vgg_block_groups(model) if grouping == "vgg_blocks" else _layer_groups(model)
+        )
         self.min_input_size = min_input_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,6 +144,25 @@ def _layer_groups(model: nn.Module) -> list[LayerGroup]:
         label = "stem" if i == 0 else f"stage{i}"
         renamed.append(LayerGroup(label, g.param_names, g.module_names))
     return renamed
+
+
+def _vgg_block_groups(model: nn.Module) -> list[LayerGroup]:
+    """VGG as Keras names it: ``block1`` … ``block5`` (each ends in a max-pool), then ``fc``."""
+    block_of: dict[str, int] = {}
+    block = 1
+    for index, layer in enumerate(model.features):
+        block_of[f"features.{index}"] = block
+        if isinstance(layer, nn.MaxPool2d):
+            block += 1
+    members: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        prefix = ".".join(name.split(".")[:2])
+        label = f"block{block_of[prefix]}" if prefix in block_of else "fc"
+        members.setdefault(label, []).append(name)
+    return [
+        LayerGroup(label, tuple(names), tuple(sorted({n.rsplit(".", 1)[0] for n in names})))
+        for label, names in members.items()
+    ]
 
 
 def _data_config_from(model: nn.Module, spec: BackboneSpec) -> DataConfig:
@@ -222,4 +244,5 @@ def create_backbone(
         data_config=data_config,
         weights_info=info,
         min_input_size=spec.min_input_size,
+        grouping=spec.grouping,
     )

@@ -22,6 +22,7 @@ class BackboneSpec:
     packaged_weights: str | None = None
     description: str = ""
     min_input_size: int = 32
+    grouping: str = "timm"  # "timm": timm's coarse group_matcher; "vgg_blocks": Keras's blocks
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -64,7 +65,13 @@ def resolve_backbone(name: str) -> BackboneSpec:
 
 
 register_backbone(
-    BackboneSpec("vgg16", "vgg16", aliases=("VGG16",), description="VGG16 (ImageNet, 224 px)")
+    BackboneSpec(
+        "vgg16",
+        "vgg16",
+        aliases=("VGG16",),
+        description="VGG16 (ImageNet, 224 px)",
+        grouping="vgg_blocks",
+    )
 )
 register_backbone(
     BackboneSpec(

@@ -25,7 +25,7 @@ def test_seed_backbone_outputs_num_features(name: str, size: int) -> None:
         features = backbone(torch.randn(2, 3, size, size))
     assert features.shape == (2, backbone.num_features)
     assert backbone.weights_info.source == "random"
-    assert backbone.layer_groups[0].name == "stem"
+    assert backbone.layer_groups[0].name == ("block1" if name == "vgg16" else "stem")
     head_params = {n for n, _ in backbone.model.named_parameters()}
     grouped = {n for g in backbone.layer_groups for n in g.param_names}
     assert grouped == head_params, "every parameter belongs to exactly one layer group"
@@ -63,6 +63,10 @@ def test_vgg16_keeps_or_drops_fc_layers() -> None:
     kept = ftlight.create_backbone("vgg16")
     dropped = ftlight.create_backbone("vgg16", keep_fc=False)
     assert kept.num_features == 4096  # fc1/fc2 kept: only the prediction layer replaced
+    names = [g.name for g in kept.layer_groups]
+    assert names == ["block1", "block2", "block3", "block4", "block5", "fc"]  # Keras's blocks
+    assert [len(g.param_names) for g in kept.layer_groups] == [4, 4, 6, 6, 6, 4]
+    assert [g.name for g in dropped.layer_groups][-1] == "block5"
     assert dropped.num_features == 512  # all three fully connected layers removed
     with torch.no_grad():
         assert dropped.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 512)
