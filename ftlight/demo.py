@@ -136,7 +136,8 @@ def run_demo(
 
     say(
         f"      Phase 2: unfreeze the top {unfreeze_groups} layer groups "
-        f"({', '.join(g.name for g in groups[-unfreeze_groups:])}) at a 10x lower learning rate"
+        f"({', '.join(g.name for g in groups[-unfreeze_groups:])}) at lr={backbone_lr:g} "
+        f"(head {finetune_lr:g})"
     )
     model.set_freeze(len(groups) - unfreeze_groups)
     model.hparams.lr = finetune_lr
