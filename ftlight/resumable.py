@@ -54,15 +54,15 @@ class EpochSampler(Sampler[int]):
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` whose position in the epoch is saved in Lightning checkpoints.
 
-    Use it with an :class:`EpochSampler`. Lightning fetches one batch ahead of the one being
-    trained on; the saved position discounts it.
+    Use it with an :class:`EpochSampler`. The saved position is the number of batches handed
+    out this epoch: Lightning does not fetch ahead from loaders of known length, so when a
+    checkpoint is written at the end of a training batch, that is the number trained on.
     """
 
     _yielded = 0
-    _exhausted = False
 
     def __iter__(self) -> Iterator[Any]:
-        self._yielded, self._exhausted = 0, False
+        self._yielded = 0
         sampler = self.sampler
         resume = sampler._resume if isinstance(sampler, EpochSampler) else None
         if resume is not None and resume[0] == sampler.epoch:
@@ -70,13 +70,11 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
-        self._exhausted = True
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self.sampler
         epoch = sampler.epoch if isinstance(sampler, EpochSampler) else 0
-        done = self._yielded if self._exhausted else max(0, self._yielded - 1)
-        return {"epoch": epoch, "batches_done": done}
+        return {"epoch": epoch, "batches_done": self._yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(self.sampler, EpochSampler) and self.batch_size:
