@@ -503,8 +503,6 @@ class FeatureCache(Callback):
     def _cached_loader(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader, split: str
     ) -> DataLoader:
-        if isinstance(loader.dataset, FeatureRows):
-            return loader
         batch_size, shuffle, drop_last = _batching(loader)
         if isinstance(loader.dataset, IterableDataset):
             raise CachingUnavailableError("the data is an IterableDataset")
