@@ -165,7 +165,7 @@ def plot_mistakes(
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, m in zip(axes.flat, mistakes, strict=False):
+    for number, (ax, m) in enumerate(zip(axes.flat, mistakes, strict=False), start=1):
         try:
             with Image.open(m["path"]) as img:
                 image = np.asarray(img.convert("RGB"))
@@ -174,20 +174,11 @@ def plot_mistakes(
         except OSError:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=9)
         ax.set_title(
-            f"true: {m['true']}\npred: {m['pred']} ({m['prob']:.2f})",
+            f"#{number}  true: {m['true']}\npred: {m['pred']} ({m['prob']:.2f})",
             fontsize=11,
             color="#b00020",
         )
-        ax.text(
-            0.5,
-            -0.04,
-            Path(m["path"]).name,
-            transform=ax.transAxes,
-            ha="center",
-            va="top",
-            fontsize=8,
-            color="#444444",
-        )
+
     if not mistakes:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=13)
@@ -242,14 +233,15 @@ def write_report(run_dir: str | Path) -> Path:
             "",
             "![most confident mistakes](mistakes.png)",
             "",
-            "| image | true | predicted | P(predicted) |",
-            "|---|---|---|---|",
+            "| # | image | true | predicted | P(predicted) |",
+            "|---|---|---|---|---|",
         ]
         lines += [
-            f"| `{m['path']}` | {m['true']} | {m['pred']} | {m['prob']:.3f} |" for m in mistakes
+            f"| {i} | `{m['path']}` | {m['true']} | {m['pred']} | {m['prob']:.3f} |"
+            for i, m in enumerate(mistakes, start=1)
         ]
         if not mistakes:
-            lines.append("| (none) | | | |")
+            lines.append("| | (none) | | | |")
     report = run_dir / "report.md"
     atomic_write(report, "\n".join(lines) + "\n")
     return report

@@ -91,7 +91,7 @@ def test_report_writes_valid_pngs_and_a_summary_linking_them(tmp_path: Path) -> 
         assert link in report
     assert "**test_accuracy**: 0.9612" in report
     assert "Most confident mistakes (validation)" in report
-    assert f"| `{run / 'imgs' / '0.png'}` | 3 | 8 | 0.900 |" in report
+    assert f"| 1 | `{run / 'imgs' / '0.png'}` | 3 | 8 | 0.900 |" in report
     assert not list(run.glob(".*.tmp-*"))  # atomic writes leave no temporary files
 
 
