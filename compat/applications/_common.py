@@ -125,3 +125,23 @@ def no_act_bn(bn: nn.Module) -> nn.Module:
     if hasattr(bn, "drop"):
         bn.drop = nn.Identity()
     return bn
+
+
+def prediction_layer(fc: nn.Linear, weights: Any, classes: int, activation: Any) -> Any:
+    """Keras's ``predictions`` Dense: the weights' classifier when it fits, else a new one."""
+    from compat import layers
+
+    if weights is not None and classes == fc.out_features:
+        return layers.Dense.from_torch(fc, name="predictions", activation=activation)
+    return layers.Dense(classes, activation=activation, name="predictions")
+
+
+def global_pool(x: Any, pooling: str | None, names: tuple[str | None, str | None]) -> Any:
+    """``pooling="avg"|"max"`` of a headless application (``None``: the feature map)."""
+    from compat import layers
+
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name=names[0])(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name=names[1])(x)
+    return x

@@ -126,17 +126,9 @@ def InceptionV3(
         x = _build(inputs, _Units(tm))
         if include_top:
             x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            if weights is not None and classes == tm.fc.out_features:
-                pred = layers.Dense.from_torch(
-                    tm.fc, name="predictions", activation=classifier_activation
-                )
-            else:
-                pred = layers.Dense(classes, activation=classifier_activation, name="predictions")
-            x = pred(x)
-        elif pooling == "avg":
-            x = layers.GlobalAveragePooling2D()(x)
-        elif pooling == "max":
-            x = layers.GlobalMaxPooling2D()(x)
+            x = _common.prediction_layer(tm.fc, weights, classes, classifier_activation)(x)
+        else:
+            x = _common.global_pool(x, pooling, (None, None))
         model = Model(inputs, x, name=name)
     _common.finish_weights(model, weights)
     return model

@@ -76,17 +76,9 @@ def VGG16(
             x = layers.Dense.from_torch(
                 _linear_from_conv(tm.pre_logits.fc2), name="fc2", activation="relu"
             )(x)
-            if weights is not None and classes == tm.head.fc.out_features:
-                pred = layers.Dense.from_torch(
-                    tm.head.fc, name="predictions", activation=classifier_activation
-                )
-            else:
-                pred = layers.Dense(classes, activation=classifier_activation, name="predictions")
-            x = pred(x)
-        elif pooling == "avg":
-            x = layers.GlobalAveragePooling2D()(x)
-        elif pooling == "max":
-            x = layers.GlobalMaxPooling2D()(x)
+            x = _common.prediction_layer(tm.head.fc, weights, classes, classifier_activation)(x)
+        else:
+            x = _common.global_pool(x, pooling, (None, None))
         model = Model(inputs, x, name=name)
     _common.finish_weights(model, weights)
     return model

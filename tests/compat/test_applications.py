@@ -93,3 +93,21 @@ def test_preprocess_and_decode(ck):
     assert top[0][0][0] == "n01443537" and top[0][0][2] == 1.0
     with pytest.raises(ValueError, match=r"\(samples, 1000\)"):
         ck.applications.resnet50.decode_predictions(np.zeros((1, 10)))
+
+
+@pytest.mark.parametrize("app", ["VGG16", "ResNet50"])
+@pytest.mark.parametrize("pooling", [None, "avg", "max"])
+def test_headless_pooling_matches_keras(keras, ck, app, pooling):
+    """``include_top=False`` with ``pooling``: same last layers and output shape as Keras."""
+    k_model = getattr(keras.applications, app)(
+        weights=None, include_top=False, input_shape=(32, 32, 3), pooling=pooling
+    )
+    c_model = getattr(ck.applications, app)(
+        weights=None, include_top=False, input_shape=(32, 32, 3), pooling=pooling
+    )
+    assert [la.name for la in c_model.layers[-2:]] == [la.name for la in k_model.layers[-2:]]
+    assert [type(la).__name__ for la in c_model.layers[-1:]] == [
+        type(la).__name__ for la in k_model.layers[-1:]
+    ]
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    assert c_model.predict(x, verbose=0).shape == tuple(k_model(x).shape)
