@@ -30,7 +30,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -339,9 +339,13 @@ class FeatureCache(Callback):
 
     Args:
         mode: ``True``: cache whenever it is safe, warn when it is not (and why);
+            ``"auto"``: cache whenever it is safe, silently (reasons are logged);
             ``None``: automatic, only in the all-gated first phase of a
             :class:`~ftlight.staged.StagedUnfreeze` run (reasons are logged, not warned);
             ``False``: never.
+
+    The caching pass leaves the global RNG state as it found it, so shuffling and dropout
+    draw the same numbers as in an uncached run.
         half: store rows in float16 (``None``: when training on CUDA).
         cache_dir: folder for memory-mapped rows (``None``: a temporary folder).
         max_memory_bytes: above this size a split's rows are memory-mapped on disk.
@@ -349,7 +353,7 @@ class FeatureCache(Callback):
 
     def __init__(
         self,
-        mode: bool | None = True,
+        mode: bool | Literal["auto"] | None = True,
         *,
         half: bool | None = None,
         cache_dir: str | None = None,
@@ -541,24 +545,27 @@ class FeatureCache(Callback):
         modes = _save_modes(pl_module)
         pl_module.eval()
         start = 0
-        try:
-            for batch in _in_order(loader):
-                # Lightning's transfer hooks: device moves and GPU decoding, as in training.
-                batch = pl_module._apply_batch_transfer_handler(batch, device)
-                items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-                x = items[0]
-                with trainer.precision_plugin.forward_context():
-                    f = pl_module.extract_features(x)
-                if feats is None:
-                    feats = self._allocate(total, f.shape[1:], dtype, device, split)
-                feats[start : start + len(f)] = f.to(feats.device, dtype)
-                start += len(f)
-                for i, item in enumerate(items[1:]):
-                    if len(extras) <= i:
-                        extras.append([])
-                    extras[i].append(item)
-        finally:
-            _restore_modes(modes)
+        # Iterating loaders draws seeds from the global RNG: keep training's draws as they are.
+        rng_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            try:
+                for batch in _in_order(loader):
+                    # Lightning's transfer hooks: device moves and GPU decoding, as in training.
+                    batch = pl_module._apply_batch_transfer_handler(batch, device)
+                    items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+                    x = items[0]
+                    with trainer.precision_plugin.forward_context():
+                        f = pl_module.extract_features(x)
+                    if feats is None:
+                        feats = self._allocate(total, f.shape[1:], dtype, device, split)
+                    feats[start : start + len(f)] = f.to(feats.device, dtype)
+                    start += len(f)
+                    for i, item in enumerate(items[1:]):
+                        if len(extras) <= i:
+                            extras.append([])
+                        extras[i].append(item)
+            finally:
+                _restore_modes(modes)
         if feats is None:
             raise CachingUnavailableError(f"the {split} loader yielded no batches")
         columns = [
