@@ -19,6 +19,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from compat import backend, losses, optimizers
 from compat import callbacks as callbacks_mod
 from compat import metrics as metrics_mod
+from compat.feature_cache import StaticPrefix, static_prefix
 from compat.layers.base import inference_modules
 
 # ----- compile -------------------------------------------------------------------------
@@ -34,6 +35,7 @@ def compile_model(
     weighted_metrics: Any,
     steps_per_execution: int,
     jit_compile: Any,
+    cache_features: bool = True,
 ) -> None:
     if loss_weights is not None:
         raise NotImplementedError("compile(loss_weights=...): multi-output losses")
@@ -57,6 +59,7 @@ def compile_model(
         "metrics": list(metrics or []),
         "loss_obj": loss_obj,
         "metric_objs": metric_objs,
+        "cache_features": bool(cache_features),
     }
     model.optimizer = opt
     apply_trainable(model)
@@ -246,8 +249,44 @@ class KerasLightningModule(L.LightningModule):
                 table[int(k)] = float(v)
             self.class_weight = table
         self._inference = list(getattr(model, "_inference_modules", []))
+        self._prefix: StaticPrefix | None = None
+        self._feature_shape: tuple[int, ...] | None = None
+
+    def train(self, mode: bool = True) -> KerasLightningModule:
+        """Switch modes, keeping frozen / ``training=False`` parts in inference mode."""
+        super().train(mode)
+        if mode:
+            for module in self._inference:
+                module.training = False
+        return self
+
+    # ----- feature caching (ftlight.features.FeatureCache) ----------------------------
+    def use_static_prefix(self, prefix: StaticPrefix) -> None:
+        """Let :class:`~ftlight.features.FeatureCache` serve ``prefix``'s outputs."""
+        self._prefix = prefix
+
+    @property
+    def feature_extractor(self) -> torch.nn.Module | None:
+        """The model's static prefix (the cached part), or ``None``."""
+        return None if self._prefix is None else self._prefix.extractor
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Keras-layout inputs -> the static prefix's output (internal layout)."""
+        assert self._prefix is not None
+        f = self._prefix.features(backend.to_internal(x))
+        if tuple(f.shape[1:]) == tuple(x.shape[1:]):
+            from ftlight.features import CachingUnavailableError
+
+            raise CachingUnavailableError(
+                "the static prefix's output has the input's shape (rows would be ambiguous)"
+            )
+        self._feature_shape = tuple(f.shape[1:])
+        return f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Keras-layout inputs, or cached prefix rows -> Keras-layout outputs."""
+        if self._feature_shape is not None and tuple(x.shape[1:]) == self._feature_shape:
+            return backend.to_keras(self._prefix.head(x))
         return backend.to_keras(self.model.forward(backend.to_internal(x)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -544,6 +583,7 @@ def fit(
     model._inference_modules = inference_modules(model)
     module = KerasLightningModule(model, class_weight=class_weight)
     lcbs: list[L.Callback] = [_KerasBridge(model, cbs, initial_epoch, val is not None)]
+    lcbs += _feature_cache(model, module, train)
     if verbose:
         lcbs.append(_Progress(verbose, epochs, initial_epoch))
     remaining = epochs - initial_epoch
@@ -560,6 +600,21 @@ def fit(
             model.optimizer.iterations += trainer.global_step
     model.history = history
     return history
+
+
+def _feature_cache(model: Any, module: KerasLightningModule, train: DataLoader) -> list[Any]:
+    """A :class:`~ftlight.features.FeatureCache` when the model has a static prefix and the
+    training batches are fixed samples (arrays or a DataLoader; not a batch sequence, such as
+    ``ImageDataGenerator.flow``, which may augment). It re-checks per epoch, silently."""
+    if not model._compiled.get("cache_features", True) or isinstance(train.dataset, _BatchSequence):
+        return []
+    prefix = static_prefix(model, module._inference)
+    if prefix is None:
+        return []
+    from ftlight.features import FeatureCache
+
+    module.use_static_prefix(prefix)
+    return [FeatureCache("auto")]
 
 
 def _ensure_built(model: Any, x: Any) -> None:

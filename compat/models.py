@@ -217,8 +217,15 @@ class Model(Layer):
         steps_per_execution: int = 1,
         jit_compile: Any = "auto",
         auto_scale_loss: bool = True,
+        *,
+        cache_features: bool = True,
     ) -> None:
-        """Configure training; trainability changes made before take effect now (Keras)."""
+        """Configure training; trainability changes made before take effect now (Keras).
+
+        ``cache_features`` (an ftlight extension, not in Keras): ``fit`` computes the outputs
+        of a frozen, deterministic base once and trains the head on them while that is safe
+        (see :mod:`compat.feature_cache`); ``False`` recomputes the base every step.
+        """
         from compat import engine
 
         engine.compile_model(
@@ -230,6 +237,7 @@ class Model(Layer):
             weighted_metrics=weighted_metrics,
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
+            cache_features=cache_features,
         )
 
     def fit(
