@@ -583,7 +583,7 @@ def fit(
     model._inference_modules = inference_modules(model)
     module = KerasLightningModule(model, class_weight=class_weight)
     lcbs: list[L.Callback] = [_KerasBridge(model, cbs, initial_epoch, val is not None)]
-    lcbs += _feature_cache(model, module, train)
+    lcbs += _feature_cache(model, module, train, val)
     if verbose:
         lcbs.append(_Progress(verbose, epochs, initial_epoch))
     remaining = epochs - initial_epoch
@@ -602,11 +602,16 @@ def fit(
     return history
 
 
-def _feature_cache(model: Any, module: KerasLightningModule, train: DataLoader) -> list[Any]:
+def _feature_cache(
+    model: Any, module: KerasLightningModule, train: DataLoader, val: DataLoader | None
+) -> list[Any]:
     """A :class:`~ftlight.features.FeatureCache` when the model has a static prefix and the
-    training batches are fixed samples (arrays or a DataLoader; not a batch sequence, such as
+    batches are fixed samples (arrays or DataLoaders; not batch sequences such as
     ``ImageDataGenerator.flow``, which may augment). It re-checks per epoch, silently."""
-    if not model._compiled.get("cache_features", True) or isinstance(train.dataset, _BatchSequence):
+    loaders = [dl for dl in (train, val) if dl is not None]
+    if not model._compiled.get("cache_features", True) or any(
+        isinstance(dl.dataset, _BatchSequence) for dl in loaders
+    ):
         return []
     prefix = static_prefix(model, module._inference)
     if prefix is None:

@@ -27,7 +27,8 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     _check_overwrite(path, overwrite)
     compiled = None
     if model._compiled is not None:
-        compiled = {k: model._compiled[k] for k in ("optimizer", "loss", "metrics")}
+        keys = ("optimizer", "loss", "metrics", "cache_features")
+        compiled = {k: model._compiled[k] for k in keys if k in model._compiled}
     opt_state = None
     if model.optimizer is not None and model.optimizer.torch_optimizer is not None:
         opt_state = model.optimizer.torch_optimizer.state_dict()

@@ -182,3 +182,31 @@ def test_unfreezing_and_recompiling_recomputes_the_base(ck) -> None:
     assert any(
         not np.allclose(a, b) for a, b in zip(frozen, base.get_weights(), strict=True)
     )  # the base trained on fresh forward passes, not on stale features
+
+
+def test_sample_weights_and_validation_weights_match_uncached(ck) -> None:
+    base = tiny_base(ck)
+    base.trainable = False
+    model = ck.Sequential(
+        [ck.Input((32, 32, 3)), base, ck.layers.Flatten(), ck.layers.Dense(3, activation="softmax")]
+    )
+    x, y = data(16)
+    weights = np.linspace(0.5, 1.5, 16).astype("float32")
+    val = (x[12:], y[12:], weights[12:])
+    start, rows, out = model.get_weights(), Rows(base), {}
+    for cache in (False, True):
+        model.set_weights(start)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", cache_features=cache)
+        ck.utils.set_random_seed(1)
+        hist = model.fit(
+            x[:12],
+            y[:12],
+            batch_size=4,
+            epochs=2,
+            sample_weight=weights[:12],
+            validation_data=val,
+            verbose=0,
+        )
+        out[cache] = (hist.history, model.get_weights(), rows.take())
+    assert_same_training(out, epochs=2)
+    assert (out[False][2], out[True][2]) == (2 * 16, 16)
