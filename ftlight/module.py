@@ -161,6 +161,16 @@ class FineTuner(L.LightningModule):
             enforce_bn_policy(self.backbone, self.hparams.bn)
         return self
 
+    def on_train_epoch_start(self) -> None:
+        """Re-assert training mode and the BatchNorm policy at every epoch.
+
+        Lightning (>= 2.6) keeps each sub-module's mode instead of calling ``train()``, so a
+        model left in eval mode (after ``predict``, say) would otherwise train with dropout off
+        and every BatchNorm frozen. Runs after the callbacks' hooks (``StagedUnfreeze`` marks
+        its gated groups first).
+        """
+        self.train()
+
     def set_freeze(self, freeze: FreezeSpec) -> list[str]:
         """Change what is frozen (takes effect at the next ``fit``)."""
         self.hparams.freeze = freeze

@@ -221,3 +221,22 @@ def test_engine_never_imports_compat() -> None:
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "compat"]
     assert not offenders
+
+
+class _ModeProbe(L.Callback):
+    def __init__(self) -> None:
+        self.head_training: list[bool] = []
+        self.frozen_bn_training: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.head_training.append(pl_module.head.training)
+        self.frozen_bn_training.append(pl_module.backbone.model.bn1.training)
+
+
+def test_model_left_in_eval_mode_still_trains_in_train_mode(tmp_path, colour_arrays) -> None:
+    model = ftlight.FineTuner("resnet18", num_classes=2, freeze=2, dropout=0.5, image_size=32)
+    model.eval()  # e.g. after predicting; Lightning 2.6 would keep this mode
+    probe = _ModeProbe()
+    tiny_trainer(tmp_path, callbacks=[probe]).fit(model, arrays_dm(colour_arrays))
+    assert probe.head_training and all(probe.head_training)  # dropout active while training
+    assert not any(probe.frozen_bn_training)  # frozen BN still in inference mode
