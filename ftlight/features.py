@@ -368,6 +368,7 @@ class FeatureCache(Callback):
         self.epochs_cached: list[int] = []
         self._decided: tuple[int, bool] | None = None
         self._warned: set[str] = set()
+        self._unavailable: dict[str, tuple[Any, str]] = {}  # split -> (weights version, why)
         self._wrapped: list[tuple[Any, Any]] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -392,6 +393,7 @@ class FeatureCache(Callback):
             loop._data_source = source
         self._wrapped = []
         self._decided = None
+        self._unavailable = {}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.active:
@@ -413,10 +415,12 @@ class FeatureCache(Callback):
     # ---- decisions ---------------------------------------------------------------------
     def _off(self, reason: str) -> None:
         self.active, self.reason = False, reason
-        message = f"Feature caching is off: {reason}."
-        if self.mode is True and reason not in self._warned:
-            self._warned.add(reason)
-            warnings.warn(message, stacklevel=2)
+        self._say(f"Feature caching is off: {reason}.")
+
+    def _say(self, message: str) -> None:
+        if self.mode is True and message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
         log.info(message)
 
     def _decide(
@@ -449,6 +453,9 @@ class FeatureCache(Callback):
                 "the backbone is not deterministic in training mode (BatchNorm with batch "
                 f"statistics or active dropout: {stochastic[:3]}); use bn='frozen'"
             )
+        known = self._unavailable.get("train")
+        if known is not None and known[0] == weights_version(extractor):
+            return False, known[1]
         return True, None
 
     def _decide_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -490,11 +497,20 @@ class FeatureCache(Callback):
             isinstance(dl, DataLoader) for dl in items
         ):
             return loaders
+        version = weights_version(pl_module.feature_extractor)
+        known = self._unavailable.get(split)
+        if known is not None and known[0] == version:  # failed before for these weights
+            return loaders
         try:
             cached = [self._cached_loader(trainer, pl_module, dl, split) for dl in items]
         except CachingUnavailableError as err:
-            self._off(str(err))
-            self._decided = (trainer.fit_loop.epoch_progress.current.processed, False)
+            # Remembered, so later epochs neither retry nor reload loaders for nothing.
+            self._unavailable[split] = (version, str(err))
+            if split == "train":
+                self._off(str(err))
+                self._decided = (trainer.fit_loop.epoch_progress.current.processed, False)
+            else:  # the head still trains on cached rows; this split runs on its inputs
+                self._say(f"Feature caching is off for the {split} data: {err}.")
             return loaders
         return cached[0] if single else cached
 
