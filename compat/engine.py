@@ -273,12 +273,17 @@ class KerasLightningModule(L.LightningModule):
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Keras-layout inputs -> the static prefix's output (internal layout)."""
         assert self._prefix is not None
+        from ftlight.features import CachingUnavailableError
+
         f = self._prefix.features(backend.to_internal(x))
         if tuple(f.shape[1:]) == tuple(x.shape[1:]):
-            from ftlight.features import CachingUnavailableError
-
             raise CachingUnavailableError(
                 "the static prefix's output has the input's shape (rows would be ambiguous)"
+            )
+        if f[0].numel() > x[0].numel():  # e.g. only an early conv block is frozen
+            raise CachingUnavailableError(
+                f"the static prefix's output ({tuple(f.shape[1:])}) is larger than its input "
+                f"({tuple(x.shape[1:])}); recomputing it is cheaper than storing it"
             )
         self._feature_shape = tuple(f.shape[1:])
         return f

@@ -210,3 +210,49 @@ def test_sample_weights_and_validation_weights_match_uncached(ck) -> None:
         out[cache] = (hist.history, model.get_weights(), rows.take())
     assert_same_training(out, epochs=2)
     assert (out[False][2], out[True][2]) == (2 * 16, 16)
+
+
+def test_prefix_larger_than_its_input_is_recomputed(ck) -> None:
+    """Only an early conv is frozen: its activations outweigh the images, so no cache."""
+    conv = ck.layers.Conv2D(16, 3, padding="same", trainable=False)
+    model = ck.Sequential(
+        [
+            ck.Input((32, 32, 3)),
+            conv,
+            ck.layers.Conv2D(4, 3, strides=4),
+            ck.layers.Flatten(),
+            ck.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    x, y = data(12)
+    # one batch is tried in the caching pass, then every epoch recomputes (no retries)
+    assert compile_and_fit(model, conv, x, y, batch_size=4) == (True, 4 + 2 * 12)
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+        self.x, self.y, self.batch = torch.from_numpy(x), torch.from_numpy(y), batch
+
+    def __iter__(self) -> Any:
+        for i in range(0, len(self.x), self.batch):
+            yield self.x[i : i + self.batch], self.y[i : i + self.batch]
+
+
+def test_uncacheable_validation_loader_keeps_training_rows_cached(ck) -> None:
+    """An IterableDataset validation loader runs on images; training stays cached."""
+    base = tiny_base(ck)
+    base.trainable = False
+    model = ck.Sequential(
+        [ck.Input((32, 32, 3)), base, ck.layers.Flatten(), ck.layers.Dense(3, activation="softmax")]
+    )
+    x, y = data(16)
+    val = torch.utils.data.DataLoader(_Batches(x[12:], y[12:], 2), batch_size=None)
+    start, rows, out = model.get_weights(), Rows(base), {}
+    for cache in (False, True):
+        model.set_weights(start)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", cache_features=cache)
+        ck.utils.set_random_seed(1)
+        hist = model.fit(x[:12], y[:12], batch_size=4, epochs=3, validation_data=val, verbose=0)
+        out[cache] = (hist.history, model.get_weights(), rows.take())
+    assert_same_training(out, epochs=3)
+    assert (out[False][2], out[True][2]) == (3 * 16, 12 + 3 * 4)
