@@ -76,8 +76,8 @@ def run_demo(
     head_epochs: int = 25,
     finetune_epochs: int = 3,
     unfreeze_groups: int = 4,
-    finetune_lr: float = 1e-3,
-    backbone_lr: float = 5e-4,
+    finetune_lr: float = 5e-4,
+    backbone_lr: float = 2e-4,
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
@@ -137,11 +137,16 @@ def run_demo(
     say(
         f"      Phase 2: unfreeze the top {unfreeze_groups} layer groups "
         f"({', '.join(g.name for g in groups[-unfreeze_groups:])}) at lr={backbone_lr:g} "
-        f"(head {finetune_lr:g})"
+        f"(head {finetune_lr:g}), cosine schedule with warm-up, BatchNorm kept in inference mode"
     )
+    # Keras's fine-tuning recipe: BatchNorm stays in inference mode in the unfrozen layers
+    # too, and a short warm-up keeps a fresh optimizer from knocking the features about.
+    model.hparams.bn = "inference"
     model.set_freeze(len(groups) - unfreeze_groups)
     model.hparams.lr = finetune_lr
     model.hparams.backbone_lr = backbone_lr
+    model.hparams.scheduler = "cosine"
+    model.hparams.warmup_epochs = 0.3
     tune_history = MetricsHistory(phase="fine-tune")
     t0 = time.perf_counter()
     trainer = _trainer(out, "finetune", finetune_epochs, progress, tune_history)

@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ftlight.backbone import Backbone
 
 FreezeSpec = bool | int | Sequence[str] | None
-BNPolicy = Literal["frozen", "train"]
+BNPolicy = Literal["frozen", "train", "inference"]
 
 INFERENCE_ATTR = "ftlight_inference"
 """Set on a module (True/False) to force or forbid inference mode for its BatchNorm layers."""
@@ -87,16 +87,24 @@ def is_frozen_bn(module: _BatchNorm, inherited: bool | None = None) -> bool:
 def enforce_bn_policy(root: nn.Module, policy: BNPolicy = "frozen") -> None:
     """Put frozen BatchNorm layers under ``root`` into inference mode (``policy="frozen"``).
 
+    ``policy="inference"`` puts every BN layer in inference mode, trainable or not (Keras's
+    fine-tuning recipe: ``base_model(x, training=False)``; gamma/beta still learn, the moving
+    statistics never change).
+
     ``INFERENCE_ATTR`` set on any ancestor module applies to every BN layer below it.
     With ``policy="train"`` frozen BN layers still update their statistics in training mode.
     """
-    if policy not in ("frozen", "train"):
-        raise ValueError(f"bn must be 'frozen' or 'train'. Received: {policy!r}")
+    if policy not in ("frozen", "train", "inference"):
+        raise ValueError(f"bn must be 'frozen', 'train' or 'inference'. Received: {policy!r}")
 
     def visit(module: nn.Module, inherited: bool | None) -> None:
         own = getattr(module, INFERENCE_ATTR, None)
         flag = own if own is not None else inherited
-        frozen = flag is True or (policy == "frozen" and is_frozen_bn(module, flag))
+        frozen = (
+            flag is True
+            or (policy == "inference" and flag is not False)
+            or (policy == "frozen" and is_frozen_bn(module, flag))
+        )
         if isinstance(module, _BatchNorm) and module.training and frozen:
             module.eval()
         for child in module.children():

@@ -38,7 +38,9 @@ class FineTuner(L.LightningModule):
         activation, dropout, head_batchnorm: the head's layers.
         keep_fc: keep VGG16's fc1/fc2 and replace only the prediction layer.
         freeze: ``True`` (whole backbone), N (first N layer groups), names, or ``None``.
-        bn: ``"frozen"`` (frozen BN layers in inference mode) or ``"train"``.
+        bn: ``"frozen"`` (frozen BN layers in inference mode), ``"train"`` (all BN layers use
+            batch statistics in training), or ``"inference"`` (every BN layer in inference mode,
+            also when trainable: Keras's fine-tuning recipe).
         optimizer: ``adamw``, ``adam``, ``sgd`` or ``rmsprop``.
         lr: head learning rate. backbone_lr: learning rate of the backbone (default lr/10).
         layer_decay: multiply the backbone LR by this per group, from the top down.

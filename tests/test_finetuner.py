@@ -240,3 +240,25 @@ def test_model_left_in_eval_mode_still_trains_in_train_mode(tmp_path, colour_arr
     tiny_trainer(tmp_path, callbacks=[probe]).fit(model, arrays_dm(colour_arrays))
     assert probe.head_training and all(probe.head_training)  # dropout active while training
     assert not any(probe.frozen_bn_training)  # frozen BN still in inference mode
+
+
+def test_bn_inference_policy_keeps_statistics_while_bn_weights_train(
+    tmp_path, colour_arrays
+) -> None:
+    model = ftlight.FineTuner(
+        "resnet18",
+        num_classes=2,
+        freeze=None,
+        bn="inference",
+        image_size=32,
+        lr=1e-2,
+        backbone_lr=1e-2,
+    )
+    before = frozen_bn_state(model.backbone)
+    gamma = model.backbone.model.layer4[1].bn2.weight.clone()
+    tiny_trainer(tmp_path).fit(model, arrays_dm(colour_arrays))
+    after = frozen_bn_state(model.backbone)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # statistics fixed
+    assert not torch.equal(gamma, model.backbone.model.layer4[1].bn2.weight)  # gamma learns
+    with pytest.raises(ValueError, match="bn must be 'frozen', 'train' or 'inference'"):
+        ftlight.FineTuner("resnet18", num_classes=2, bn="eval")
