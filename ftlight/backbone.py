@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,15 +31,14 @@ class DataConfig:
     crop_pct: float = 0.875
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop: bool = True  # eval: resize to size/crop_pct then centre-crop; False: resize only
 
     @property
     def image_size(self) -> int:
         return int(self.input_size[-1])
 
     def with_image_size(self, size: int) -> DataConfig:
-        return DataConfig(
-            (3, int(size), int(size)), self.interpolation, self.crop_pct, self.mean, self.std
-        )
+        return dataclasses.replace(self, input_size=(3, int(size), int(size)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +51,7 @@ class DataConfig:
             crop_pct=float(d["crop_pct"]),
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
+            crop=bool(d.get("crop", True)),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -150,8 +151,11 @@ def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
         t = t.float() / (65535.0 if t.max() > 255 else 255.0)
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
-    elif t.shape[1] == 4:
-        t = t[:, :3]
+    elif t.shape[1] == 4:  # composite on white, as load_rgb does for RGBA files
+        peak = 255.0 if t.dtype == torch.uint8 else 1.0
+        rgb, alpha = t[:, :3].float(), t[:, 3:].float() / peak
+        blended = rgb * alpha + peak * (1.0 - alpha)
+        t = blended.round().to(torch.uint8) if t.dtype == torch.uint8 else blended
     return t.contiguous()
 
 
@@ -338,20 +342,20 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def data_config(self) -> DataConfig:
-        if self._data_config is None:
-            return (
-                DataConfig()
-                if self.image_size is None
-                else DataConfig().with_image_size(self.image_size)
-            )
-        return self._data_config
+        """The preprocessing in use (the model's, with this module's ``image_size``)."""
+        return self._own(self._data_config or DataConfig())
 
     @data_config.setter
     def data_config(self, cfg: DataConfig | dict[str, Any]) -> None:
-        cfg = DataConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        self._data_config = DataConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+
+    def _own(self, cfg: DataConfig) -> DataConfig:
+        """Apply this module's size and framing: arrays are resized, never centre-cropped."""
         if self.image_size is not None:
             cfg = cfg.with_image_size(self.image_size)
-        self._data_config = cfg
+        if self._arrays is not None:
+            cfg = dataclasses.replace(cfg, crop=False)
+        return cfg
 
     def adopt_data_config(self, cfg: DataConfig) -> None:
         """Take the model's preprocessing unless the user gave one explicitly."""
@@ -375,6 +379,11 @@ class ImageDataModule(L.LightningDataModule):
     def _setup_arrays(self) -> None:
         assert self._arrays is not None
         arrays = dict(self._arrays)
+        if "test" not in arrays and self.test_split:
+            images, labels = arrays["train"]
+            keep, held = stratified_split(labels.tolist(), self.test_split, self.seed + 1)
+            arrays["train"] = (images[keep], labels[keep])
+            arrays["test"] = (images[held], labels[held])
         if "val" not in arrays and self.val_split:
             images, labels = arrays["train"]
             keep, held = stratified_split(labels.tolist(), self.val_split, self.seed)
@@ -450,12 +459,10 @@ class ImageDataModule(L.LightningDataModule):
 
     # ---- loaders ------------------------------------------------------------------------
     def transform_for(self, split: str) -> Callable:
-        crop = self._arrays is None  # arrays are usually framed already: resize only
+        cfg = self.data_config  # cfg.crop: False for arrays (usually framed already)
         if split == "train":
-            return train_transform(
-                self.data_config, augment=self.augment, hflip=self.hflip, crop=crop
-            )
-        return eval_transform(self.data_config, crop=crop)
+            return train_transform(cfg, augment=self.augment, hflip=self.hflip, crop=cfg.crop)
+        return eval_transform(cfg)
 
     def loader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
         """A DataLoader over ``split`` ('train', 'val', 'test') with that split's transform."""
@@ -474,6 +481,8 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             collate_fn=collate_encoded if isinstance(dataset, EncodedFiles) else None,
+            # A last training batch of one image breaks BatchNorm in training mode: drop it.
+            drop_last=split == "train" and len(dataset) % self.batch_size == 1,
         )
 
     def _fast_dataset(self, split: str) -> Dataset:

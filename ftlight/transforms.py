@@ -27,11 +27,11 @@ def _finish(cfg: DataConfig) -> list[T.Transform]:
     ]
 
 
-def eval_transform(cfg: DataConfig, *, crop: bool = True) -> T.Compose:
+def eval_transform(cfg: DataConfig, *, crop: bool | None = None) -> T.Compose:
     """Resize to ``size / crop_pct`` and centre-crop to ``size`` (``crop=False``: plain resize)."""
     size = cfg.image_size
     interp = interpolation_mode(cfg.interpolation)
-    if crop:
+    if cfg.crop if crop is None else crop:
         resize = [
             T.Resize(round(size / cfg.crop_pct), interpolation=interp, antialias=True),
             T.CenterCrop(size),
@@ -47,7 +47,7 @@ def train_transform(
     augment: bool = True,
     hflip: bool = True,
     scale: tuple[float, float] = (0.35, 1.0),
-    crop: bool = True,
+    crop: bool | None = None,
 ) -> T.Compose:
     """Random-resized crop and horizontal flip; ``augment=False`` gives the eval transform."""
     if not augment:

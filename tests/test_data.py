@@ -18,8 +18,9 @@ def test_arrays_nhwc_and_nchw_one_hot_and_integer_labels_agree(colour_arrays) ->
     x, y = colour_arrays
     one_hot = np.eye(2)[y]
     a = ftlight.ImageDataModule.from_arrays(x, y, val_split=0.25, image_size=32)
-    b = ftlight.ImageDataModule.from_arrays(x.transpose(0, 3, 1, 2), one_hot, val_split=0.25,
-                                            image_size=32)
+    b = ftlight.ImageDataModule.from_arrays(
+        x.transpose(0, 3, 1, 2), one_hot, val_split=0.25, image_size=32
+    )
     xa, ya = next(iter(a.loader("val", shuffle=False)))
     xb, yb = next(iter(b.loader("val", shuffle=False)))
     assert xa.shape == (8, 3, 32, 32)
@@ -60,8 +61,7 @@ def test_folder_with_split_subfolders(tmp_path: Path) -> None:
 
 
 def test_folder_val_and_test_split_from_one_tree(image_folder: Path) -> None:
-    dm = ftlight.ImageDataModule(str(image_folder), val_split=0.25, test_split=0.25,
-                                 num_workers=0)
+    dm = ftlight.ImageDataModule(str(image_folder), val_split=0.25, test_split=0.25, num_workers=0)
     dm.setup()
     sizes = {k: len(v) for k, v in dm.datasets.items()}
     assert sizes == {"train": 8, "val": 4, "test": 4}
@@ -109,3 +109,27 @@ def test_folder_problems_are_explained(tmp_path: Path, image_folder: Path) -> No
         ftlight.ImageDataModule(str(image_folder), num_workers=0).setup()
     with pytest.raises(FileNotFoundError, match="Image folder not found"):
         ftlight.ImageDataModule(str(tmp_path / "missing")).setup()
+
+
+def test_rgba_arrays_are_composited_on_white_like_rgba_files(tmp_path: Path) -> None:
+    rgba = np.zeros((1, 8, 8, 4), dtype=np.uint8)  # transparent black (NHWC)
+    rgba[0, :4, :, :] = (10, 200, 30, 255)  # opaque top half
+    from ftlight.data import images_to_tensor
+
+    from_array = images_to_tensor(rgba)[0].permute(1, 2, 0).numpy()
+    Image.fromarray(rgba[0], mode="RGBA").save(tmp_path / "a.png")
+    from_file = np.asarray(load_rgb(tmp_path / "a.png"))
+    assert np.array_equal(from_array, from_file)
+    assert from_array[7, 0].tolist() == [255, 255, 255]
+
+
+def test_arrays_honour_test_split_and_drop_a_last_batch_of_one(colour_arrays) -> None:
+    x, y = colour_arrays
+    dm = ftlight.ImageDataModule.from_arrays(
+        x[:27], y[:27], val_split=0.2, test_split=0.25, batch_size=4, image_size=32
+    )
+    dm.setup()
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
+    assert set(sizes) == {"train", "val", "test"} and sum(sizes.values()) == 27
+    train_batches = [len(b[1]) for b in dm.train_dataloader()]
+    assert 1 not in train_batches and sum(train_batches) >= sizes["train"] - 1
