@@ -198,6 +198,8 @@ class FineTuner(L.LightningModule):
         kw: dict[str, Any] = {"task": task}
         if task == "multiclass":
             kw["num_classes"] = n
+        elif task == "binary":  # as two classes, so that F1 is the macro average of both
+            kw = {"task": "multiclass", "num_classes": 2}
         elif task == "multilabel":
             kw["num_labels"] = n
 
@@ -242,7 +244,10 @@ class FineTuner(L.LightningModule):
         return probs.squeeze(1) if self.hparams.task == "binary" else probs
 
     def _metric_input(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(logits)
+        probs = self.probabilities(logits)
+        if self.hparams.task == "binary":
+            return torch.stack([1.0 - probs, probs], dim=-1)
+        return probs
 
     # ---- steps --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -331,9 +336,25 @@ class FineTuner(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "adopt_data_config"):
             datamodule.adopt_data_config(self.data_config)
-            if self.class_names is None and getattr(datamodule, "_class_names", None):
-                self.class_names = list(datamodule.class_names)
+            # Record what the data module really feeds (its image_size, framing) so that
+            # checkpoints, predict and export preprocess exactly as training did.
+            self.backbone.data_config = datamodule.data_config
             self._check_class_count(datamodule)
+            self._adopt_class_names(datamodule)
+
+    def _adopt_class_names(self, datamodule: Any) -> None:
+        """Take the data's class names; refuse names that disagree with the data's order."""
+        names = getattr(datamodule, "class_names", None)
+        if not names or self.hparams.task == "multilabel":
+            return
+        if self.class_names is None:
+            self.class_names = list(names)
+        elif list(self.class_names) != list(names):
+            raise ValueError(
+                f"class_names={list(self.class_names)} disagree with the data's classes "
+                f"{list(names)} (label i is the data's i-th class). Pass the data's names in "
+                "that order, or leave class_names unset to take them from the data."
+            )
 
     def _check_class_count(self, datamodule: Any) -> None:
         """The data's class count must be what the head was built for (not multilabel)."""

@@ -262,3 +262,35 @@ def test_bn_inference_policy_keeps_statistics_while_bn_weights_train(
     assert not torch.equal(gamma, model.backbone.model.layer4[1].bn2.weight)  # gamma learns
     with pytest.raises(ValueError, match="bn must be 'frozen', 'train' or 'inference'"):
         ftlight.FineTuner("resnet18", num_classes=2, bn="eval")
+
+
+def test_checkpoint_records_the_preprocessing_the_data_module_really_used(
+    tmp_path, colour_arrays
+) -> None:
+    model = ftlight.FineTuner("resnet18", num_classes=2, freeze=True)  # weights' 224 px
+    trainer = tiny_trainer(tmp_path)
+    trainer.fit(model, arrays_dm(colour_arrays))  # the data module resizes to 32 px
+    assert model.data_config.image_size == 32 and model.data_config.crop is False
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    restored = ftlight.FineTuner.from_checkpoint(tmp_path / "m.ckpt")
+    assert restored.data_config == model.data_config
+
+
+def test_class_names_that_disagree_with_the_data_are_refused(tmp_path, colour_arrays) -> None:
+    x, y = colour_arrays
+    dm = ftlight.ImageDataModule.from_arrays(
+        x, y, class_names=["red", "blue"], val_split=0.25, image_size=32
+    )
+    model = ftlight.FineTuner("resnet18", num_classes=2, freeze=True, class_names=["blue", "red"])
+    with pytest.raises(ValueError, match=r"disagree with the data's classes \['red', 'blue'\]"):
+        tiny_trainer(tmp_path).fit(model, dm)
+
+
+def test_binary_f1_is_the_macro_average_of_both_classes() -> None:
+    model = ftlight.FineTuner("resnet18", num_classes=1, task="binary")
+    logits = torch.full((4, 1), 5.0)  # everything predicted positive
+    target = torch.tensor([0, 0, 1, 1])
+    model.val_metrics.update(model._metric_input(logits), target)
+    values = model.val_metrics.compute()
+    assert values["val_acc"].item() == pytest.approx(0.5)
+    assert values["val_f1"].item() == pytest.approx((0.0 + 2 / 3) / 2)  # not 2/3 (positive only)
