@@ -105,8 +105,16 @@ def _lightning_cli_class() -> type:
             # A fixed checkpoint folder, so that `--ckpt_path last` finds the previous run.
             if config.get("checkpoint") is not None and config.checkpoint.dirpath is None:
                 config.checkpoint.dirpath = str(root / "checkpoints")
-            # Evaluating a checkpoint: its weights replace the backbone's, never download them.
-            if self.subcommand in ("validate", "test") and config.get("ckpt_path"):
+            # Evaluating or resuming from a checkpoint: its weights replace the backbone's, so
+            # never download them (a resume must work offline). Only when the checkpoint is
+            # really there: `--ckpt_path last` without one starts afresh, with the weights.
+            ckpt = config.get("ckpt_path")
+            if ckpt and self.subcommand == "fit" and ckpt in ("last", "hpc", "best"):
+                dirpath = config.get("checkpoint") and config.checkpoint.dirpath
+                ckpt = str(Path(dirpath) / "last.ckpt") if ckpt == "last" and dirpath else None
+            if (ckpt and Path(ckpt).is_file()) or (
+                self.subcommand in ("validate", "test") and config.get("ckpt_path")
+            ):
                 config.model.weights = None
 
         def instantiate_trainer(self, **kwargs: Any):

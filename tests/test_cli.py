@@ -299,3 +299,59 @@ def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(tmp_path: Path) -> Non
 
     assert moved("backbone.model.layer4.")
     assert not moved("backbone.model.layer1.")
+
+
+@pytest.mark.slow
+def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(tmp_path: Path) -> None:
+    """Resuming replaces every weight from the checkpoint: it must work offline."""
+    import os
+
+    make_image_folder(tmp_path / "imgs", n=8)
+    common = [
+        "--model.backbone=resnet18",
+        "--model.image_size=32",
+        "--model.freeze=true",
+        "--data.root=imgs",
+        "--data.num_workers=0",
+        "--data.batch_size=8",
+        "--trainer.default_root_dir=run",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    ftlight("fit", *common, "--model.weights=null", "--trainer.max_epochs=1", cwd=tmp_path)
+    offline = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+    }
+    run = [
+        sys.executable,
+        "-m",
+        "ftlight.cli",
+        "fit",
+        *common,
+        "--model.weights=imagenet",
+        "--trainer.max_epochs=2",
+    ]
+    resumed = subprocess.run(
+        [*run, "--ckpt_path=last"],
+        cwd=tmp_path,
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1
+    fresh = subprocess.run(
+        [*run, "--trainer.default_root_dir=other", "--ckpt_path=last"],
+        cwd=tmp_path,
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fresh.returncode != 0  # nothing to resume: the weights are needed, never random
+    assert "Could not get ImageNet weights for 'resnet18'" in fresh.stderr
