@@ -15,7 +15,9 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     out = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "ftlight.cli", "demo", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for step in range(1, 7):
@@ -34,14 +36,28 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
 
 
 def test_demo_with_a_hub_backbone_fails_with_the_weights_error(tmp_path) -> None:
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "TORCH_HOME": str(tmp_path / "torch")}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+    }
     import os
 
     result = subprocess.run(
-        [sys.executable, "-m", "ftlight.cli", "demo", "--backbone", "resnet50", "--out",
-         str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+        [
+            sys.executable,
+            "-m",
+            "ftlight.cli",
+            "demo",
+            "--backbone",
+            "resnet50",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
     )
     assert result.returncode == 2
     assert "Could not get ImageNet weights for 'resnet50'" in result.stderr
