@@ -94,6 +94,7 @@ class StagedUnfreeze(Callback):
         self.start_steps: dict[int, int] = {}
         self.phase = 0
         self._saved_lr: dict[int, float] = {}
+        self._hooked: set[int] = set()
 
     # ---- resolution ---------------------------------------------------------------------
     def resolve(self, pl_module: L.LightningModule) -> dict[str, int]:
@@ -198,6 +199,11 @@ class StagedUnfreeze(Callback):
             return
         epoch = trainer.current_epoch
         self._saved_lr = {}
+        if id(optimizer) not in self._hooked:
+            # Undo the warm-up factor right after the step, before Lightning steps the LR
+            # schedulers (which run before on_train_batch_end and would otherwise be undone).
+            optimizer.register_step_post_hook(lambda opt, *_: self._restore_lr(opt))
+            self._hooked.add(id(optimizer))
         for i, group in enumerate(optimizer.param_groups):
             index = self.group_milestone.get(group.get("name", ""))
             if index is None:
@@ -214,14 +220,19 @@ class StagedUnfreeze(Callback):
                     self._saved_lr[i] = group["lr"]
                     group["lr"] = group["lr"] * factor
 
+    def _restore_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        for i, lr in self._saved_lr.items():
+            optimizer.param_groups[i]["lr"] = lr
+        self._saved_lr = {}
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        # Undo the warm-up factor so that schedulers and checkpoints see the base LR.
-        for optimizer in trainer.optimizers:
-            for i, lr in self._saved_lr.items():
-                optimizer.param_groups[i]["lr"] = lr
-        self._saved_lr = {}
+        # Fallback when no step ran (e.g. AMP skipped it on inf gradients): the base LR
+        # must be back before checkpoints and the next step.
+        if self._saved_lr:
+            for optimizer in trainer.optimizers:
+                self._restore_lr(optimizer)
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -204,3 +204,39 @@ def test_milestone_errors_name_the_layer_groups() -> None:
         model
     )
     assert resolved["stage4"] == 0 and resolved["stem"] == 1
+
+
+class _LrVsScheduler(L.Callback):
+    """At each batch start: the stage4 group's LR against what the scheduler last set."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[float, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        optimizer = trainer.optimizers[0]
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        for i, group in enumerate(optimizer.param_groups):
+            if group["name"] == "stage4":
+                self.pairs.append((group["lr"], scheduler.get_last_lr()[i]))
+
+
+def test_warmup_composes_with_a_step_scheduler(tmp_path) -> None:
+    """The warm-up factor is undone right after each step, so the scheduler's LR stands."""
+    L.seed_everything(0)
+    model = FineTuner(
+        "resnet18",
+        2,
+        None,
+        image_size=32,
+        freeze=True,
+        optimizer="sgd",
+        lr=0.05,
+        scheduler="cosine",
+    )
+    probe = _LrVsScheduler()
+    staged = StagedUnfreeze([Milestone(epoch=0, groups=1, lr=LR_STAGE4, warmup_epochs=1.0)])
+    make_trainer(tmp_path, 2, [staged, probe]).fit(model, make_data())
+    assert len(probe.pairs) == 12  # 6 steps x (decay, no-decay) groups of stage4
+    for lr, scheduled in probe.pairs:
+        assert lr == pytest.approx(scheduled)
+    assert probe.pairs[-1][0] < probe.pairs[1][0]  # the cosine schedule did decay it
