@@ -12,6 +12,7 @@ from PIL import Image
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+PALETTE = [(220, 40, 40), (40, 40, 220), (40, 220, 40)]  # for other class names, in order
 
 
 def make_image_folder(
@@ -23,14 +24,17 @@ def make_image_folder(
     splits: tuple[str, ...] = (),
     seed: int = 0,
 ) -> Path:
-    """Noisy solid-colour PNGs, one sub-folder per class (optionally under split folders)."""
+    """Noisy solid-colour PNGs, one sub-folder per class (optionally under split folders).
+
+    Colour names get that colour; other names take the palette in order (learnable, tiny).
+    """
     rng = np.random.default_rng(seed)
     for split in splits or ("",):
-        for name in classes:
+        for index, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
+            base = np.array(COLOURS.get(name, PALETTE[index % len(PALETTE)]), dtype=np.float64)
             for i in range(per_class):
-                base = np.array(COLOURS[name], dtype=np.float64)
                 pixels = base + rng.normal(0, 25, size=(size, size, 3))
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     return root

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from ftlight import FineTuner
 from ftlight.backbone import DataConfig
@@ -20,21 +19,9 @@ from ftlight.cli import bundled_configs, main
 from ftlight.data import load_rgb
 from ftlight.staged import StagedUnfreeze
 from ftlight.transforms import eval_transform
+from tests.conftest import make_image_folder
 
 CONFIGS = ["vgg16", "resnet50", "inception_v3", "efficientnet_lite0"]
-
-
-def make_image_folder(root: Path, classes=("cat", "dog"), n: int = 16, size: int = 40) -> Path:
-    """``root/<class>/<i>.png``: per-class colour plus noise (learnable, tiny)."""
-    rng = np.random.default_rng(0)
-    colours = [(220, 40, 40), (40, 40, 220), (40, 220, 40)]
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            noise = rng.integers(-40, 40, (size, size, 3))
-            img = (np.array(colours[c % 3])[None, None] + noise).clip(0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / name / f"{i}.png")
-    return root
 
 
 def ftlight(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -124,7 +111,7 @@ def test_config_by_path_and_trainer_flags_pass_through(capsys) -> None:
 def fitted(tmp_path_factory) -> dict:
     """One short `ftlight fit` with the bundled efficientnet_lite0 config (offline weights)."""
     work = tmp_path_factory.mktemp("cli")
-    make_image_folder(work / "imgs")
+    make_image_folder(work / "imgs", classes=("cat", "dog"), per_class=16)
     proc = ftlight(
         "fit",
         "--config",
@@ -215,7 +202,7 @@ def test_predict_csv_and_class_name_mismatch(fitted) -> None:
         assert float(row["prob_1"]) + float(row["prob_2"]) == pytest.approx(1.0, abs=1e-4)
         assert float(row["prob_1"]) >= float(row["prob_2"])
 
-    make_image_folder(work / "other", classes=("cat", "bird"), n=2)
+    make_image_folder(work / "other", classes=("cat", "bird"), per_class=2)
     (work / "list.txt").write_text(f"{work / 'other/cat/0.png'}\n{work / 'other/bird/1.png'}\n")
     proc = ftlight("predict", str(fitted["last"]), "other", "-o", "o.csv", "--strict", cwd=work)
     assert proc.returncode == 3
@@ -267,7 +254,7 @@ def test_export_onnx_reproduces_checkpoint(fitted) -> None:
 @pytest.mark.slow
 def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(tmp_path: Path) -> None:
     """`--ckpt_path last` finds the previous run's checkpoint; stage4 trains from epoch 1."""
-    make_image_folder(tmp_path / "imgs", n=8)
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=8)
     common = [
         "--model.backbone=resnet18",
         "--model.weights=null",
@@ -306,7 +293,7 @@ def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(tmp_pat
     """Resuming replaces every weight from the checkpoint: it must work offline."""
     import os
 
-    make_image_folder(tmp_path / "imgs", n=8)
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=8)
     common = [
         "--model.backbone=resnet18",
         "--model.image_size=32",

@@ -16,20 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from tests.conftest import make_image_folder
 
 VAL_LOSS_TOL = 1e-4  # absolute; measured difference is ~1e-7
-
-
-def make_image_folder(root: Path, n: int = 16, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for c, (name, colour) in enumerate((("cat", (220, 40, 40)), ("dog", (40, 40, 220)))):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            noise = rng.integers(-60, 60, (size, size, 3)) * (1 + c)
-            img = (np.array(colour)[None, None] + noise).clip(0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / name / f"{i}.png")
-    return root
 
 
 COMMON = [
@@ -75,7 +65,7 @@ def fit(work: Path, root: str, *extra: str) -> dict:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
-    make_image_folder(tmp_path / "imgs")
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=16, size=32)
     single = fit(tmp_path, "single", "--data.batch_size=24", "--trainer.devices=1")
     ddp = fit(
         tmp_path,

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ftlight.guards import atomic_path, atomic_write
+from tests.conftest import make_image_folder
 
 REPO = Path(__file__).parents[1]
 # Exact resume and repeat runs are expected to agree bit for bit on CPU; this is the bound
@@ -37,17 +36,6 @@ class KillAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def make_images(root: Path, n: int = 16, size: int = 32) -> Path:
-    rng = np.random.default_rng(0)
-    for c, (name, colour) in enumerate((("cat", (220, 40, 40)), ("dog", (40, 40, 220)))):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            noise = rng.integers(-60, 60, (size, size, 3)) * (1 + c)
-            img = (np.array(colour)[None, None] + noise).clip(0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / name / f"{i}.png")
-    return root
 
 
 # 32 images: 24 train (6 steps of 4 per epoch), 8 validation; 3 epochs = 18 steps.
@@ -107,7 +95,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("faults")
-    make_images(work / "imgs")
+    make_image_folder(work / "imgs", classes=("cat", "dog"), per_class=16, size=32)
     proc = fit(work, "a", progress=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     # The progress bar shows the loss and the metrics.
@@ -160,7 +148,7 @@ def test_fixed_seed_gives_identical_metrics_and_weights(uninterrupted: Path) -> 
 
 @pytest.mark.slow
 def test_cli_stops_on_nan_loss(tmp_path: Path) -> None:
-    make_images(tmp_path / "imgs", n=8)
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=8, size=32)
     proc = fit(
         tmp_path,
         "run",
