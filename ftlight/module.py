@@ -228,11 +228,15 @@ class FineTuner(L.LightningModule):
                     f"multi-hot labels of shape {tuple(target.shape)}; pass integer labels or "
                     "use task='multilabel'."
                 )
-            if target.numel() and (target.min() < 0 or target.max() >= self.num_outputs):
+            try:  # no range check up front: it would sync with the GPU at every step
+                return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+            except IndexError as err:  # the CPU kernel's "Target N is out of bounds"
+                bad = target[(target < 0) | (target >= self.num_outputs)]
                 raise ValueError(
-                    f"Label {int(target.max())} out of range for num_classes={self.num_outputs}."
-                )
-            return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+                    f"Label {int(bad[0]) if bad.numel() else '?'} out of range for "
+                    f"num_classes={self.num_outputs} (expected labels 0.."
+                    f"{self.num_outputs - 1})."
+                ) from err
         if task == "binary":
             return F.binary_cross_entropy_with_logits(logits.squeeze(1), target.float())
         return F.binary_cross_entropy_with_logits(logits, target.float())
