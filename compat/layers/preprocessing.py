@@ -51,7 +51,26 @@ class Resizing(Layer):
 
 
 class _RandomAffine(Layer):
-    """Per-sample random affine transform in training; identity at inference."""
+    """Per-sample random affine transform in training; identity at inference.
+
+    Supports Keras's defaults only (``fill_mode="reflect"``, ``interpolation="bilinear"``);
+    anything else raises ``NotImplementedError`` instead of being ignored.
+    """
+
+    def __init__(
+        self,
+        fill_mode: str = "reflect",
+        interpolation: str = "bilinear",
+        seed: int | None = None,
+        fill_value: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        if fill_mode != "reflect":
+            raise NotImplementedError(f"{name}(fill_mode={fill_mode!r})")
+        if interpolation != "bilinear":
+            raise NotImplementedError(f"{name}(interpolation={interpolation!r})")
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
@@ -117,9 +136,7 @@ class RandomRotation(_RandomAffine):
         fill_value: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if fill_mode != "reflect":
-            raise NotImplementedError(f"RandomRotation(fill_mode={fill_mode!r})")
+        super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
         self.factor = _factor_range(factor, "factor")
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
@@ -143,9 +160,7 @@ class RandomZoom(_RandomAffine):
         fill_value: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if fill_mode != "reflect":
-            raise NotImplementedError(f"RandomZoom(fill_mode={fill_mode!r})")
+        super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
         self.height_factor = _factor_range(height_factor, "height_factor")
         self.width_factor = (
             _factor_range(width_factor, "width_factor") if width_factor is not None else None

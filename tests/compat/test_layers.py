@@ -98,6 +98,10 @@ def test_unsupported_features_raise_not_implemented(ck):
         _ = ck.layers.LSTM
     with pytest.raises(NotImplementedError, match="Subclassed"):
         ck.Model()
+    with pytest.raises(NotImplementedError, match=r"RandomRotation\(fill_mode='constant'\)"):
+        ck.layers.RandomRotation(0.1, fill_mode="constant")
+    with pytest.raises(NotImplementedError, match=r"RandomZoom\(interpolation='nearest'\)"):
+        ck.layers.RandomZoom(0.1, interpolation="nearest")
 
 
 def test_same_padding_strided_conv_matches_keras(keras, ck):
