@@ -55,7 +55,7 @@ def gpu_batches(n_batches: int, channels_last_nhwc: bool = False):
     """Synthetic data already on the device, served one gathered batch at a time."""
     from torch.utils.data import DataLoader
 
-    from ftlight.features import FeatureRows, _identity
+    from ftlight.callbacks.feature_cache import FeatureRows, _identity
 
     b, s, dev = CFG["batch"], CFG["size"], CFG["device"]
     x = torch.rand(b * n_batches, 3, s, s, device=dev)

@@ -260,9 +260,9 @@ class KerasLightningModule(L.LightningModule):
                 module.training = False
         return self
 
-    # ----- feature caching (ftlight.features.FeatureCache) ----------------------------
+    # ----- feature caching (ftlight.callbacks.feature_cache.FeatureCache) -------------------
     def use_static_prefix(self, prefix: StaticPrefix) -> None:
-        """Let :class:`~ftlight.features.FeatureCache` serve ``prefix``'s outputs."""
+        """Let :class:`~ftlight.callbacks.feature_cache.FeatureCache` serve ``prefix``'s outputs."""
         self._prefix = prefix
 
     @property
@@ -273,7 +273,7 @@ class KerasLightningModule(L.LightningModule):
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Keras-layout inputs -> the static prefix's output (internal layout)."""
         assert self._prefix is not None
-        from ftlight.features import CachingUnavailableError
+        from ftlight.callbacks.feature_cache import CachingUnavailableError
 
         f = self._prefix.features(backend.to_internal(x))
         if tuple(f.shape[1:]) == tuple(x.shape[1:]):
@@ -610,7 +610,7 @@ def fit(
 def _feature_cache(
     model: Any, module: KerasLightningModule, train: DataLoader, val: DataLoader | None
 ) -> list[Any]:
-    """A :class:`~ftlight.features.FeatureCache` when the model has a static prefix and the
+    """A :class:`~ftlight.callbacks.FeatureCache` when the model has a static prefix and the
     batches are fixed samples (arrays or DataLoaders; not batch sequences such as
     ``ImageDataGenerator.flow``, which may augment). It re-checks per epoch, silently."""
     loaders = [dl for dl in (train, val) if dl is not None]
@@ -621,7 +621,7 @@ def _feature_cache(
     prefix = static_prefix(model, module._inference)
     if prefix is None:
         return []
-    from ftlight.features import FeatureCache
+    from ftlight.callbacks.feature_cache import FeatureCache
 
     module.use_static_prefix(prefix)
     return [FeatureCache("auto")]

@@ -4,7 +4,7 @@ A frozen base followed by a new head (``base.trainable = False``; ``fit`` for ma
 recomputes the same base outputs every epoch. :func:`static_prefix` finds the part of a
 model that cannot change during ``fit`` -- the longest run of leading layers that hold no
 trainable weights and are deterministic in training -- and ``fit`` then serves that part's
-outputs, computed once, through :class:`ftlight.features.FeatureCache` (mode ``"auto"``:
+outputs, computed once, through :class:`ftlight.callbacks.FeatureCache` (mode ``"auto"``:
 on when safe, silently off otherwise).
 
 * ``Sequential``: the leading layers, up to the first trainable or random one.
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from compat.layers.base import Layer
-from ftlight.features import stochastic_modules
+from ftlight.callbacks.feature_cache import stochastic_modules
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ftlight.optim import build_optimizer
+from ftlight.models.optim import build_optimizer
 
 
 class Optimizer:

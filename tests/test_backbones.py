@@ -12,8 +12,8 @@ import timm
 import torch
 
 import ftlight
-from ftlight.registry import BackboneSpec, register_backbone, resolve_backbone
-from ftlight.weights import WeightsMismatchError, load_state_dict_file
+from ftlight.models.registry import BackboneSpec, register_backbone, resolve_backbone
+from ftlight.models.weights import WeightsMismatchError, load_state_dict_file
 
 SEEDS = [("vgg16", 32), ("resnet50", 32), ("inception_v3", 75), ("efficientnet_lite0", 32)]
 
@@ -159,8 +159,8 @@ def test_packaged_efficientnet_lite0_recognises_a_building() -> None:
     from sklearn.datasets import load_sample_image
     from timm.data import ImageNetInfo
 
-    from ftlight.transforms import eval_transform
-    from ftlight.weights import load_packaged_efficientnet_lite0
+    from ftlight.data.transforms import eval_transform
+    from ftlight.models.weights import load_packaged_efficientnet_lite0
 
     model = timm.create_model("tf_efficientnet_lite0").eval()
     info = load_packaged_efficientnet_lite0(model)

@@ -39,8 +39,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 import ftlight
+from ftlight.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ftlight.data import images_to_tensor
-from ftlight.guards import NonFiniteLossError, NonFiniteLossGuard
 from tests.conftest import make_image_folder
 
 
@@ -73,7 +73,8 @@ def test_images_smaller_than_the_input_size_are_upscaled(tmp_path: Path) -> None
     mean = torch.tensor(dm.data_config.mean)[:, None, None]
     std = torch.tensor(dm.data_config.std)[:, None, None]
     pixels = x[0] * std + mean
-    assert pixels[:, :4, :4].mean() == pytest.approx(pixels[:, 14:18, 14:18].mean(), abs=0.1)
+    corner, centre = float(pixels[:, :4, :4].mean()), float(pixels[:, 14:18, 14:18].mean())
+    assert corner == pytest.approx(centre, abs=0.1)
 
 
 def test_inf_inputs_are_rejected() -> None:
@@ -183,7 +184,7 @@ def test_weights_that_become_non_finite_are_never_checkpointed(tmp_path: Path) -
 
 
 def test_unreadable_file_in_predict_inputs_names_it(tmp_path: Path) -> None:
-    from ftlight.predict import predict_probabilities
+    from ftlight.cli.predict import predict_probabilities
 
     good = tmp_path / "good.png"
     Image.new("RGB", (40, 40), (200, 10, 10)).save(good)

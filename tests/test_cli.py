@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from ftlight import FineTuner
-from ftlight.backbone import DataConfig
-from ftlight.cli import bundled_configs, main
+from ftlight.callbacks.staged import StagedUnfreeze
+from ftlight.cli.main import bundled_configs, main
 from ftlight.data import load_rgb
-from ftlight.staged import StagedUnfreeze
-from ftlight.transforms import eval_transform
+from ftlight.data.config import DataConfig
+from ftlight.data.transforms import eval_transform
 from tests.conftest import make_image_folder
 
 CONFIGS = ["vgg16", "resnet50", "inception_v3", "efficientnet_lite0"]

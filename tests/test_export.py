@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from ftlight import FineTuner, ImageDataModule
+from ftlight.cli.export import export
+from ftlight.cli.predict import class_name_mismatch, predict_probabilities, write_predictions
 from ftlight.data import load_rgb
-from ftlight.export import export
-from ftlight.predict import class_name_mismatch, predict_probabilities, write_predictions
-from ftlight.transforms import eval_transform
+from ftlight.data.transforms import eval_transform
 
 
 @pytest.fixture(scope="module")

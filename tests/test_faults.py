@@ -18,7 +18,7 @@ import lightning as L
 import pytest
 import torch
 
-from ftlight.guards import atomic_path, atomic_write
+from ftlight.files import atomic_path, atomic_write
 from tests.conftest import make_image_folder
 
 REPO = Path(__file__).parents[1]
@@ -172,7 +172,7 @@ SAVER = """
 import sys, torch
 from pathlib import Path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from ftlight.guards import AtomicCheckpointIO
+from ftlight.callbacks.guards import AtomicCheckpointIO
 
 mode, target = sys.argv[1], Path(sys.argv[2])
 

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from ftlight import FineTuner, ImageDataModule
-from ftlight.features import (
+from ftlight.callbacks.feature_cache import (
     FeatureCache,
     FeatureRows,
     loader_randomness,
     random_transforms,
     stochastic_modules,
 )
-from ftlight.staged import Milestone, StagedUnfreeze
+from ftlight.callbacks.staged import Milestone, StagedUnfreeze
 
 
 def make_dm(augment: bool = False) -> ImageDataModule:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import ftlight
-from ftlight.features import CachingUnavailableError, cache_features
-from ftlight.freezing import frozen_param_names
-from ftlight.module import frozen_bn_state
+from ftlight.callbacks.feature_cache import CachingUnavailableError, cache_features
+from ftlight.finetuner import frozen_bn_state
+from ftlight.models.freezing import frozen_param_names
 
 
 def tiny_trainer(tmp_path: Path, **kw) -> L.Trainer:

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import ftlight.data
+import ftlight.data.datamodule
 from ftlight import FineTuner, ImageDataModule
-from ftlight.backbone import DataConfig
-from ftlight.pipeline import BatchDecoder, DecodedImages, split_transform
-from ftlight.transforms import eval_transform
+from ftlight.data.config import DataConfig
+from ftlight.data.fast_decode import BatchDecoder, DecodedImages
+from ftlight.data.transforms import eval_transform, split_transform
 
 
 def jpeg_folder(root: Path, sizes=((60, 44), (40, 70), (90, 90)), per_class: int = 4) -> Path:
@@ -111,7 +111,7 @@ class BatchProbe(L.Callback):
 
 def test_encoded_batches_are_decoded_in_the_transfer_hook_during_fit(tmp_path, monkeypatch) -> None:
     # "cpu:0" takes the batched-decoding path (the one CUDA uses) on this machine.
-    monkeypatch.setattr(ftlight.data, "resolve_decode_device", lambda *a, **k: "cpu:0")
+    monkeypatch.setattr(ftlight.data.datamodule, "resolve_decode_device", lambda *a, **k: "cpu:0")
     dm = folder_dm(jpeg_folder(tmp_path / "imgs"), augment=True, decode_device="cuda")
     probe = BatchProbe()
     model = FineTuner("resnet18", 2, None, image_size=32, freeze=True, cache_features=False)
@@ -140,7 +140,7 @@ def test_split_transform_recombines_to_the_eval_transform() -> None:
 
 
 def test_cli_exposes_the_pipeline_switches(capsys) -> None:
-    from ftlight.cli import main
+    from ftlight.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["fit", "--help"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftlight.report import worst_mistakes, write_report
+from ftlight.cli.report import worst_mistakes, write_report
 
 
 def test_worst_mistakes_are_the_most_confident_wrong_predictions() -> None:

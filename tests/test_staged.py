@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight import FineTuner, ImageDataModule
-from ftlight.module import frozen_bn_state
-from ftlight.staged import Milestone, StagedUnfreeze
+from ftlight.callbacks.staged import Milestone, StagedUnfreeze
+from ftlight.finetuner import frozen_bn_state
 
 LR_STAGE4 = 0.05
 

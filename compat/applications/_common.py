@@ -9,14 +9,14 @@ from torch import nn
 
 from compat.graph import KerasTensor
 from compat.layers import Input
-from ftlight.backbone import load_timm_model
-from ftlight.weights import WEIGHT_FILE_SUFFIXES
+from ftlight.models.backbone import load_timm_model
+from ftlight.models.weights import WEIGHT_FILE_SUFFIXES
 
 
 def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.Module:
     """The timm model (classifier kept) for ``weights``; never falls back to random weights.
 
-    Weights are resolved by the engine (:func:`ftlight.backbone.load_timm_model`); a compat
+    Weights are resolved by the engine (:func:`ftlight.models.backbone.load_timm_model`); a compat
     ``save_weights`` file is loaded later by :func:`finish_weights`.
     """
     if weights is None or _is_compat_weights(weights):

@@ -12,7 +12,7 @@ from torch import nn
 
 from compat import backend
 from compat.graph import KerasTensor, Node
-from ftlight.freezing import INFERENCE_ATTR
+from ftlight.models.freezing import INFERENCE_ATTR
 
 Shape = tuple[int | None, ...]
 

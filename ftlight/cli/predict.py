@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ftlight.data import IMG_EXTENSIONS, ImageFileDataset, scan_class_folder
-from ftlight.guards import atomic_path
-from ftlight.module import FineTuner
-from ftlight.transforms import eval_transform
+from ftlight.data.transforms import eval_transform
+from ftlight.files import atomic_path
+from ftlight.finetuner import FineTuner
 
 
 @dataclass

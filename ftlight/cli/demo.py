@@ -20,12 +20,13 @@ import lightning as L
 import numpy as np
 import torch
 
+from ftlight.callbacks.feature_cache import cache_features
+from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossGuard
+from ftlight.cli.report import METRICS_FILE, MetricsHistory, worst_mistakes, write_report
 from ftlight.data import ImageDataModule, stratified_split
-from ftlight.features import cache_features
-from ftlight.guards import AtomicCheckpointIO, NonFiniteLossGuard, atomic_write
-from ftlight.module import FineTuner
-from ftlight.report import METRICS_FILE, MetricsHistory, worst_mistakes, write_report
-from ftlight.weights import WeightsUnavailableError
+from ftlight.files import atomic_write
+from ftlight.finetuner import FineTuner
+from ftlight.models.weights import WeightsUnavailableError
 
 
 def write_digits_folder(root: str | Path, *, seed: int = 0, size: int = 32) -> Path:

@@ -19,10 +19,10 @@ from typing import Any
 CONFIG_DIR = Path(__file__).parent / "configs"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 OWN_SUBCOMMANDS = {
-    "demo": "ftlight.demo",
-    "report": "ftlight.report",
-    "predict": "ftlight.predict",
-    "export": "ftlight.export",
+    "demo": "ftlight.cli.demo",
+    "report": "ftlight.cli.report",
+    "predict": "ftlight.cli.predict",
+    "export": "ftlight.cli.export",
 }
 
 USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
@@ -78,8 +78,8 @@ def _lightning_cli_class() -> type:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    from ftlight.guards import AtomicCheckpointIO, NonFiniteLossGuard
-    from ftlight.staged import StagedUnfreeze
+    from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossGuard
+    from ftlight.callbacks.staged import StagedUnfreeze
 
     class FtlightCLI(LightningCLI):
         """LightningCLI with ftlight's links, checkpointing and logging defaults."""
@@ -136,11 +136,11 @@ def _lightning_cli_class() -> type:
 
 
 def _metrics_history() -> Any:
-    """ftlight.report's per-epoch history callback, when that module is available."""
-    if importlib.util.find_spec("ftlight.report") is None:
+    """ftlight.cli.report's per-epoch history callback, when that module is available."""
+    if importlib.util.find_spec("ftlight.cli.report") is None:
         return None
     try:
-        return importlib.import_module("ftlight.report").MetricsHistory()
+        return importlib.import_module("ftlight.cli.report").MetricsHistory()
     except (ImportError, AttributeError, TypeError):
         return None
 
@@ -162,7 +162,7 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
     """``metrics.json`` (final metrics, per-epoch history, confusion matrix) for reports."""
     import json
 
-    from ftlight.guards import atomic_write
+    from ftlight.files import atomic_write
 
     trainer, model = cli.trainer, cli.model
     record: dict[str, Any] = {
@@ -191,8 +191,8 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
 
 def validation_mistakes(model: Any, datamodule: Any, k: int = 16) -> list[dict[str, Any]] | None:
     """The ``k`` most confident mistakes on a folder's validation split (``None``: no files)."""
-    from ftlight.predict import predict_probabilities
-    from ftlight.report import worst_mistakes
+    from ftlight.cli.predict import predict_probabilities
+    from ftlight.cli.report import worst_mistakes
 
     dataset = getattr(datamodule, "datasets", {}).get("val")
     samples = getattr(dataset, "samples", None)
@@ -234,18 +234,18 @@ def _summarise(cli: Any) -> None:
     print("\n".join(lines), flush=True)
     if log_dir and cli.subcommand == "fit":
         write_metrics_json(cli, Path(log_dir))
-    if log_dir and cli.subcommand == "fit" and importlib.util.find_spec("ftlight.report"):
+    if log_dir and cli.subcommand == "fit" and importlib.util.find_spec("ftlight.cli.report"):
         try:
-            importlib.import_module("ftlight.report").main([str(log_dir)])
+            importlib.import_module("ftlight.cli.report").main([str(log_dir)])
         except Exception as err:  # a report must never fail a finished run
             print(f"ftlight: report skipped ({type(err).__name__}: {err})", flush=True)
 
 
 def run_lightning(argv: Sequence[str]) -> int:
     """Run ``fit``, ``validate`` or ``test`` through LightningCLI."""
+    from ftlight.callbacks.guards import NonFiniteLossError
     from ftlight.data import ImageDataModule
-    from ftlight.guards import NonFiniteLossError
-    from ftlight.module import FineTuner
+    from ftlight.finetuner import FineTuner
 
     cli_class = _lightning_cli_class()
     # LightningCLI reads sys.argv, and so do Lightning's DDP launchers, which re-run this

@@ -13,7 +13,7 @@ from typing import Literal
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ftlight.backbone import Backbone
+from ftlight.models.backbone import Backbone
 
 FreezeSpec = bool | int | Sequence[str] | None
 BNPolicy = Literal["frozen", "train", "inference"]

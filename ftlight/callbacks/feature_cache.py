@@ -14,7 +14,7 @@ Two ways to use it:
   epoch in which the feature extractor is static it serves loaders of cached feature rows
   (computed once, in order, in eval mode, under the Trainer's precision); otherwise the
   original image loaders. Before every epoch it re-decides: when a backbone group unfreezes
-  (``set_freeze`` between fits, or a :class:`~ftlight.staged.StagedUnfreeze` milestone) the
+  (``set_freeze`` between fits, or a :class:`~ftlight.callbacks.StagedUnfreeze` milestone) the
   cache is dropped and the image loaders come back from the next epoch on. Cached rows are
   keyed by dataset and by the extractor's weights (tensor version counters), so a changed
   backbone is never served stale features.
@@ -49,9 +49,9 @@ from torch.utils.data import (
 )
 from tqdm.auto import tqdm
 
-from ftlight.backbone import Backbone
 from ftlight.data import ImageDataModule
-from ftlight.resumable import EpochSampler, ResumableDataLoader
+from ftlight.data.sampling import EpochSampler, ResumableDataLoader
+from ftlight.models.backbone import Backbone
 
 
 class CachingUnavailableError(RuntimeError):
@@ -341,7 +341,7 @@ class FeatureCache(Callback):
         mode: ``True``: cache whenever it is safe, warn when it is not (and why);
             ``"auto"``: cache whenever it is safe, silently (reasons are logged);
             ``None``: automatic, only in the all-gated first phase of a
-            :class:`~ftlight.staged.StagedUnfreeze` run (reasons are logged, not warned);
+            :class:`~ftlight.callbacks.staged.StagedUnfreeze` run (reasons are logged, not warned);
             ``False``: never.
 
     The caching pass leaves the global RNG state as it found it, so shuffling and dropout
@@ -628,7 +628,7 @@ def _feature_store(pl_module: nn.Module) -> dict[Any, Any]:
 
 
 def _staged_callback(trainer: L.Trainer) -> Any:
-    from ftlight.staged import StagedUnfreeze
+    from ftlight.callbacks.staged import StagedUnfreeze
 
     return next((cb for cb in trainer.callbacks if isinstance(cb, StagedUnfreeze)), None)
 

@@ -14,14 +14,15 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from ftlight.backbone import Backbone, DataConfig, create_backbone
-from ftlight.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
-from ftlight.head import build_head
-from ftlight.optim import build_optimizer, build_scheduler, split_decay
+from ftlight.data.config import DataConfig
+from ftlight.models.backbone import Backbone, create_backbone
+from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
+from ftlight.models.head import build_head
+from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
 
 Task = Literal["multiclass", "binary", "multilabel"]
 
-# Frozen BatchNorm layers are in eval mode on purpose (see ftlight.freezing).
+# Frozen BatchNorm layers are in eval mode on purpose (see ftlight.models.freezing).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
@@ -54,8 +55,8 @@ class FineTuner(L.LightningModule):
         cache_features: train the head on backbone features computed once while the backbone
             is static (frozen, BatchNorm in inference mode, deterministic training transforms);
             ``True`` warns when that is not possible and why; ``None`` (default) does it only in
-            the all-gated first phase of a :class:`~ftlight.staged.StagedUnfreeze` run; see
-            :class:`ftlight.features.FeatureCache`.
+            the all-gated first phase of a :class:`~ftlight.callbacks.StagedUnfreeze` run; see
+            :class:`ftlight.callbacks.feature_cache.FeatureCache`.
         torch_compile: compile the backbone with ``torch.compile`` at set-up (state-dict keys
             are unchanged).
     """
@@ -117,7 +118,7 @@ class FineTuner(L.LightningModule):
         enforce_bn_policy(self.backbone, bn)
         self._build_metrics()
         self.confusion_matrix: torch.Tensor | None = None
-        # Per-layer-group learning rates set by ftlight.staged.StagedUnfreeze (name -> lr).
+        # Per-layer-group learning rates set by StagedUnfreeze (name -> lr).
         self.group_lrs: dict[str, float] = {}
 
     # ---- properties ---------------------------------------------------------------------
@@ -131,7 +132,7 @@ class FineTuner(L.LightningModule):
 
     @property
     def feature_extractor(self) -> Backbone:
-        """The part whose output can be cached (see :class:`ftlight.features.FeatureCache`)."""
+        """The part whose output can be cached (see :class:`ftlight.callbacks.FeatureCache`)."""
         return self.backbone
 
     # ---- model --------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class FineTuner(L.LightningModule):
         mode = self.hparams.get("cache_features")
         if mode is False:
             return []
-        from ftlight.features import FeatureCache
+        from ftlight.callbacks.feature_cache import FeatureCache
 
         return [FeatureCache(mode)]
 
@@ -294,7 +295,7 @@ class FineTuner(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """Head at ``lr``; backbone groups at ``backbone_lr``, scaled by ``layer_decay``.
 
-        A group named in ``group_lrs`` (set by :class:`ftlight.staged.StagedUnfreeze`) uses
+        A group named in ``group_lrs`` (set by :class:`~ftlight.callbacks.StagedUnfreeze`) uses
         that learning rate instead.
         """
         hp = self.hparams
@@ -396,7 +397,7 @@ class FineTuner(L.LightningModule):
         if meta.get("data_config"):
             self.backbone.data_config = DataConfig.from_dict(meta["data_config"])
         if meta.get("weights_info"):
-            from ftlight.weights import WeightsInfo
+            from ftlight.models.weights import WeightsInfo
 
             self.backbone.weights_info = WeightsInfo(**meta["weights_info"])
 

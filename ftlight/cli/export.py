@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftlight.module import FineTuner
+from ftlight.finetuner import FineTuner
 
 FORMATS = ("torchscript", "onnx")
 

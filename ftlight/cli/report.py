@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from ftlight.guards import atomic_path, atomic_write
+from ftlight.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.json"
 

@@ -14,11 +14,17 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ftlight.backbone import DataConfig
-from ftlight.pipeline import (
+from ftlight.data.config import DataConfig
+from ftlight.data.datasets import (
+    ArrayDataset,
+    ImageFileDataset,
+    images_to_tensor,
+    labels_to_tensor,
+    stratified_split,
+)
+from ftlight.data.fast_decode import (
     BatchDecoder,
     DecodedDataset,
     DecodedImages,
@@ -26,187 +32,12 @@ from ftlight.pipeline import (
     EncodedFiles,
     collate_encoded,
     resolve_decode_device,
-    split_transform,
 )
-from ftlight.resumable import EpochSampler, ResumableDataLoader
-from ftlight.transforms import eval_transform, train_transform
+from ftlight.data.io import IMG_EXTENSIONS, CorruptImageError, load_rgb, scan_class_folder
+from ftlight.data.sampling import EpochSampler, ResumableDataLoader
+from ftlight.data.transforms import eval_transform, split_transform, train_transform
 
 log = logging.getLogger(__name__)
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-SPLIT_DIRS = ("train", "val", "test")
-
-
-class CorruptImageError(ValueError):
-    """One or more image files cannot be decoded."""
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as 8-bit RGB (grayscale, palette, RGBA and 16-bit PNGs are converted)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray((arr / peak * 255.0).clip(0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise CorruptImageError(f"Cannot read image {path}: {type(err).__name__}: {err}") from err
-
-
-def scan_class_folder(root: Path) -> tuple[list[tuple[str, int]], list[str], list[str]]:
-    """``root/<class>/<image>`` -> (samples, class names, ignored non-image files)."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise ValueError(
-            f"No class sub-folders in {root}. Expected one sub-folder per class "
-            f"(e.g. {root}/cats/*.jpg, {root}/dogs/*.jpg)."
-        )
-    samples, ignored = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file():
-                if path.suffix.lower() in IMG_EXTENSIONS:
-                    samples.append((str(path), index))
-                elif not path.name.startswith("."):
-                    ignored.append(str(path))
-    return samples, classes, ignored
-
-
-class ImageFileDataset(Dataset):
-    """``(path, label)`` samples read as RGB, with a replaceable ``transform``."""
-
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None):
-        self.samples = list(samples)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = load_rgb(path)
-        return (self.transform(image) if self.transform else image), label
-
-
-class ArrayDataset(Dataset):
-    """In-memory images ``(N, 3, H, W)`` (uint8, or float in [0, 1]) and labels."""
-
-    def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None
-    ):
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.labels[index]
-
-
-def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
-    """NumPy/tensor images (NHWC or NCHW; 1, 3 or 4 channels) -> ``(N, 3, H, W)`` tensor.
-
-    uint8 stays uint8; floats are scaled to [0, 1] (values above 1 are taken as 0-255).
-    """
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
-    if t.ndim == 3:  # (N, H, W) grayscale
-        t = t.unsqueeze(1) if channels != "last" else t.unsqueeze(-1)
-    if t.ndim != 4:
-        raise ValueError(
-            f"Images must be a 4-D array (N, H, W, C) or (N, C, H, W). Received: "
-            f"shape={tuple(t.shape)}"
-        )
-    if channels == "auto":
-        channels = "last" if t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4) else "first"
-        if t.shape[1] in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
-            channels = "first"
-    if channels == "last":
-        t = t.permute(0, 3, 1, 2)
-    elif channels != "first":
-        raise ValueError(f"channels must be 'auto', 'first' or 'last'. Received: {channels!r}")
-    if t.shape[1] not in (1, 3, 4):
-        raise ValueError(
-            f"Expected 1, 3 or 4 channels, got {t.shape[1]} (shape {tuple(t.shape)} read as "
-            f"channels-{channels}). Pass channels='first' or 'last' to say which axis it is."
-        )
-    if t.is_floating_point():
-        if not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
-            raise ValueError(f"Images contain NaN or Inf values ({bad} images affected).")
-        t = t.float()
-        if t.max() > 1.0 + 1e-6:
-            t = t / 255.0
-    elif t.dtype != torch.uint8:
-        t = t.float() / (65535.0 if t.max() > 255 else 255.0)
-    if t.shape[1] == 1:
-        t = t.expand(-1, 3, -1, -1)
-    elif t.shape[1] == 4:  # composite on white, as load_rgb does for RGBA files
-        peak = 255.0 if t.dtype == torch.uint8 else 1.0
-        rgb, alpha = t[:, :3].float(), t[:, 3:].float() / peak
-        blended = rgb * alpha + peak * (1.0 - alpha)
-        t = blended.round().to(torch.uint8) if t.dtype == torch.uint8 else blended
-    return t.contiguous()
-
-
-def labels_to_tensor(y: Any, num_classes: int | None = None) -> torch.Tensor:
-    """Integer labels ``(N,)`` or one-hot ``(N, C)`` -> integer tensor ``(N,)``, range-checked."""
-    t = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y.detach().cpu()
-    if t.ndim == 2 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.ndim == 2:
-        rows_one_hot = ((t == 0) | (t == 1)).all() and bool((t.sum(1) == 1).all())
-        if not rows_one_hot:
-            raise ValueError(
-                f"2-D labels must be one-hot (exactly one 1 per row). Received: shape "
-                f"{tuple(t.shape)}. For multi-label data use task='multilabel'."
-            )
-        if num_classes is not None and t.shape[1] != num_classes:
-            raise ValueError(f"One-hot labels have {t.shape[1]} columns; expected {num_classes}.")
-        t = t.argmax(1)
-    if t.ndim != 1:
-        raise ValueError(
-            f"Labels must be (N,) integers or (N, C) one-hot. Received: {tuple(t.shape)}"
-        )
-    if t.is_floating_point() and not torch.equal(t, t.round()):
-        raise ValueError("Labels must be whole numbers (class indices).")
-    t = t.long()
-    if len(t) and (t.min() < 0 or (num_classes is not None and t.max() >= num_classes)):
-        raise ValueError(
-            f"Labels out of range: found {int(t.min())}..{int(t.max())}, expected 0.."
-            f"{(num_classes or 0) - 1}."
-        )
-    return t
-
-
-def stratified_split(
-    labels: Sequence[int], fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Indices (keep, held_out) with ``fraction`` of every class held out, seeded."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"val_split must be in (0, 1). Received: {fraction}")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    keep, held = [], []
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        n_held = round(len(idx) * fraction)
-        if len(idx) > 1:
-            n_held = min(max(n_held, 1), len(idx) - 1)
-        held.extend(idx[:n_held].tolist())
-        keep.extend(idx[n_held:].tolist())
-    return sorted(keep), sorted(held)
 
 
 def default_num_workers() -> int:
@@ -236,11 +67,12 @@ class ImageDataModule(L.LightningDataModule):
         skip_corrupt: skip unreadable files with a warning and a count (default: raise).
         verify_images: decode every image once at set-up to find corrupt files early.
         decode_cache: folder for a decoded-once cache of folder images (uint8, memory-mapped;
-            see :class:`ftlight.pipeline.DecodedImages`): resize and centre crop (or, when
+            see :class:`ftlight.data.fast_decode.DecodedImages`): resize and centre crop (or, when
             augmenting, the shrink of large images) happen once, not every epoch.
         decode_device: ``"cpu"`` (PIL in DataLoader workers) or ``"cuda"``: workers only read
             the files; batches of JPEGs are decoded on the GPU (nvJPEG) and transformed there
-            (:class:`ftlight.pipeline.BatchDecoder`). Without a GPU: the CPU path, with a warning.
+            (:class:`~ftlight.data.fast_decode.BatchDecoder`). Without a GPU: the CPU path, with a
+            warning.
     """
 
     def __init__(
@@ -472,7 +304,7 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self._fast_dataset(split)
         workers = self.num_workers
         shuffle = (split == "train") if shuffle is None else shuffle
-        # Seeded per epoch and resumable mid-epoch (ftlight.resumable): kill-safe, repeatable.
+        # Seeded per epoch and resumable mid-epoch (ftlight.data.sampling): kill-safe, repeatable.
         return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -517,7 +349,7 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def decoders(self) -> dict[str, Any]:
-        """Per-split :class:`~ftlight.pipeline.BatchDecoder` of the GPU decoding path."""
+        """Per-split :class:`~ftlight.data.fast_decode.BatchDecoder` of the GPU decoding path."""
         return self.__dict__.setdefault("_decoders", {})
 
     def transfer_batch_to_device(

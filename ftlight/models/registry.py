@@ -13,7 +13,7 @@ class BackboneSpec:
     """How to build one registered backbone.
 
     ``timm_name`` is the timm architecture; ``packaged_weights`` names an offline weights
-    source for ``weights="imagenet"`` (see :mod:`ftlight.weights`).
+    source for ``weights="imagenet"`` (see :mod:`ftlight.models.weights`).
     """
 
     name: str

@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ftlight.freezing import INFERENCE_ATTR, enforce_bn_policy
+from ftlight.models.freezing import INFERENCE_ATTR, enforce_bn_policy
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,65 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2 as T
 
-from ftlight.backbone import DataConfig
-from ftlight.transforms import interpolation_mode
+from ftlight.data.config import DataConfig
+from ftlight.data.io import load_rgb
+from ftlight.data.transforms import split_transform
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-
-
-# ---- transforms split into "once" and "every epoch" ------------------------------------------
-
-
-def split_transform(
-    cfg: DataConfig,
-    *,
-    augment: bool,
-    hflip: bool = True,
-    crop: bool = True,
-    scale: tuple[float, float] = (0.35, 1.0),
-) -> tuple[T.Compose, T.Compose, dict[str, Any]]:
-    """(once, every_epoch, geometry) such that ``every_epoch(once(img))`` is the data
-    module's transform: exactly for eval transforms, up to the resolution of the source for
-    random-resized crops (large images are shrunk once so the smallest crop still has
-    ``image_size`` pixels on a side)."""
-    size = cfg.image_size
-    interp = interpolation_mode(cfg.interpolation)
-    finish = [T.ToDtype(torch.float32, scale=True), T.Normalize(list(cfg.mean), list(cfg.std))]
-    if not augment:
-        if crop:
-            geometry: list[T.Transform] = [
-                T.Resize(round(size / cfg.crop_pct), interpolation=interp, antialias=True),
-                T.CenterCrop(size),
-            ]
-        else:
-            geometry = [T.Resize((size, size), interpolation=interp, antialias=True)]
-        desc = {"mode": "eval", "size": size, "crop": crop, "crop_pct": cfg.crop_pct}
-        return T.Compose([T.ToImage(), *geometry]), T.Compose(finish), desc
-    short = math.ceil(size / math.sqrt(scale[0]))
-    random: list[T.Transform] = [
-        T.RandomResizedCrop(size, scale=scale, interpolation=interp, antialias=True)
-    ]
-    if hflip:
-        random.append(T.RandomHorizontalFlip())
-    desc = {"mode": "train", "short_side": short}
-    shrink = _ShrinkShortSide(short, interp)
-    return T.Compose([T.ToImage(), shrink]), T.Compose(random + finish), desc
-
-
-class _ShrinkShortSide(T.Transform):
-    """Resize so that the short side is ``size`` when it is longer (never enlarges)."""
-
-    def __init__(self, size: int, interpolation: Any) -> None:
-        super().__init__()
-        self.size, self.interpolation = size, interpolation
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        h, w = img.shape[-2:]
-        if min(h, w) <= self.size:
-            return img
-        return T.functional.resize(img, self.size, interpolation=self.interpolation, antialias=True)
 
 
 # ---- decoded-once cache ------------------------------------------------------------------
@@ -99,8 +46,6 @@ class _DecodeOnce(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from ftlight.data import load_rgb
-
         image = self.once(load_rgb(self.paths[i]))
         return np.ascontiguousarray(image.numpy())
 

@@ -1,0 +1,15 @@
+"""Lightning callbacks and plugins: staged unfreezing, the feature cache, and the guards
+(non-finite loss, atomic checkpoints)."""
+
+from ftlight.callbacks.feature_cache import FeatureCache
+from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossError, NonFiniteLossGuard
+from ftlight.callbacks.staged import Milestone, StagedUnfreeze
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "FeatureCache",
+    "Milestone",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "StagedUnfreeze",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from ftlight.cli.main import main
+
+sys.exit(main())
