@@ -9,22 +9,29 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ftlight.data.io import load_rgb
+from ftlight.data.io import MAX_IMAGE_PIXELS, load_rgb
 
 
 class ImageFileDataset(Dataset):
     """``(path, label)`` samples read as RGB, with a replaceable ``transform``."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        transform: Callable | None = None,
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+    ):
         self.samples = list(samples)
         self.transform = transform
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        image = load_rgb(path)
+        image = load_rgb(path, max_pixels=self.max_pixels)
         return (self.transform(image) if self.transform else image), label
 
 
@@ -49,7 +56,9 @@ class ArrayDataset(Dataset):
 def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
     """NumPy/tensor images (NHWC or NCHW; 1, 3 or 4 channels) -> ``(N, 3, H, W)`` tensor.
 
-    uint8 stays uint8; floats are scaled to [0, 1] (values above 1 are taken as 0-255).
+    uint8 stays uint8; uint16 is scaled by 65535 and other integer types by 255 (decided by the
+    dtype, never by the values: a dark 16-bit image stays dark), bool by 1; floats are scaled
+    to [0, 1] (values above 1 are taken as 0-255).
     """
     t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
     if t.ndim == 3:  # (N, H, W) grayscale
@@ -79,8 +88,20 @@ def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
         t = t.float()
         if t.max() > 1.0 + 1e-6:
             t = t / 255.0
+    elif t.dtype == torch.bool:
+        t = t.float()
+    elif t.dtype == torch.uint16:
+        t = t.float() / 65535.0
     elif t.dtype != torch.uint8:
-        t = t.float() / (65535.0 if t.max() > 255 else 255.0)
+        dtype, t = str(t.dtype).removeprefix("torch."), t.double()  # min/max for every type
+        low, high = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Integer images of dtype {dtype} are read as "
+                f"0..255; these hold {low}..{high}. Pass 16-bit images as uint16 (scaled by "
+                "65535), or floats in [0, 1]."
+            )
+        t = t.float() / 255.0
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
     elif t.shape[1] == 4:  # composite on white, as load_rgb does for RGBA files
