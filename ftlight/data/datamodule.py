@@ -33,7 +33,14 @@ from ftlight.data.fast_decode import (
     collate_encoded,
     resolve_decode_device,
 )
-from ftlight.data.io import IMG_EXTENSIONS, CorruptImageError, load_rgb, scan_class_folder
+from ftlight.data.io import (
+    IMG_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    CorruptImageError,
+    load_rgb,
+    scan_class_folder,
+    split_folders,
+)
 from ftlight.data.sampling import EpochSampler, ResumableDataLoader
 from ftlight.data.transforms import eval_transform, split_transform, train_transform
 
@@ -49,8 +56,10 @@ def default_num_workers() -> int:
 class ImageDataModule(L.LightningDataModule):
     """Images from a folder tree (one sub-folder per class) or from arrays.
 
-    Folder layouts: ``root/train/<class>/…`` with ``root/val`` (and ``root/test``), or
-    ``root/<class>/…`` split into train/val by a stratified, seeded ``val_split``.
+    Folder layouts: ``root/train/<class>/…`` with ``root/val`` (or ``valid``, ``validation``)
+    and ``root/test``, or ``root/<class>/…`` split into train/val by a stratified, seeded
+    ``val_split``. Hidden entries (``.DS_Store``, ``.thumbnails/``) are never samples or classes;
+    other folders beside ``train/`` are named in a warning.
     Transforms come from the backbone's data config, which :class:`~ftlight.FineTuner` hands
     over at set-up unless ``data_config`` was given here.
 
@@ -64,7 +73,8 @@ class ImageDataModule(L.LightningDataModule):
         hflip: random horizontal flips when augmenting.
         image_size: override the backbone's input size.
         num_workers: loader workers (``None``: one fewer than the cores, at most 8).
-        skip_corrupt: skip unreadable files with a warning and a count (default: raise).
+        skip_corrupt: skip unreadable files (and images over ``max_image_pixels``) with a
+            warning and a count (default: raise). Classes are checked after the skipping.
         verify_images: decode every image once at set-up to find corrupt files early.
         decode_cache: folder for a decoded-once cache of folder images (uint8, memory-mapped;
             see :class:`ftlight.data.fast_decode.DecodedImages`): resize and centre crop (or, when
@@ -73,6 +83,9 @@ class ImageDataModule(L.LightningDataModule):
             the files; batches of JPEGs are decoded on the GPU (nvJPEG) and transformed there
             (:class:`~ftlight.data.fast_decode.BatchDecoder`). Without a GPU: the CPU path, with a
             warning.
+        max_image_pixels: the pixel budget (width * height) of one image, checked before it is
+            decoded (default :data:`ftlight.data.io.MAX_IMAGE_PIXELS`, about 9460 x 9460;
+            ``None``: no budget beyond Pillow's decompression-bomb limit).
     """
 
     def __init__(
@@ -92,6 +105,7 @@ class ImageDataModule(L.LightningDataModule):
         data_config: dict[str, Any] | None = None,
         decode_cache: str | None = None,
         decode_device: str = "cpu",
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
         self.root = Path(root) if root is not None else None
@@ -107,6 +121,7 @@ class ImageDataModule(L.LightningDataModule):
         self.verify_images = verify_images
         self.decode_cache = decode_cache
         self.decode_device = decode_device
+        self.max_image_pixels = max_image_pixels
         self._decoded: dict[Any, Dataset] = {}
         self._data_config = DataConfig.from_dict(data_config) if data_config else None
         self._explicit_config = data_config is not None
@@ -164,8 +179,7 @@ class ImageDataModule(L.LightningDataModule):
         if self._class_names is None:
             if self.root is None:
                 raise ValueError("ImageDataModule has neither a root folder nor arrays.")
-            base = self.root / "train" if (self.root / "train").is_dir() else self.root
-            _, self._class_names, _ = scan_class_folder(base)
+            _, self._class_names, _ = scan_class_folder(split_folders(self.root)["train"])
         return self._class_names
 
     @property
@@ -225,28 +239,20 @@ class ImageDataModule(L.LightningDataModule):
 
     def _setup_folder(self) -> None:
         assert self.root is not None
+        folders = split_folders(self.root)
         splits: dict[str, list[tuple[str, int]]] = {}
-        if (self.root / "train").is_dir():
-            train, classes, ignored = scan_class_folder(self.root / "train")
-            splits["train"] = train
-            for name in ("val", "test"):
-                if (self.root / name).is_dir():
-                    samples, other, more = scan_class_folder(self.root / name)
-                    if other != classes:
-                        raise ValueError(
-                            f"Classes in {self.root / name} {other} differ from those in "
-                            f"{self.root / 'train'} {classes}."
-                        )
-                    splits[name] = samples
-                    ignored += more
-        else:
-            train, classes, ignored = scan_class_folder(self.root)
-            splits["train"] = train
+        splits["train"], classes, ignored = scan_class_folder(folders["train"])
+        for name in ("val", "test"):
+            if name in folders:
+                samples, other, more = scan_class_folder(folders[name])
+                if other != classes:
+                    raise ValueError(
+                        f"Classes in {folders[name]} {other} differ from those in "
+                        f"{folders['train']} {classes}."
+                    )
+                splits[name] = samples
+                ignored += more
         self._class_names = classes
-        counts = np.bincount([s[1] for s in splits["train"]], minlength=len(classes))
-        empty = [c for c, n in zip(classes, counts, strict=False) if n == 0]
-        if empty:
-            raise ValueError(f"Class folders without any image: {empty} (in {self.root}).")
         if ignored:
             warnings.warn(
                 f"Ignored {len(ignored)} non-image files (e.g. {ignored[:3]}); accepted "
@@ -256,6 +262,18 @@ class ImageDataModule(L.LightningDataModule):
         if self.verify_images:
             for name in list(splits):
                 splits[name] = self._drop_corrupt(splits[name])
+        # After the skipping: a class whose every file was unreadable has no images either.
+        counts = np.bincount([s[1] for s in splits["train"]], minlength=len(classes))
+        empty = [c for c, n in zip(classes, counts, strict=False) if n == 0]
+        if empty:
+            skipped = f" ({len(self.skipped_files)} unreadable files skipped)" * bool(
+                self.skipped_files
+            )
+            raise ValueError(
+                f"Class folders without any image: {empty} (in {folders['train']})"
+                f"{skipped}. Every class needs at least one image; add images or remove the "
+                "folder."
+            )
         if "test" not in splits and self.test_split:
             keep, held = stratified_split(
                 [s[1] for s in splits["train"]], self.test_split, self.seed + 1
@@ -268,13 +286,15 @@ class ImageDataModule(L.LightningDataModule):
             )
             splits["val"] = [splits["train"][i] for i in held]
             splits["train"] = [splits["train"][i] for i in keep]
-        self.datasets = {k: ImageFileDataset(v) for k, v in splits.items()}
+        self.datasets = {
+            k: ImageFileDataset(v, max_pixels=self.max_image_pixels) for k, v in splits.items()
+        }
 
     def _drop_corrupt(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
         good, bad = [], []
         for path, label in samples:
             try:
-                load_rgb(path)
+                load_rgb(path, max_pixels=self.max_image_pixels)
                 good.append((path, label))
             except CorruptImageError as err:
                 bad.append(str(err))
@@ -282,7 +302,8 @@ class ImageDataModule(L.LightningDataModule):
             listing = "\n  ".join(bad[:20])
             raise CorruptImageError(
                 f"{len(bad)} unreadable image file(s):\n  {listing}\nRemove or fix them, or "
-                "pass skip_corrupt=True to skip them with a warning."
+                "pass skip_corrupt=True to skip them with a warning (images over the pixel "
+                "budget: or raise max_image_pixels)."
             )
         if bad:
             self.skipped_files += bad
@@ -328,7 +349,11 @@ class ImageDataModule(L.LightningDataModule):
             device = resolve_decode_device(self.decode_device, num_workers=self.num_workers)
             if device != "cpu":
                 self.decoders["train" if split == "train" else "eval"] = BatchDecoder(
-                    self.data_config, augment=augment, hflip=self.hflip, device=device
+                    self.data_config,
+                    augment=augment,
+                    hflip=self.hflip,
+                    device=device,
+                    max_pixels=self.max_image_pixels,
                 )
                 return EncodedFiles(dataset.samples)
             self.decode_device = "cpu"  # warned once; the CPU path from now on
@@ -340,7 +365,12 @@ class ImageDataModule(L.LightningDataModule):
         if key not in self._decoded:
             paths = [path for path, _ in dataset.samples]
             images = DecodedImages.build(
-                paths, self.decode_cache, once, geometry, num_workers=self.num_workers
+                paths,
+                self.decode_cache,
+                once,
+                geometry,
+                num_workers=self.num_workers,
+                max_pixels=self.max_image_pixels,
             )
             self._decoded[key] = DecodedDataset(images, [y for _, y in dataset.samples])
         decoded = self._decoded[key]
