@@ -18,6 +18,11 @@ from torchvision.transforms import v2 as T
 from ftlight.data.config import DataConfig
 
 DEFAULT_CROP_SCALE = (0.35, 1.0)
+# The eval resize scales the short side to ``size / crop_pct``: a 30000x1 image would become
+# 7.68M x 256 pixels (gigabytes) for a centre crop of 224. Longer than this ratio, the long
+# side is first cut (centred) to ``MAX_EVAL_ASPECT`` x the short side; the centre crop sees
+# the same part of the image, and images up to this ratio keep exactly their pixels.
+MAX_EVAL_ASPECT = 16
 
 _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -39,6 +44,7 @@ def _eval_geometry(cfg: DataConfig, crop: bool) -> list[T.Transform]:
     interp = interpolation_mode(cfg.interpolation)
     if crop:
         return [
+            _CapAspect(MAX_EVAL_ASPECT),
             T.Resize(round(size / cfg.crop_pct), interpolation=interp, antialias=True),
             T.CenterCrop(size),
         ]
@@ -70,6 +76,7 @@ def split_transform(
     size = cfg.image_size
     if not augment:
         desc = {"mode": "eval", "size": size, "crop": crop, "crop_pct": cfg.crop_pct}
+        desc["max_aspect"] = MAX_EVAL_ASPECT
         once = T.Compose([T.ToImage(), *_eval_geometry(cfg, crop)])
         return once, T.Compose(_normalize(cfg)), desc
     short = math.ceil(size / math.sqrt(scale[0]))
@@ -111,3 +118,17 @@ class _ShrinkShortSide(T.Transform):
         if min(h, w) <= self.size:
             return img
         return T.functional.resize(img, self.size, interpolation=self.interpolation, antialias=True)
+
+
+class _CapAspect(T.Transform):
+    """Cut the long side (centred) to ``ratio`` x the short side when it is longer."""
+
+    def __init__(self, ratio: int) -> None:
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        h, w = img.shape[-2:]
+        if max(h, w) <= self.ratio * min(h, w):
+            return img
+        return T.functional.center_crop(img, [min(h, self.ratio * w), min(w, self.ratio * h)])
