@@ -6,12 +6,15 @@
   in one memory-mapped file. Later epochs and runs read pixels instead of decoding files.
 * :class:`BatchDecoder` decodes a batch of encoded files at once with
   ``torchvision.io.decode_jpeg(device=...)`` (nvJPEG on CUDA) and runs the transforms on that
-  device, so a GPU is not starved by CPU JPEG decoding. Non-JPEG files are decoded on the CPU.
+  device, so a GPU is not starved by CPU JPEG decoding. Non-JPEG files are decoded on the CPU
+  by :func:`~ftlight.data.io.load_rgb`, and JPEGs are turned upright by their EXIF orientation
+  (nvJPEG ignores it), so both paths give the pixels of the per-image path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,31 +25,32 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2 as T
 
 from ftlight.data.config import DataConfig
-from ftlight.data.io import load_rgb
+from ftlight.data.io import MAX_IMAGE_PIXELS, load_rgb
 from ftlight.data.transforms import split_transform
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit images scaled by bit depth, EXIF orientation applied
 
 
 # ---- decoded-once cache ------------------------------------------------------------------
 
 
 class _DecodeOnce(Dataset):
-    def __init__(self, paths: Sequence[str], once: Callable) -> None:
-        self.paths, self.once = list(paths), once
+    def __init__(self, paths: Sequence[str], once: Callable, max_pixels: int | None) -> None:
+        self.paths, self.once, self.max_pixels = list(paths), once, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        image = self.once(load_rgb(self.paths[i]))
+        image = self.once(load_rgb(self.paths[i], max_pixels=self.max_pixels))
         return np.ascontiguousarray(image.numpy())
 
 
@@ -86,6 +90,7 @@ class DecodedImages:
         geometry: dict[str, Any],
         *,
         num_workers: int = 0,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> DecodedImages:
         """Load the cache for ``paths`` from ``folder``, decoding them first when needed."""
         folder = Path(folder)
@@ -94,7 +99,9 @@ class DecodedImages:
         data_path, index_path = folder / f"{key}.u8", folder / f"{key}.index.npy"
         if not (data_path.exists() and index_path.exists()):
             log.info("Decoding %d images once into %s", len(paths), data_path)
-            loader = DataLoader(_DecodeOnce(paths, once), batch_size=None, num_workers=num_workers)
+            loader = DataLoader(
+                _DecodeOnce(paths, once, max_pixels), batch_size=None, num_workers=num_workers
+            )
             index = np.zeros((len(paths), 3), dtype=np.int64)
             offset = 0
             tmp = data_path.with_suffix(f".tmp{os.getpid()}")
@@ -172,6 +179,34 @@ def _is_jpeg(data: torch.Tensor) -> bool:
     return len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
 
 
+def _exif_orientation(data: torch.Tensor) -> int:
+    """The EXIF orientation tag (1-8; 1 = upright) of encoded image bytes (header only)."""
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+            return int(img.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
+def apply_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a ``(C, H, W)`` image upright by its EXIF orientation, as ``exif_transpose`` does."""
+    if orientation == 2:
+        return img.flip(-1)
+    if orientation == 3:
+        return img.flip(-2, -1)
+    if orientation == 4:
+        return img.flip(-2)
+    if orientation == 5:
+        return img.transpose(-2, -1)
+    if orientation == 6:
+        return img.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return img.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return img.rot90(1, (-2, -1))
+    return img
+
+
 class BatchDecoder:
     """Decode a batch of encoded images on ``device`` and apply the transforms there.
 
@@ -188,6 +223,7 @@ class BatchDecoder:
         hflip: bool = True,
         crop: bool = True,
         device: str | torch.device = "cuda",
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         once, every, _ = split_transform(cfg, augment=augment, hflip=hflip, crop=crop)
         steps = every.transforms[:-2] if augment else once.transforms[1:]  # no ToImage/finish
@@ -195,6 +231,7 @@ class BatchDecoder:
         self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
         self.device = torch.device(device)
+        self.max_pixels = max_pixels
 
     def decode(self, files: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(files)
@@ -205,12 +242,13 @@ class BatchDecoder:
                     [files[i] for i in jpegs], mode=ImageReadMode.RGB, device=self.device
                 )
                 for i, img in zip(jpegs, decoded, strict=True):
-                    out[i] = img
+                    out[i] = apply_orientation(img, _exif_orientation(files[i]))
             except RuntimeError as err:  # e.g. CMYK or progressive quirks: CPU decodes them
                 log.debug("batched JPEG decode failed (%s); decoding on the CPU", err)
         for i, img in enumerate(out):
-            if img is None:
-                out[i] = decode_image(files[i], mode=ImageReadMode.RGB).to(self.device)
+            if img is None:  # 16-bit, float, TIFF, ...: the per-image path's pixels exactly
+                image = load_rgb(io.BytesIO(files[i].numpy().tobytes()), max_pixels=self.max_pixels)
+                out[i] = T.functional.pil_to_tensor(image).to(self.device)
         return out  # type: ignore[return-value]
 
     def __call__(self, files: Sequence[torch.Tensor]) -> torch.Tensor:
