@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning as L
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight.data.config import DataConfig
 from ftlight.models.backbone import Backbone, create_backbone
@@ -257,7 +259,8 @@ class FineTuner(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
+        with _explain_batch_of_one(self, len(x)):
+            logits = self(x)
         loss = self.loss(logits, y)
         self.train_metrics.update(self._metric_input(logits.detach()), y)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
@@ -406,6 +409,42 @@ class FineTuner(L.LightningModule):
         """Load a checkpoint for inference (eval mode)."""
         model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
         return model.eval()
+
+
+@contextmanager
+def _explain_batch_of_one(model: nn.Module, batch_size: int) -> Iterator[None]:
+    """For a training batch of one image: name the BatchNorm layer that cannot train on it
+    (instead of torch's bare 'Expected more than 1 value per channel when training')."""
+    if batch_size != 1:
+        yield
+        return
+
+    def check(name: str):
+        def hook(module: _BatchNorm, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0]
+            training = module.training or module.running_mean is None
+            if training and x.ndim >= 2 and x.numel() == x.shape[1]:
+                raise ValueError(
+                    f"A training batch of 1 image reaches the BatchNorm layer '{name}' "
+                    f"({type(module).__name__}) in training mode, which needs more than one "
+                    "value per channel. Train with batches of at least 2 images "
+                    "(ImageDataModule(batch_size=...), --data.batch_size; a data set of one "
+                    "image needs more images), or keep BatchNorm in inference mode "
+                    "(bn='inference', --model.bn inference; head_batchnorm=False for the head)."
+                )
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(check(n))
+        for n, m in model.named_modules()
+        if isinstance(m, _BatchNorm)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
