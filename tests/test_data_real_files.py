@@ -68,13 +68,13 @@ def test_one_readable_class_left_after_skipping_is_an_error(tmp_path: Path) -> N
 DARK_16BIT = np.array([[0, 50, 100, 200], [120, 200, 10, 0]] * 4, dtype=np.uint16)  # of 65535
 
 
-@pytest.mark.parametrize("fmt", ["png", "tiff"])
+@pytest.mark.parametrize("fmt", ["png", "tiff", "ppm"])
 def test_16bit_files_are_scaled_by_their_bit_depth(tmp_path: Path, fmt: str) -> None:
     ramp = np.linspace(0, 65535, 64).astype(np.uint16)[None].repeat(8, 0)
     for name, pixels in {"dark": DARK_16BIT, "ramp": ramp}.items():
         path = tmp_path / f"{name}.{fmt}"
         Image.fromarray(pixels).save(path)
-        assert Image.open(path).mode.startswith("I;16")
+        assert Image.open(path).mode in ("I;16", "I")  # Pillow opens 16-bit PPM as "I"
         got = np.asarray(load_rgb(path))
         expected = np.round(pixels / 65535.0 * 255.0).astype(np.uint8)
         assert np.array_equal(got, np.repeat(expected[..., None], 3, axis=-1)), name
@@ -352,3 +352,11 @@ def test_a_batch_of_one_with_trainable_batchnorm_explains_the_fix(tmp_path: Path
     fixed = trainer()
     fixed.fit(inference, datamodule=dm)  # the fix it names works
     assert fixed.state.finished
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_16bit_files_with_an_exif_orientation_are_upright_and_scaled(tmp_path: Path, fmt) -> None:
+    stored = (np.arange(12).reshape(3, 4) * 5000).astype(np.uint16)
+    save_with_orientation(tmp_path / f"p.{fmt}", stored, 6)
+    expected = np.round(np.rot90(stored, -1) / 65535 * 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / f"p.{fmt}"))[..., 0], expected)

@@ -127,6 +127,7 @@ class ImageDataModule(L.LightningDataModule):
         self._explicit_config = data_config is not None
         self._arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._class_names: list[str] | None = None
+        self._folders: dict[str, Path] | None = None
         self.datasets: dict[str, Dataset] = {}
         self.skipped_files: list[str] = []
 
@@ -179,7 +180,7 @@ class ImageDataModule(L.LightningDataModule):
         if self._class_names is None:
             if self.root is None:
                 raise ValueError("ImageDataModule has neither a root folder nor arrays.")
-            _, self._class_names, _ = scan_class_folder(split_folders(self.root)["train"])
+            _, self._class_names, _ = scan_class_folder(self._split_folders()["train"])
         return self._class_names
 
     @property
@@ -239,7 +240,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _setup_folder(self) -> None:
         assert self.root is not None
-        folders = split_folders(self.root)
+        folders = self._split_folders()
         splits: dict[str, list[tuple[str, int]]] = {}
         splits["train"], classes, ignored = scan_class_folder(folders["train"])
         for name in ("val", "test"):
@@ -289,6 +290,13 @@ class ImageDataModule(L.LightningDataModule):
         self.datasets = {
             k: ImageFileDataset(v, max_pixels=self.max_image_pixels) for k, v in splits.items()
         }
+
+    def _split_folders(self) -> dict[str, Path]:
+        """The folder of each split (looked at, and warned about, once)."""
+        if self._folders is None:
+            assert self.root is not None
+            self._folders = split_folders(self.root)
+        return self._folders
 
     def _drop_corrupt(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
         good, bad = [], []

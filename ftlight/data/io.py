@@ -83,7 +83,8 @@ def load_rgb(
                         "or skip such files with skip_corrupt."
                     )
                 img.load()
-                img = _to_8bit(ImageOps.exif_transpose(img))
+                ImageOps.exif_transpose(img, in_place=True)  # keeps the header for _to_8bit
+                img = _to_8bit(img)
                 if img.mode in ("RGBA", "LA", "PA") or (
                     img.mode == "P" and "transparency" in img.info
                 ):
