@@ -254,6 +254,7 @@ class ImageDataModule(L.LightningDataModule):
                 splits[name] = samples
                 ignored += more
         self._class_names = classes
+        self._refuse_empty_classes(splits["train"], folders["train"])  # before decoding any
         if ignored:
             warnings.warn(
                 f"Ignored {len(ignored)} non-image files (e.g. {ignored[:3]}); accepted "
@@ -263,18 +264,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.verify_images:
             for name in list(splits):
                 splits[name] = self._drop_corrupt(splits[name])
-        # After the skipping: a class whose every file was unreadable has no images either.
-        counts = np.bincount([s[1] for s in splits["train"]], minlength=len(classes))
-        empty = [c for c, n in zip(classes, counts, strict=False) if n == 0]
-        if empty:
-            skipped = f" ({len(self.skipped_files)} unreadable files skipped)" * bool(
-                self.skipped_files
-            )
-            raise ValueError(
-                f"Class folders without any image: {empty} (in {folders['train']})"
-                f"{skipped}. Every class needs at least one image; add images or remove the "
-                "folder."
-            )
+        # Again after the skipping: a class whose every file was unreadable has no images.
+        self._refuse_empty_classes(splits["train"], folders["train"])
         if "test" not in splits and self.test_split:
             keep, held = stratified_split(
                 [s[1] for s in splits["train"]], self.test_split, self.seed + 1
@@ -290,6 +281,19 @@ class ImageDataModule(L.LightningDataModule):
         self.datasets = {
             k: ImageFileDataset(v, max_pixels=self.max_image_pixels) for k, v in splits.items()
         }
+
+    def _refuse_empty_classes(self, samples: list[tuple[str, int]], folder: Path) -> None:
+        classes = self.class_names
+        counts = np.bincount([label for _, label in samples], minlength=len(classes))
+        empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+        if empty:
+            skipped = ""
+            if self.skipped_files:
+                skipped = f" ({len(self.skipped_files)} unreadable files skipped)"
+            raise ValueError(
+                f"Class folders without any image: {empty} (in {folder}){skipped}. Every class "
+                "needs at least one image; add images or remove the folder."
+            )
 
     def _split_folders(self) -> dict[str, Path]:
         """The folder of each split (looked at, and warned about, once)."""

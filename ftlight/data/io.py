@@ -41,10 +41,10 @@ def _bit_depth(img: Image.Image) -> int:
     return 32
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
+def _to_8bit(img: Image.Image, bits: int) -> Image.Image:
     """16/32-bit integer and float greyscale -> 8-bit, scaled by the bit depth, not the maximum."""
     if img.mode in _INTEGER_MODES:
-        peak = float(2 ** _bit_depth(img) - 1)
+        peak = float(2**bits - 1)
         arr = np.asarray(img, dtype=np.float64)
         return Image.fromarray((arr / peak * 255.0).round().clip(0, 255).astype(np.uint8))
     if img.mode == "F":
@@ -83,8 +83,8 @@ def load_rgb(
                         "or skip such files with skip_corrupt."
                     )
                 img.load()
-                ImageOps.exif_transpose(img, in_place=True)  # keeps the header for _to_8bit
-                img = _to_8bit(img)
+                bits = _bit_depth(img) if img.mode in _INTEGER_MODES else 8  # from the header
+                img = _to_8bit(ImageOps.exif_transpose(img), bits)
                 if img.mode in ("RGBA", "LA", "PA") or (
                     img.mode == "P" and "transparency" in img.info
                 ):
