@@ -10,11 +10,19 @@ from ftlight.data.datasets import (
     labels_to_tensor,
     stratified_split,
 )
-from ftlight.data.io import IMG_EXTENSIONS, CorruptImageError, load_rgb, scan_class_folder
+from ftlight.data.io import (
+    IMG_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    CorruptImageError,
+    load_rgb,
+    scan_class_folder,
+    split_folders,
+)
 from ftlight.data.transforms import eval_transform, split_transform, train_transform
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "ArrayDataset",
     "CorruptImageError",
     "DataConfig",
@@ -26,6 +34,7 @@ __all__ = [
     "labels_to_tensor",
     "load_rgb",
     "scan_class_folder",
+    "split_folders",
     "split_transform",
     "stratified_split",
     "train_transform",
