@@ -17,6 +17,8 @@ RESERVED_NAMES = tuple(name for names in SPLIT_NAMES.values() for name in names)
 # The most pixels (width * height) an image may have before it is decoded: about 9460 x 9460,
 # Pillow's own decompression-bomb warning threshold. A bigger image is refused by name (and
 # skippable with ``skip_corrupt``) instead of filling the memory of every DataLoader worker.
+# Pillow itself refuses twice its ``PIL.Image.MAX_IMAGE_PIXELS`` as a decompression bomb;
+# a budget above that needs Pillow's limit raised too.
 MAX_IMAGE_PIXELS = 89_478_485
 
 _INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -71,27 +73,23 @@ def load_rgb(
     """
     name = getattr(path, "name", path)
     try:
-        with warnings.catch_warnings():  # the budget below replaces Pillow's bomb warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise CorruptImageError(
-                        f"Cannot read image {name}: {width}x{height} = {width * height} pixels "
-                        f"exceeds the pixel budget of {max_pixels} (max_image_pixels; "
-                        f"ftlight.data.io.MAX_IMAGE_PIXELS). Shrink the image, raise the budget, "
-                        "or skip such files with skip_corrupt."
-                    )
-                img.load()
-                bits = _bit_depth(img) if img.mode in _INTEGER_MODES else 8  # from the header
-                img = _to_8bit(ImageOps.exif_transpose(img), bits)
-                if img.mode in ("RGBA", "LA", "PA") or (
-                    img.mode == "P" and "transparency" in img.info
-                ):
-                    img = img.convert("RGBA")
-                    background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                    img = Image.alpha_composite(background, img)
-                return img.convert("RGB")
+        with Image.open(path) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise CorruptImageError(
+                    f"Cannot read image {name}: {width}x{height} = {width * height} pixels "
+                    f"exceeds the pixel budget of {max_pixels} (max_image_pixels; "
+                    f"ftlight.data.io.MAX_IMAGE_PIXELS). Shrink the image, raise the budget, "
+                    "or skip such files with skip_corrupt."
+                )
+            img.load()
+            bits = _bit_depth(img) if img.mode in _INTEGER_MODES else 8  # from the header
+            img = _to_8bit(ImageOps.exif_transpose(img), bits)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            return img.convert("RGB")
     except CorruptImageError:
         raise
     except (
