@@ -154,7 +154,7 @@ def compute_features(
     the same numbers as an uncached run.
 
     Args:
-        device: where to compute (default: CUDA when available); ``module`` is moved there.
+        device: where the batches go (default: CUDA when available); ``module`` must be there.
         transfer: ``(batch, device) -> batch`` (default ``move_data_to_device``); a
             LightningModule's public batch-transfer hooks go here.
         precision: context for the forward pass (default: autocast on CUDA); a Trainer's
@@ -173,7 +173,7 @@ def compute_features(
     extras: list[list[Any]] = []
     start = 0
     modes = _save_modes(module)
-    module.eval().to(device)
+    module.eval()
     # Iterating loaders draws seeds from the global RNG: keep training's draws as they are.
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         try:
@@ -262,12 +262,14 @@ def cache_features(
         )
     datamodule.adopt_data_config(backbone.data_config)
     datamodule.setup()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone.to(device)
     cached = {}
     for split in splits:
         if split in datamodule.datasets:
             loader = datamodule.loader(split, shuffle=False)
             rows = compute_features(
-                backbone, loader, progress=progress, desc=f"caching {split} features"
+                backbone, loader, device=device, progress=progress, desc=f"caching {split} features"
             )
             cached[split] = (FeatureBatch(rows.tensors[0]), rows.tensors[1])
     return FeatureDataModule(
