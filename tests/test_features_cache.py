@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+import ftlight
 from ftlight import FineTuner, ImageDataModule
 from ftlight.callbacks.feature_cache import (
     FeatureBatch,
@@ -21,6 +26,7 @@ from ftlight.callbacks.feature_cache import (
     stochastic_modules,
 )
 from ftlight.callbacks.staged import Milestone, StagedUnfreeze
+from tests.conftest import make_image_folder
 
 
 def make_dm(augment: bool = False) -> ImageDataModule:
@@ -250,3 +256,75 @@ def test_feature_batch_marker_not_shape_selects_the_head_path() -> None:
         # a plain 2-D tensor of the features' width is an input, never taken for features
         with pytest.raises(ValueError, match=r"expects images .* Received: shape=\(4, 512\)"):
             m(rows)
+
+
+@pytest.mark.slow
+def test_cli_bundled_staged_config_caches_its_frozen_phase(tmp_path) -> None:
+    """README: caching "is on automatically in the first, all-frozen phase of a staged run" —
+    true for the bundled configs (augment: false); --data.augment true turns it off."""
+    make_image_folder(tmp_path / "imgs", per_class=8)
+
+    args = [
+        "fit",
+        "--config",
+        str(Path(ftlight.__file__).parent / "configs" / "efficientnet_lite0.yaml"),
+        "--data.root=imgs",
+        "--model.image_size=32",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.default_root_dir=run",
+    ]
+
+    def fit(*extra: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ftlight.cli", *args, *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    out = fit()
+    assert "FeatureCache: 12 train feature rows (1280,) computed once" in out
+    assert "FeatureCache: 4 val feature rows (1280,) computed once" in out
+    out = fit("--data.augment=true")
+    assert "Feature caching is off: the training transforms are random" in out
+    assert "FeatureCache:" not in out
+
+
+def test_engine_and_compat_use_no_private_lightning_internals() -> None:
+    """Private Lightning state (loops' data sources, combined loaders, the batch-transfer
+    handler, logger results) changes in minor releases; public hooks only."""
+    private = re.compile(
+        r"fit_loop|_data_source|_combined_loader|_apply_batch_transfer_handler|_results\b"
+        r"|_logger_connector|_data_connector|_accelerator_connector|_checkpoint_connector"
+        r"|_call_(lightning|callback)_"
+    )
+    root = Path(__file__).parents[1]
+    hits = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for package in ("ftlight", "compat")
+        for path in sorted((root / package).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert not hits, "private Lightning internals:\n" + "\n".join(hits)
+
+
+def test_a_callback_unfreezing_behind_the_cache_fails_loudly(tmp_path) -> None:
+    """Training on stale rows would be a silent wrong result: it is an error instead."""
+
+    class UnfreezeAtEpoch1(L.Callback):  # as Lightning's BaseFinetuning does
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                for p in pl_module.backbone.parameters():
+                    p.requires_grad_(True)
+
+    m = model(freeze=True, cache_features=True)
+    with pytest.raises(RuntimeError, match="cached feature rows for training in epoch 1, but"):
+        trainer(tmp_path, epochs=2, callbacks=[UnfreezeAtEpoch1()]).fit(m, datamodule=make_dm())

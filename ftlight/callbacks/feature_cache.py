@@ -465,6 +465,7 @@ class FeatureCache(Callback):
         # (split, dataset id, type, length) -> (weights version, rows); emptied when fit ends
         self.store: dict[tuple, tuple[Any, FeatureRows]] = {}
         self._decided: tuple[int, bool] | None = None
+        self._static_memo: tuple[int, tuple[bool, str | None]] | None = None
         self._said: set[str] = set()
         self._unavailable: dict[str, tuple[Any, str]] = {}  # split -> (weights version, why)
         # split -> (hook name, the data module's own hook, what vars(datamodule) held)
@@ -520,6 +521,7 @@ class FeatureCache(Callback):
             trainer.reload_dataloaders_every_n_epochs = self._reload
         self._wrapped, self._images, self._cached_splits, self._switch = {}, {}, set(), False
         self._datamodule, self._decided, self._unavailable = None, None, {}
+        self._static_memo = None
         self.store.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -538,7 +540,7 @@ class FeatureCache(Callback):
         # current_epoch still named the finished epoch; check them against the real one.
         if self._wrapped:
             epoch = trainer.current_epoch
-            self._switch = not self._decide(trainer, pl_module, epoch)[0]
+            self._switch = not self._static(trainer, pl_module, epoch)[0]
             self._sync_reload(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -552,7 +554,7 @@ class FeatureCache(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._wrapped:
             upcoming = trainer.current_epoch + 1
-            self._switch = not self._decide(trainer, pl_module, upcoming)[0]
+            self._switch = not self._static(trainer, pl_module, upcoming)[0]
             self._sync_reload(trainer)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -564,14 +566,18 @@ class FeatureCache(Callback):
     ) -> None:
         """Fail loudly rather than train or validate on stale rows."""
         epoch = trainer.current_epoch
-        if _serves_rows(loaders) and not self._decide_epoch(trainer, pl_module, epoch):
+        if not _serves_rows(loaders):
+            return
+        _, moving = self._trainable(trainer, pl_module, epoch)  # fresh: a callback may unfreeze
+        if moving:
             raise RuntimeError(
                 f"FeatureCache: Lightning is iterating cached feature rows for {what} in epoch "
-                f"{epoch}, but the backbone is no longer static ({self.reason}). It did not "
-                "reload the data loaders as reload_dataloaders_every_n_epochs=1 asks: this "
-                "Lightning version changed how loaders are reloaded. Pass "
+                f"{epoch}, but the backbone trains ({len(moving)} parameters, e.g. "
+                f"{moving[:2]}). Either the loaders were not reloaded as "
+                "reload_dataloaders_every_n_epochs=1 asks (this Lightning version changed how "
+                "they are reloaded) or a callback unfroze the backbone during the epoch. Pass "
                 "cache_features=False (FineTuner) or compile(..., cache_features=False) "
-                "(compat) and report it."
+                "(compat)."
             )
 
     # ---- decisions ---------------------------------------------------------------------
@@ -588,21 +594,39 @@ class FeatureCache(Callback):
         else:
             rank_zero_info(message)
 
+    def _static(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
+    ) -> tuple[bool, str | None]:
+        """Whether the extractor stays unchanged through ``epoch`` (and if not, why);
+        computed once per epoch (head-only epochs take milliseconds)."""
+        if self._static_memo is None or self._static_memo[0] != epoch:
+            self._static_memo = (epoch, self._decide(trainer, pl_module, epoch))
+        return self._static_memo[1]
+
+    def _trainable(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
+    ) -> tuple[list[str], list[str]]:
+        """Extractor parameters with gradients, and those of them that step in ``epoch``."""
+        extractor = getattr(pl_module, "feature_extractor", None)
+        if not isinstance(extractor, nn.Module):
+            return [], []
+        staged = _staged_callback(trainer)
+        gated = staged.gated_parameter_names(pl_module, epoch) if staged is not None else set()
+        inside = {id(p) for p in extractor.parameters()}
+        trainable = [
+            n for n, p in pl_module.named_parameters() if id(p) in inside and p.requires_grad
+        ]
+        return trainable, [n for n in trainable if n not in gated]
+
     def _decide(
         self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
     ) -> tuple[bool, str | None]:
         extractor = getattr(pl_module, "feature_extractor", None)
         if not isinstance(extractor, nn.Module) or not hasattr(pl_module, "extract_features"):
             return False, f"{type(pl_module).__name__} has no feature_extractor"
-        staged = _staged_callback(trainer)
-        if self.mode is None and staged is None:
+        if self.mode is None and _staged_callback(trainer) is None:
             return False, "automatic caching applies to staged runs only (pass True to force)"
-        gated = staged.gated_parameter_names(pl_module, epoch) if staged is not None else set()
-        inside = {id(p) for p in extractor.parameters()}
-        trainable = [
-            n for n, p in pl_module.named_parameters() if id(p) in inside and p.requires_grad
-        ]
-        moving = [n for n in trainable if n not in gated]
+        trainable, moving = self._trainable(trainer, pl_module, epoch)
         if moving:
             return False, (
                 f"the backbone trains in epoch {epoch} ({len(moving)} trainable parameters, "
@@ -629,7 +653,7 @@ class FeatureCache(Callback):
     def _decide_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> bool:
         if self._decided is not None and self._decided[0] == epoch:
             return self._decided[1]
-        allowed, reason = self._decide(trainer, pl_module, epoch)
+        allowed, reason = self._static(trainer, pl_module, epoch)
         if allowed and "train" in self._wrapped:
             loader = self._image_loaders(trainer, "train", epoch)
             if isinstance(loader, DataLoader):
