@@ -610,13 +610,15 @@ class FeatureCache(Callback):
         extractor = getattr(pl_module, "feature_extractor", None)
         if not isinstance(extractor, nn.Module):
             return [], []
+        trainable = [(n, p) for n, p in extractor.named_parameters() if p.requires_grad]
+        if not trainable:  # the usual frozen phase: nothing else to look at
+            return [], []
         staged = _staged_callback(trainer)
-        gated = staged.gated_parameter_names(pl_module, epoch) if staged is not None else set()
-        inside = {id(p) for p in extractor.parameters()}
-        trainable = [
-            n for n, p in pl_module.named_parameters() if id(p) in inside and p.requires_grad
-        ]
-        return trainable, [n for n in trainable if n not in gated]
+        gated: set[int] = set()
+        if staged is not None:
+            names = staged.gated_parameter_names(pl_module, epoch)
+            gated = {id(p) for n, p in pl_module.named_parameters() if n in names}
+        return [n for n, _ in trainable], [n for n, p in trainable if id(p) not in gated]
 
     def _decide(
         self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
