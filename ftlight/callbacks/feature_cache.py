@@ -466,6 +466,7 @@ class FeatureCache(Callback):
         self.store: dict[tuple, tuple[Any, FeatureRows]] = {}
         self._decided: tuple[int, bool] | None = None
         self._static_memo: tuple[int, tuple[bool, str | None]] | None = None
+        self._params: list[nn.Parameter] | None = None
         self._said: set[str] = set()
         self._unavailable: dict[str, tuple[Any, str]] = {}  # split -> (weights version, why)
         # split -> (hook name, the data module's own hook, what vars(datamodule) held)
@@ -521,7 +522,7 @@ class FeatureCache(Callback):
             trainer.reload_dataloaders_every_n_epochs = self._reload
         self._wrapped, self._images, self._cached_splits, self._switch = {}, {}, set(), False
         self._datamodule, self._decided, self._unavailable = None, None, {}
-        self._static_memo = None
+        self._static_memo, self._params = None, None
         self.store.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -567,6 +568,11 @@ class FeatureCache(Callback):
         """Fail loudly rather than train or validate on stale rows."""
         epoch = trainer.current_epoch
         if not _serves_rows(loaders):
+            return
+        if self._params is None:  # the extractor's parameters, listed once per fit
+            extractor = getattr(pl_module, "feature_extractor", None)
+            self._params = list(extractor.parameters()) if isinstance(extractor, nn.Module) else []
+        if not any(p.requires_grad for p in self._params):
             return
         _, moving = self._trainable(trainer, pl_module, epoch)  # fresh: a callback may unfreeze
         if moving:
