@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import EpochTimer, machine, quiet_trainer, write
 
 from ftlight import FineTuner
+from ftlight.callbacks.feature_cache import LoaderDataModule
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
@@ -42,7 +43,7 @@ def finetuner_epochs(cache: bool, loader: DataLoader, size: int, epochs: int) ->
     timer = EpochTimer()
     trainer = quiet_trainer(max_epochs=epochs, accelerator="cpu", callbacks=[timer])
     t0 = time.perf_counter()
-    trainer.fit(model(size, cache), loader)
+    trainer.fit(model(size, cache), datamodule=LoaderDataModule(loader))  # caching needs one
     print(f"  fit(cache_features={cache}) {time.perf_counter() - t0:.1f}s, epochs {timer.epochs}")
     return timer.epochs
 

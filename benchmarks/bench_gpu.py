@@ -51,18 +51,30 @@ def peak_gb() -> float:
     return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
 
 
+class _GatheredRows(torch.utils.data.Dataset):
+    """Tensors on their device, gathered a whole batch at a time (``__getitems__``)."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitems__(self, indices: list[int]) -> tuple:
+        index = torch.as_tensor(indices, device=self.tensors[0].device)
+        return tuple(t[index] for t in self.tensors)
+
+
 def gpu_batches(n_batches: int, channels_last_nhwc: bool = False):
     """Synthetic data already on the device, served one gathered batch at a time."""
     from torch.utils.data import DataLoader
-
-    from ftlight.callbacks.feature_cache import FeatureRows, _identity
 
     b, s, dev = CFG["batch"], CFG["size"], CFG["device"]
     x = torch.rand(b * n_batches, 3, s, s, device=dev)
     if channels_last_nhwc:
         x = x.permute(0, 2, 3, 1).contiguous()
     y = torch.randint(0, CLASSES, (len(x),), device=dev)
-    return DataLoader(FeatureRows(x, y), batch_size=b, collate_fn=_identity)
+    return DataLoader(_GatheredRows(x, y), batch_size=b, collate_fn=lambda batch: batch)
 
 
 class Marks:
@@ -121,6 +133,7 @@ def finetuner_loop(
     steps: int, warmup: int, *, compile: bool = False, frozen: bool = False, cache: bool = False
 ) -> dict[str, float]:
     from ftlight import FineTuner
+    from ftlight.callbacks.feature_cache import LoaderDataModule
 
     model = FineTuner(
         CFG["arch"],
@@ -145,7 +158,8 @@ def finetuner_loop(
         precision=CFG["precision"],
         callbacks=[marks],
     )
-    trainer.fit(model, gpu_batches(steps + warmup))
+    # a data module: FeatureCache serves cached rows through its hooks
+    trainer.fit(model, datamodule=LoaderDataModule(gpu_batches(steps + warmup)))
     per_epoch = steps + warmup
     if cache:  # the last epoch is a head-only epoch on cached rows
         last = marks.t[-per_epoch:]

@@ -21,6 +21,12 @@ from compat import callbacks as callbacks_mod
 from compat import metrics as metrics_mod
 from compat.feature_cache import StaticPrefix, static_prefix
 from compat.layers.base import inference_modules
+from ftlight.callbacks.feature_cache import (
+    CachingUnavailableError,
+    FeatureBatch,
+    FeatureCache,
+    LoaderDataModule,
+)
 
 # ----- compile -------------------------------------------------------------------------
 
@@ -250,7 +256,6 @@ class KerasLightningModule(L.LightningModule):
             self.class_weight = table
         self._inference = list(getattr(model, "_inference_modules", []))
         self._prefix: StaticPrefix | None = None
-        self._feature_shape: tuple[int, ...] | None = None
 
     def train(self, mode: bool = True) -> KerasLightningModule:
         """Switch modes, keeping frozen / ``training=False`` parts in inference mode."""
@@ -273,25 +278,19 @@ class KerasLightningModule(L.LightningModule):
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Keras-layout inputs -> the static prefix's output (internal layout)."""
         assert self._prefix is not None
-        from ftlight.callbacks.feature_cache import CachingUnavailableError
-
         f = self._prefix.features(backend.to_internal(x))
-        if tuple(f.shape[1:]) == tuple(x.shape[1:]):
-            raise CachingUnavailableError(
-                "the static prefix's output has the input's shape (rows would be ambiguous)"
-            )
         if f[0].numel() > x[0].numel():  # e.g. only an early conv block is frozen
             raise CachingUnavailableError(
                 f"the static prefix's output ({tuple(f.shape[1:])}) is larger than its input "
                 f"({tuple(x.shape[1:])}); recomputing it is cheaper than storing it"
             )
-        self._feature_shape = tuple(f.shape[1:])
         return f
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Keras-layout inputs, or cached prefix rows -> Keras-layout outputs."""
-        if self._feature_shape is not None and tuple(x.shape[1:]) == self._feature_shape:
-            return backend.to_keras(self._prefix.head(x))
+    def forward(self, x: torch.Tensor | FeatureBatch) -> torch.Tensor:
+        """Keras-layout inputs, or cached prefix rows (a ``FeatureBatch``) -> Keras-layout
+        outputs."""
+        if isinstance(x, FeatureBatch):
+            return backend.to_keras(self._prefix.head(x.features))
         return backend.to_keras(self.model.forward(backend.to_internal(x)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -600,7 +599,8 @@ def fit(
                 limit_train_batches=steps_per_epoch or 1.0,
                 limit_val_batches=validation_steps or 1.0,
             )
-            trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+            # A data module: FeatureCache serves cached rows through its hooks.
+            trainer.fit(module, datamodule=LoaderDataModule(train, val))
         if model.optimizer.torch_optimizer is not None:
             model.optimizer.iterations += trainer.global_step
     model.history = history
@@ -621,8 +621,6 @@ def _feature_cache(
     prefix = static_prefix(model, module._inference)
     if prefix is None:
         return []
-    from ftlight.callbacks.feature_cache import FeatureCache
-
     module.use_static_prefix(prefix)
     return [FeatureCache("auto")]
 

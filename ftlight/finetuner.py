@@ -16,6 +16,7 @@ import torchmetrics
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache
 from ftlight.data.config import DataConfig
 from ftlight.models.backbone import Backbone, create_backbone
 from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
@@ -148,15 +149,16 @@ class FineTuner(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` or cached features ``(B, num_features)`` -> logits."""
-        if x.ndim == 2:
-            if x.shape[1] != self.backbone.num_features:
+    def forward(self, x: torch.Tensor | FeatureBatch) -> torch.Tensor:
+        """Images ``(B, 3, H, W)``, or cached backbone features marked as a
+        :class:`~ftlight.callbacks.feature_cache.FeatureBatch` (head only) -> logits."""
+        if isinstance(x, FeatureBatch):
+            if tuple(x.features.shape[1:]) != (self.backbone.num_features,):
                 raise ValueError(
-                    f"Feature input must have {self.backbone.num_features} columns. "
-                    f"Received: shape={tuple(x.shape)}"
+                    f"Cached features must have {self.backbone.num_features} columns. "
+                    f"Received: shape={tuple(x.features.shape)}"
                 )
-            return self.head(x)
+            return self.head(x.features)
         return self.head(self.extract_features(x))
 
     def train(self, mode: bool = True) -> FineTuner:
@@ -180,7 +182,6 @@ class FineTuner(L.LightningModule):
         """Change what is frozen (takes effect at the next ``fit``)."""
         self.hparams.freeze = freeze
         self.frozen_names = freeze_backbone(self.backbone, freeze)
-        self.__dict__.pop("_feature_cache", None)  # cached features are stale once it trains
         if self.training:
             self.train()
         return self.frozen_names
@@ -190,8 +191,6 @@ class FineTuner(L.LightningModule):
         mode = self.hparams.get("cache_features")
         if mode is False:
             return []
-        from ftlight.callbacks.feature_cache import FeatureCache
-
         return [FeatureCache(mode)]
 
     # ---- losses and metrics -------------------------------------------------------------

@@ -2,40 +2,47 @@
 
 With a frozen backbone (BatchNorm in inference mode, no active dropout) and deterministic
 transforms, the backbone's output for an image never changes, so recomputing it every epoch
-is waste. ``FineTuner.forward`` accepts feature rows ``(B, num_features)`` and runs the head
-only.
+is waste. Cached rows reach the model as a :class:`FeatureBatch`, a marker that tells
+``FineTuner.forward`` (and compat's module) to run the head only: the type decides, never
+the shape of a tensor.
 
-Two ways to use it:
+One extractor, :func:`compute_features`, computes the rows for both ways of using them:
 
 * :func:`cache_features` turns an :class:`ImageDataModule` into a :class:`FeatureDataModule`
   (explicit, outside the Trainer).
-* :class:`FeatureCache`, a callback that ``FineTuner(cache_features=True)`` adds to every
-  ``Trainer.fit``. It wraps the fit loop's train and validation *data sources*: for each
-  epoch in which the feature extractor is static it serves loaders of cached feature rows
-  (computed once, in order, in eval mode, under the Trainer's precision); otherwise the
-  original image loaders. Before every epoch it re-decides: when a backbone group unfreezes
-  (``set_freeze`` between fits, or a :class:`~ftlight.callbacks.StagedUnfreeze` milestone) the
-  cache is dropped and the image loaders come back from the next epoch on. Cached rows are
+* :class:`FeatureCache`, a callback that ``FineTuner(cache_features=...)`` adds to every
+  ``Trainer.fit``. It works through public Lightning hooks only: it wraps the data module's
+  ``train_dataloader``/``val_dataloader`` (which Lightning calls by name) and asks the Trainer
+  to reload them (``reload_dataloaders_every_n_epochs``) when cached rows must give way to
+  images. For each epoch in which the feature extractor is static it serves loaders of
+  cached rows (computed once, in order, in eval mode, under the Trainer's precision, moved by
+  the module's public batch-transfer hooks); otherwise the data module's own loaders. When a
+  backbone group unfreezes (a :class:`~ftlight.callbacks.StagedUnfreeze` milestone, or
+  ``set_freeze`` between fits) the cache is dropped and the image loaders come back. Rows are
   keyed by dataset and by the extractor's weights (tensor version counters), so a changed
-  backbone is never served stale features.
+  backbone is never served stale features, and the callback raises if Lightning ever keeps
+  iterating cached rows for an epoch in which the backbone trains.
 
 Storage: float32 in CPU memory; half precision on the GPU when training on CUDA; a
 memory-mapped file (``cache_dir``, default a temporary folder) when the rows exceed
-``max_memory_bytes``.
+``max_memory_bytes``. The rows live on the callback and are released when ``fit`` ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import tempfile
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import (
@@ -45,10 +52,10 @@ from torch.utils.data import (
     IterableDataset,
     RandomSampler,
     SequentialSampler,
-    TensorDataset,
 )
 from tqdm.auto import tqdm
 
+from ftlight.callbacks.staged import StagedUnfreeze
 from ftlight.data import ImageDataModule
 from ftlight.data.sampling import EpochSampler, ResumableDataLoader
 from ftlight.models.backbone import Backbone
@@ -58,43 +65,150 @@ class CachingUnavailableError(RuntimeError):
     """Features cannot be cached for this set-up (say why)."""
 
 
+class FeatureBatch:
+    """Extractor outputs standing in for a batch of inputs: the model runs its head only.
+
+    Moves like a tensor (``.to``), so Lightning's batch transfer and ``move_data_to_device``
+    carry it to the device unchanged in type.
+    """
+
+    __slots__ = ("features",)
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def to(self, *args: Any, **kwargs: Any) -> FeatureBatch:
+        return FeatureBatch(self.features.to(*args, **kwargs))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __repr__(self) -> str:
+        return f"FeatureBatch(shape={tuple(self.features.shape)}, dtype={self.features.dtype})"
+
+
+# ---- cached rows served as a dataset -----------------------------------------------------
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class FeatureRows(Dataset):
+    """Rows of cached tensors (features first, then labels etc.; ``None`` stays ``None``).
+
+    Items come out as ``(FeatureBatch(features), *extras)``. ``__getitems__`` gathers a whole
+    batch at once (one index op per tensor, also for GPU-resident or memory-mapped rows);
+    serve it with ``collate_fn=_identity``.
+    """
+
+    def __init__(self, features: torch.Tensor, *extras: torch.Tensor | None) -> None:
+        self.tensors = (features, *extras)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def _take(self, index: Any) -> tuple:
+        out: list[Any] = []
+        for i, t in enumerate(self.tensors):
+            if t is None:
+                out.append(None)
+                continue
+            rows = t[index.to(t.device) if isinstance(index, torch.Tensor) else index]
+            out.append(FeatureBatch(rows.float()) if i == 0 else rows)
+        return tuple(out)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self._take(i)
+
+    def __getitems__(self, indices: list[int]) -> tuple:
+        return self._take(torch.as_tensor(indices, dtype=torch.long))
+
+
+# ---- the one feature extractor ------------------------------------------------------------
+
+
+def _autocast_on_cuda(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    return lambda: torch.autocast(device.type, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def compute_features(
-    backbone: Backbone,
+    module: nn.Module,
     loader: DataLoader,
     *,
+    extract: Callable[[Any], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
+    transfer: Callable[[Any, torch.device], Any] | None = None,
+    precision: Callable[[], contextlib.AbstractContextManager] | None = None,
     half: bool | None = None,
-    progress: bool = True,
+    allocate: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None,
+    progress: bool = False,
     desc: str = "features",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``backbone`` (eval mode) over ``loader``; return (features, labels) on the CPU.
+) -> FeatureRows:
+    """Run ``extract`` (default ``module``) over ``loader`` in eval mode; cached rows.
 
-    Features are stored in half precision on GPU runs (``half=None``: when on CUDA).
+    Every cache in ftlight computes its rows here. Batches are ``x`` or ``(x, *extras)``;
+    the rows keep the extras (labels, sample weights) in loader order. ``module``'s train/eval
+    modes and the global RNG state are left as they were found, so training afterwards draws
+    the same numbers as an uncached run.
+
+    Args:
+        device: where the batches go (default: CUDA when available); ``module`` must be there.
+        transfer: ``(batch, device) -> batch`` (default ``move_data_to_device``); a
+            LightningModule's public batch-transfer hooks go here.
+        precision: context for the forward pass (default: autocast on CUDA); a Trainer's
+            ``precision_plugin.forward_context`` goes here.
+        half: store features as float16 (default: when computing on CUDA).
+        allocate: ``(shape, dtype) -> tensor`` for the feature rows (default: CPU memory).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    half = device.type == "cuda" if half is None else half
-    was_training = backbone.training
-    backbone.eval().to(device)
-    feats, labels = [], []
-    try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            x, y = batch[0].to(device, non_blocking=True), batch[1]
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                f = backbone(x)
-            feats.append(f.half().cpu() if half else f.float().cpu())
-            labels.append(torch.as_tensor(y))
-    finally:
-        backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    dtype = torch.float16 if (device.type == "cuda" if half is None else half) else torch.float32
+    extract = extract or module
+    transfer = transfer or move_data_to_device
+    precision = precision or _autocast_on_cuda(device)
+    allocate = allocate or (lambda shape, dt: torch.empty(shape, dtype=dt))
+    total = len(loader.dataset)
+    feats: torch.Tensor | None = None
+    extras: list[list[Any]] = []
+    start = 0
+    modes = _save_modes(module)
+    module.eval()
+    # Iterating loaders draws seeds from the global RNG: keep training's draws as they are.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        try:
+            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+                batch = transfer(batch, device)
+                items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+                with precision():
+                    f = extract(items[0])
+                if feats is None:
+                    feats = allocate((total, *f.shape[1:]), dtype)
+                feats[start : start + len(f)] = f.to(feats.device, dtype)
+                start += len(f)
+                for i, item in enumerate(items[1:]):
+                    if len(extras) <= i:
+                        extras.append([])
+                    extras[i].append(item)
+        finally:
+            _restore_modes(modes)
+    if feats is None:
+        raise CachingUnavailableError(f"the {desc} loader yielded no batches")
+    columns = [
+        None
+        if any(v is None for v in col)
+        else torch.cat([torch.as_tensor(v) for v in col]).to(feats.device)
+        for col in extras
+    ]
+    return FeatureRows(feats[:start], *columns)
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Cached ``(features, labels)`` per split, served as tensors (no decoding, no backbone)."""
+    """Cached ``(FeatureBatch, labels)`` per split, served as rows (no decoding, no backbone)."""
 
     def __init__(
         self,
-        splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        splits: dict[str, tuple[FeatureBatch, torch.Tensor]],
         *,
         batch_size: int = 32,
         class_names: Sequence[str] | None = None,
@@ -107,7 +221,10 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         feats, labels = self.splits[split]
         return DataLoader(
-            TensorDataset(feats.float(), labels), batch_size=self.batch_size, shuffle=shuffle
+            FeatureRows(feats.features, labels),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=_identity,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -145,13 +262,16 @@ def cache_features(
         )
     datamodule.adopt_data_config(backbone.data_config)
     datamodule.setup()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone.to(device)
     cached = {}
     for split in splits:
         if split in datamodule.datasets:
             loader = datamodule.loader(split, shuffle=False)
-            cached[split] = compute_features(
-                backbone, loader, progress=progress, desc=f"caching {split} features"
+            rows = compute_features(
+                backbone, loader, device=device, progress=progress, desc=f"caching {split} features"
             )
+            cached[split] = (FeatureBatch(rows.tensors[0]), rows.tensors[1])
     return FeatureDataModule(
         cached, batch_size=datamodule.batch_size, class_names=datamodule.class_names
     )
@@ -249,43 +369,6 @@ def weights_version(module: nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
-# ---- cached rows served as a dataset -----------------------------------------------------
-
-
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-class FeatureRows(Dataset):
-    """Rows of cached tensors (features first, then labels etc.; ``None`` stays ``None``).
-
-    ``__getitems__`` gathers a whole batch at once (one index op per tensor, also for
-    GPU-resident or memory-mapped rows); serve it with ``collate_fn=_identity``.
-    """
-
-    def __init__(self, features: torch.Tensor, *extras: torch.Tensor | None) -> None:
-        self.tensors = (features, *extras)
-
-    def __len__(self) -> int:
-        return len(self.tensors[0])
-
-    def _take(self, index: Any) -> tuple:
-        out = []
-        for i, t in enumerate(self.tensors):
-            if t is None:
-                out.append(None)
-                continue
-            rows = t[index.to(t.device) if isinstance(index, torch.Tensor) else index]
-            out.append(rows.float() if i == 0 else rows)
-        return tuple(out)
-
-    def __getitem__(self, i: int) -> tuple:
-        return self._take(i)
-
-    def __getitems__(self, indices: list[int]) -> tuple:
-        return self._take(torch.as_tensor(indices, dtype=torch.long))
-
-
 def _batching(loader: DataLoader) -> tuple[int, bool, bool]:
     """(batch size, shuffled, drop_last) of a map-style loader, auto- or sampler-batched."""
     if loader.batch_size is not None:
@@ -317,17 +400,28 @@ def _in_order(loader: DataLoader) -> DataLoader:
 # ---- the callback -------------------------------------------------------------------------
 
 
-class _CachedSource:
-    """Stands in for a fit-loop data source; serves cached feature loaders when allowed."""
+class LoaderDataModule(L.LightningDataModule):
+    """Ready-made data loaders as a LightningDataModule.
 
-    def __init__(self, source: Any, cache: FeatureCache, split: str) -> None:
-        self.source, self.cache, self.split = source, cache, split
+    :class:`FeatureCache` serves cached rows through the data module's hooks; loaders passed
+    straight to ``trainer.fit(model, train_dataloaders=...)`` never go through one. Wrap them:
+    ``trainer.fit(model, datamodule=LoaderDataModule(train_loader, val_loader))``.
+    """
 
-    def dataloader(self) -> Any:
-        return self.cache._serve(self.source, self.split)
+    def __init__(self, train: Any, val: Any = None) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        if val is not None:  # as LightningDataModule.from_datasets: no val hook, no val loop
+            self.val_dataloader = lambda: self.val
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.source, name)
+    def train_dataloader(self) -> Any:
+        return self.train
+
+
+def _serves_rows(loaders: Any) -> bool:
+    """Whether Lightning is iterating cached rows (checked on what it really holds)."""
+    items = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    return any(isinstance(getattr(dl, "dataset", None), FeatureRows) for dl in items)
 
 
 class FeatureCache(Callback):
@@ -335,20 +429,22 @@ class FeatureCache(Callback):
 
     Added by ``FineTuner(cache_features=...)``; works with any LightningModule that has a
     ``feature_extractor`` (an ``nn.Module``), an ``extract_features(x)`` method and a
-    ``forward`` that accepts the extracted rows in place of the inputs.
+    ``forward`` that accepts a :class:`FeatureBatch` in place of the inputs. The data must
+    come from a LightningDataModule (``trainer.fit(model, datamodule=...)``; see
+    :class:`LoaderDataModule` for plain loaders).
 
     Args:
         mode: ``True``: cache whenever it is safe, warn when it is not (and why);
             ``"auto"``: cache whenever it is safe, silently (reasons are logged);
             ``None``: automatic, only in the all-gated first phase of a
-            :class:`~ftlight.callbacks.staged.StagedUnfreeze` run (reasons are logged, not warned);
-            ``False``: never.
-
-    The caching pass leaves the global RNG state as it found it, so shuffling and dropout
-    draw the same numbers as in an uncached run.
+            :class:`~ftlight.callbacks.staged.StagedUnfreeze` run (reasons are logged, not
+            warned); ``False``: never.
         half: store rows in float16 (``None``: when training on CUDA).
         cache_dir: folder for memory-mapped rows (``None``: a temporary folder).
         max_memory_bytes: above this size a split's rows are memory-mapped on disk.
+
+    The caching pass leaves the global RNG state as it found it, so shuffling and dropout
+    draw the same numbers as in an uncached run.
     """
 
     def __init__(
@@ -366,51 +462,129 @@ class FeatureCache(Callback):
         self.active = False
         self.reason: str | None = None
         self.epochs_cached: list[int] = []
+        # (split, dataset id, type, length) -> (weights version, rows); emptied when fit ends
+        self.store: dict[tuple, tuple[Any, FeatureRows]] = {}
         self._decided: tuple[int, bool] | None = None
-        self._warned: set[str] = set()
+        self._static_memo: tuple[int, tuple[bool, str | None]] | None = None
+        self._params: list[nn.Parameter] | None = None
+        self._said: set[str] = set()
         self._unavailable: dict[str, tuple[Any, str]] = {}  # split -> (weights version, why)
-        self._wrapped: list[tuple[Any, Any]] = []
+        # split -> (hook name, the data module's own hook, what vars(datamodule) held)
+        self._wrapped: dict[str, tuple[str, Callable[[], Any], Any]] = {}
+        self._images: dict[str, tuple[int, Any]] = {}  # split -> (epoch loaded, its loaders)
+        self._cached_splits: set[str] = set()  # splits Lightning holds cached rows for
+        self._switch = False  # those rows must give way to images at the coming epoch
+        self._reload = 0  # the Trainer's own reload_dataloaders_every_n_epochs
+        self._datamodule: L.LightningDataModule | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # ---- wiring ------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.mode is False:
             return
-        fit_loop = trainer.fit_loop
-        loops = [(fit_loop, "train"), (fit_loop.epoch_loop.val_loop, "val")]
-        for loop, split in loops:
-            source = getattr(loop, "_data_source", None)
-            if source is None or not hasattr(source, "dataloader"):
-                self._off(f"this Lightning version has no fit-loop data source ({split})")
-                return
-        for loop, split in loops:
-            if not isinstance(loop._data_source, _CachedSource):
-                self._wrapped.append((loop, loop._data_source))
-                loop._data_source = _CachedSource(loop._data_source, self, split)
+        if self.mode is None and _staged_callback(trainer) is None:
+            return  # automatic caching is for staged runs
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            self._off(
+                "it needs a LightningDataModule, and the data came as plain loaders "
+                "(trainer.fit(model, train_dataloaders=...)), which Lightning iterates as "
+                "they are. Pass trainer.fit(model, datamodule=...), e.g. "
+                "ftlight.callbacks.feature_cache.LoaderDataModule(train_loader, val_loader)"
+            )
+            return
+        self._datamodule = datamodule
+        self._reload = trainer.reload_dataloaders_every_n_epochs
+        for split in ("train", "val"):
+            name = f"{split}_dataloader"
+            if not is_overridden(name, datamodule):
+                continue
+            # Lightning calls data-module hooks by name: serve through this instance attribute.
+            self._wrapped[split] = (name, getattr(datamodule, name), vars(datamodule).get(name))
+            setattr(datamodule, name, functools.partial(self._serve, trainer, split))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for loop, source in self._wrapped:
-            loop._data_source = source
-        self._wrapped = []
-        self._decided = None
-        self._unavailable = {}
+        if stage == "fit":
+            self._unwire(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._unwire(trainer)
+
+    def _unwire(self, trainer: L.Trainer) -> None:
+        for name, _, previous in self._wrapped.values():
+            if previous is None:
+                delattr(self._datamodule, name)
+            else:
+                setattr(self._datamodule, name, previous)
+        if self._wrapped:
+            trainer.reload_dataloaders_every_n_epochs = self._reload
+        self._wrapped, self._images, self._cached_splits, self._switch = {}, {}, set(), False
+        self._datamodule, self._decided, self._unavailable = None, None, {}
+        self._static_memo, self._params = None, None
+        self.store.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # Loaders are reloaded only to switch from cached rows to images (an extra reload would
+    # draw from the global RNG and change the shuffling): the Trainer is asked to reload
+    # (reload_dataloaders_every_n_epochs=1) from the epoch end before a switch until every
+    # split has switched, and runs with its own setting otherwise.
+    def _sync_reload(self, trainer: L.Trainer) -> None:
+        switching = self._switch and bool(self._cached_splits)
+        trainer.reload_dataloaders_every_n_epochs = 1 if switching else self._reload
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resuming from an epoch-end checkpoint, the first loaders were requested while
+        # current_epoch still named the finished epoch; check them against the real one.
+        if self._wrapped:
+            epoch = trainer.current_epoch
+            self._switch = not self._static(trainer, pl_module, epoch)[0]
+            self._sync_reload(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.active:
-            self.epochs_cached.append(trainer.current_epoch)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._wrapped:
             return
-        upcoming = trainer.current_epoch + 1
-        allowed, reason = self._decide(trainer, pl_module, upcoming)
-        if allowed != self.active:
-            # Ask the fit loop for new loaders at the next epoch (cached <-> images).
-            for loop, _ in self._wrapped:
-                loop._combined_loader = None
-            if not allowed:
-                log.info("Feature cache invalidated before epoch %d: %s", upcoming, reason)
-                _feature_store(pl_module).clear()
+        self._check_fresh(trainer, pl_module, trainer.train_dataloader, "training")
+        if _serves_rows(trainer.train_dataloader):
+            self.epochs_cached.append(trainer.current_epoch)
+        self._sync_reload(trainer)  # the validation rows may still have to switch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._wrapped:
+            upcoming = trainer.current_epoch + 1
+            self._switch = not self._static(trainer, pl_module, upcoming)[0]
+            self._sync_reload(trainer)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._wrapped:
+            self._check_fresh(trainer, pl_module, trainer.val_dataloaders, "validation")
+
+    def _check_fresh(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loaders: Any, what: str
+    ) -> None:
+        """Fail loudly rather than train or validate on stale rows."""
+        epoch = trainer.current_epoch
+        if not _serves_rows(loaders):
+            return
+        if self._params is None:  # the extractor's parameters, listed once per fit
+            extractor = getattr(pl_module, "feature_extractor", None)
+            self._params = list(extractor.parameters()) if isinstance(extractor, nn.Module) else []
+        if not any(p.requires_grad for p in self._params):
+            return
+        _, moving = self._trainable(trainer, pl_module, epoch)  # fresh: a callback may unfreeze
+        if moving:
+            raise RuntimeError(
+                f"FeatureCache: Lightning is iterating cached feature rows for {what} in epoch "
+                f"{epoch}, but the backbone trains ({len(moving)} parameters, e.g. "
+                f"{moving[:2]}). Either the loaders were not reloaded as "
+                "reload_dataloaders_every_n_epochs=1 asks (this Lightning version changed how "
+                "they are reloaded) or a callback unfroze the backbone during the epoch. Pass "
+                "cache_features=False (FineTuner) or compile(..., cache_features=False) "
+                "(compat)."
+            )
 
     # ---- decisions ---------------------------------------------------------------------
     def _off(self, reason: str) -> None:
@@ -418,10 +592,39 @@ class FeatureCache(Callback):
         self._say(f"Feature caching is off: {reason}.")
 
     def _say(self, message: str) -> None:
-        if self.mode is True and message not in self._warned:
-            self._warned.add(message)
-            warnings.warn(message, stacklevel=3)
-        log.info(message)
+        if message in self._said:
+            return
+        self._said.add(message)
+        if self.mode is True:
+            rank_zero_warn(message)
+        else:
+            rank_zero_info(message)
+
+    def _static(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
+    ) -> tuple[bool, str | None]:
+        """Whether the extractor stays unchanged through ``epoch`` (and if not, why);
+        computed once per epoch (head-only epochs take milliseconds)."""
+        if self._static_memo is None or self._static_memo[0] != epoch:
+            self._static_memo = (epoch, self._decide(trainer, pl_module, epoch))
+        return self._static_memo[1]
+
+    def _trainable(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
+    ) -> tuple[list[str], list[str]]:
+        """Extractor parameters with gradients, and those of them that step in ``epoch``."""
+        extractor = getattr(pl_module, "feature_extractor", None)
+        if not isinstance(extractor, nn.Module):
+            return [], []
+        trainable = [(n, p) for n, p in extractor.named_parameters() if p.requires_grad]
+        if not trainable:  # the usual frozen phase: nothing else to look at
+            return [], []
+        staged = _staged_callback(trainer)
+        gated: set[int] = set()
+        if staged is not None:
+            names = staged.gated_parameter_names(pl_module, epoch)
+            gated = {id(p) for n, p in pl_module.named_parameters() if n in names}
+        return [n for n, _ in trainable], [n for n, p in trainable if id(p) not in gated]
 
     def _decide(
         self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
@@ -429,12 +632,9 @@ class FeatureCache(Callback):
         extractor = getattr(pl_module, "feature_extractor", None)
         if not isinstance(extractor, nn.Module) or not hasattr(pl_module, "extract_features"):
             return False, f"{type(pl_module).__name__} has no feature_extractor"
-        staged = _staged_callback(trainer)
-        if self.mode is None and staged is None:
+        if self.mode is None and _staged_callback(trainer) is None:
             return False, "automatic caching applies to staged runs only (pass True to force)"
-        trainable = {n for n, p in extractor.named_parameters() if p.requires_grad}
-        gated = _gated_params(staged, pl_module, epoch) if staged is not None else set()
-        moving = sorted(trainable - gated)
+        trainable, moving = self._trainable(trainer, pl_module, epoch)
         if moving:
             return False, (
                 f"the backbone trains in epoch {epoch} ({len(moving)} trainable parameters, "
@@ -458,20 +658,15 @@ class FeatureCache(Callback):
             return False, known[1]
         return True, None
 
-    def _decide_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        # The epoch about to run; ``current_epoch`` lags by one when resuming from a
-        # checkpoint written at an epoch end (the loop counts it complete only later).
-        epoch = trainer.fit_loop.epoch_progress.current.processed
+    def _decide_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> bool:
         if self._decided is not None and self._decided[0] == epoch:
             return self._decided[1]
-        allowed, reason = self._decide(trainer, pl_module, epoch)
-        if allowed:
-            train_source = next(s for loop, s in self._wrapped if loop is trainer.fit_loop)
-            loader = train_source.dataloader()
+        allowed, reason = self._static(trainer, pl_module, epoch)
+        if allowed and "train" in self._wrapped:
+            loader = self._image_loaders(trainer, "train", epoch)
             if isinstance(loader, DataLoader):
                 reason = loader_randomness(loader)
-                datamodule = getattr(train_source, "instance", None)
-                if getattr(datamodule, "augment", False) and reason is None:
+                if getattr(self._datamodule, "augment", False) and reason is None:
                     reason = "the data module augments training images (augment=True)"
                 if reason:
                     reason += "; each epoch must see new samples (pass augment=False to cache)"
@@ -480,17 +675,42 @@ class FeatureCache(Callback):
             allowed = reason is None
         if not allowed:
             self._off(str(reason))
+            if self.store:
+                log.info("Feature cache invalidated before epoch %d: %s", epoch, reason)
+                self.store.clear()
         self.active = allowed
         self._decided = (epoch, allowed)
         return allowed
 
     # ---- serving -------------------------------------------------------------------------
-    def _serve(self, source: Any, split: str) -> Any:
-        trainer = self._trainer_of(source)
+    def _image_loaders(self, trainer: L.Trainer, split: str, epoch: int) -> Any:
+        """The data module's own loaders, fetched as often as the Trainer alone would."""
+        held = self._images.get(split)
+        if held is None or (self._reload and epoch - held[0] >= self._reload):
+            held = (epoch, self._wrapped[split][1]())
+            self._images[split] = held
+        return held[1]
+
+    def _serve(self, trainer: L.Trainer, split: str) -> Any:
+        """Stands in for the data module's ``<split>_dataloader``."""
         pl_module = trainer.lightning_module
-        if not self._decide_epoch(trainer, pl_module):
-            return source.dataloader()
-        loaders = source.dataloader()
+        epoch = trainer.current_epoch
+        loaders = self._image_loaders(trainer, split, epoch)
+        served = loaders
+        if self._decide_epoch(trainer, pl_module, epoch):
+            served = self._cached_loaders(trainer, pl_module, loaders, split)
+        if served is loaders:
+            self._cached_splits.discard(split)
+        else:
+            self._cached_splits.add(split)
+        # Lightning checks this split's loader right after the call (e.g. pinned memory with
+        # persistent workers and reloads): it sees the Trainer's own setting.
+        trainer.reload_dataloaders_every_n_epochs = self._reload
+        return served
+
+    def _cached_loaders(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loaders: Any, split: str
+    ) -> Any:
         single = isinstance(loaders, DataLoader)
         items = [loaders] if single else loaders
         if not isinstance(items, (list, tuple)) or not all(
@@ -508,17 +728,11 @@ class FeatureCache(Callback):
             self._unavailable[split] = (version, str(err))
             if split == "train":
                 self._off(str(err))
-                self._decided = (trainer.fit_loop.epoch_progress.current.processed, False)
+                self._decided = (trainer.current_epoch, False)
             else:  # the head still trains on cached rows; this split runs on its inputs
                 self._say(f"Feature caching is off for the {split} data: {err}.")
             return loaders
         return cached[0] if single else cached
-
-    def _trainer_of(self, source: Any) -> L.Trainer:
-        for loop, _ in self._wrapped:
-            if loop._data_source.source is source:
-                return loop.trainer
-        raise RuntimeError("FeatureCache: unknown data source")
 
     def _cached_loader(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader, split: str
@@ -526,14 +740,13 @@ class FeatureCache(Callback):
         batch_size, shuffle, drop_last = _batching(loader)
         if isinstance(loader.dataset, IterableDataset):
             raise CachingUnavailableError("the data is an IterableDataset")
-        extractor = pl_module.feature_extractor
         key = (split, id(loader.dataset), type(loader.dataset).__name__, len(loader.dataset))
-        store = _feature_store(pl_module)
-        version = weights_version(extractor)
-        hit = store.get(key)
+        version = weights_version(pl_module.feature_extractor)
+        hit = self.store.get(key)
         if hit is None or hit[0] != version:
-            store[key] = (version, self._compute(trainer, pl_module, loader, split))
-        rows = store[key][1]
+            rows = self._compute(trainer, pl_module, loader, split)
+            self.store[key] = (version, rows)
+        rows = self.store[key][1]
         shuffle = shuffle and split == "train"
         if isinstance(loader.sampler, EpochSampler):  # same seeded order as the image loader
             sampler = EpochSampler(len(rows), shuffle=shuffle, seed=loader.sampler.seed)
@@ -548,59 +761,32 @@ class FeatureCache(Callback):
             rows, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=_identity
         )
 
-    @torch.no_grad()
     def _compute(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader, split: str
     ) -> FeatureRows:
         device = pl_module.device
         half = device.type == "cuda" if self.half is None else self.half
-        dtype = torch.float16 if half else torch.float32
-        total = len(loader.dataset)
-        feats: torch.Tensor | None = None
-        extras: list[list[Any]] = []
-        modes = _save_modes(pl_module)
-        pl_module.eval()
-        start = 0
-        # Iterating loaders draws seeds from the global RNG: keep training's draws as they are.
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices):
-            try:
-                for batch in _in_order(loader):
-                    # Lightning's transfer hooks: device moves and GPU decoding, as in training.
-                    batch = pl_module._apply_batch_transfer_handler(batch, device)
-                    items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-                    x = items[0]
-                    with trainer.precision_plugin.forward_context():
-                        f = pl_module.extract_features(x)
-                    if feats is None:
-                        feats = self._allocate(total, f.shape[1:], dtype, device, split)
-                    feats[start : start + len(f)] = f.to(feats.device, dtype)
-                    start += len(f)
-                    for i, item in enumerate(items[1:]):
-                        if len(extras) <= i:
-                            extras.append([])
-                        extras[i].append(item)
-            finally:
-                _restore_modes(modes)
-        if feats is None:
-            raise CachingUnavailableError(f"the {split} loader yielded no batches")
-        columns = [
-            None if any(v is None for v in col) else torch.cat([torch.as_tensor(v) for v in col])
-            for col in extras
-        ]
-        columns = [None if c is None else c.to(feats.device) for c in columns]
-        log.info("Cached %d %s feature rows %s (%s)", start, split, tuple(feats.shape), dtype)
-        return FeatureRows(feats[:start], *columns)
+        rows = compute_features(
+            pl_module,
+            _in_order(loader),
+            extract=pl_module.extract_features,
+            device=device,
+            transfer=functools.partial(_transfer, trainer, pl_module),
+            precision=trainer.precision_plugin.forward_context,
+            half=half,
+            allocate=functools.partial(self._allocate, device=device, split=split),
+            desc=split,
+        )
+        features = rows.tensors[0]
+        rank_zero_info(
+            f"FeatureCache: {len(rows)} {split} feature rows {tuple(features.shape[1:])} "
+            f"computed once; the head trains on them while the backbone is frozen."
+        )
+        return rows
 
     def _allocate(
-        self,
-        total: int,
-        shape: torch.Size,
-        dtype: torch.dtype,
-        device: torch.device,
-        split: str,
+        self, size: tuple[int, ...], dtype: torch.dtype, *, device: torch.device, split: str
     ) -> torch.Tensor:
-        size = (total, *shape)
         nbytes = int(np.prod(size)) * torch.empty((), dtype=dtype).element_size()
         if device.type == "cuda" and nbytes <= self.max_memory_bytes:
             return torch.empty(size, dtype=dtype, device=device)
@@ -611,7 +797,7 @@ class FeatureCache(Callback):
             self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="ftlight-features-")
             folder = self._tmp.name
         bits = 16 if dtype == torch.float16 else 32
-        path = f"{folder}/{split}-{total}x{'x'.join(map(str, shape))}-f{bits}.npy"
+        path = f"{folder}/{split}-{size[0]}x{'x'.join(map(str, size[1:]))}-f{bits}.npy"
         array = np.lib.format.open_memmap(
             path, mode="w+", dtype=np.float16 if dtype == torch.float16 else np.float32, shape=size
         )
@@ -619,29 +805,20 @@ class FeatureCache(Callback):
         return torch.from_numpy(array)
 
 
-def _feature_store(pl_module: nn.Module) -> dict[Any, Any]:
-    store = pl_module.__dict__.get("_feature_cache")
-    if store is None:
-        store = {}
-        pl_module.__dict__["_feature_cache"] = store
-    return store
+def _transfer(trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, device: Any) -> Any:
+    """Lightning's public batch-transfer hooks, the data module's where it overrides them
+    (device moves and GPU decoding, as in training)."""
+    datamodule = trainer.datamodule
+
+    def hook(name: str) -> Callable[..., Any]:
+        if datamodule is not None and is_overridden(name, datamodule):
+            return getattr(datamodule, name)
+        return getattr(pl_module, name)
+
+    batch = hook("on_before_batch_transfer")(batch, 0)
+    batch = hook("transfer_batch_to_device")(batch, device, 0)
+    return hook("on_after_batch_transfer")(batch, 0)
 
 
-def _staged_callback(trainer: L.Trainer) -> Any:
-    from ftlight.callbacks.staged import StagedUnfreeze
-
+def _staged_callback(trainer: L.Trainer) -> StagedUnfreeze | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, StagedUnfreeze)), None)
-
-
-def _gated_params(staged: Any, pl_module: nn.Module, epoch: int) -> set[str]:
-    """Extractor parameter names whose StagedUnfreeze milestone is after ``epoch``."""
-    backbone = getattr(pl_module, "backbone", None)
-    if backbone is None or not staged.milestones:
-        return set()
-    milestone_of = staged.group_milestone or staged.resolve(pl_module)
-    out = set()
-    for group in backbone.layer_groups:
-        index = milestone_of.get(group.name)
-        if index is not None and not staged.reached(index, epoch):
-            out.update(f"model.{n}" for n in group.param_names)
-    return out

@@ -53,10 +53,16 @@ class NonFiniteLossGuard(L.Callback):
 
     def __init__(self, check_weights: bool = True) -> None:
         self.check_weights = check_weights
+        self.batch_idx = 0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batch_idx = batch_idx  # for the message (on_before_backward is not told)
 
     def _stop(self, trainer: L.Trainer, what: str) -> None:
         epoch = trainer.current_epoch
-        batch = trainer.fit_loop.epoch_loop.batch_idx
+        batch = self.batch_idx
         last = _last_checkpoint(trainer)
         keep = (
             f"The last good checkpoint is {last}; resume from it with a lower learning rate."

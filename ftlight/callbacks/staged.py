@@ -133,6 +133,24 @@ class StagedUnfreeze(Callback):
     def reached(self, index: int, epoch: int) -> bool:
         return self.milestones[index].epoch <= epoch
 
+    def gated_parameter_names(self, pl_module: L.LightningModule, epoch: int) -> set[str]:
+        """Parameters (names as in ``pl_module.named_parameters()``) still gated in ``epoch``.
+
+        They have ``requires_grad=True`` but never step before their milestone, so the
+        weights stay as they are (what :class:`~ftlight.callbacks.FeatureCache` relies on).
+        """
+        if not self.milestones:
+            return set()
+        milestone_of = self.group_milestone or self.resolve(pl_module)
+        params = dict(pl_module.backbone.model.named_parameters())
+        gated = {
+            id(params[name])
+            for group in pl_module.backbone.layer_groups
+            if group.name in milestone_of and not self.reached(milestone_of[group.name], epoch)
+            for name in group.param_names
+        }
+        return {name for name, p in pl_module.named_parameters() if id(p) in gated}
+
     # ---- hooks --------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.milestones:

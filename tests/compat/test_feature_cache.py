@@ -14,10 +14,10 @@ from compat.layers.base import inference_modules
 
 
 class Rows:
-    """Counts the rows a layer's first convolution sees (the base's forward calls)."""
+    """Counts the rows a layer's first convolution (or ``kind``) sees (its forward calls)."""
 
-    def __init__(self, layer: nn.Module) -> None:
-        conv = next(m for m in layer.modules() if isinstance(m, nn.Conv2d))
+    def __init__(self, layer: nn.Module, kind: type[nn.Module] = nn.Conv2d) -> None:
+        conv = next(m for m in layer.modules() if isinstance(m, kind))
         self.n = 0
         self.handle = conv.register_forward_hook(self._hook)
 
@@ -256,3 +256,23 @@ def test_uncacheable_validation_loader_keeps_training_rows_cached(ck) -> None:
         out[cache] = (hist.history, model.get_weights(), rows.take())
     assert_same_training(out, epochs=3)
     assert (out[False][2], out[True][2]) == (3 * 16, 12 + 3 * 4)
+
+
+def test_marker_not_shape_tells_cached_rows_from_inputs(ck) -> None:
+    """A frozen Dense(8) on 8-wide inputs: cached rows have the inputs' shape, so only the
+    FeatureBatch marker can tell them apart. They are cached, and train as uncached."""
+    frozen = ck.layers.Dense(8, activation="relu", trainable=False)
+    model = ck.Sequential([ck.Input((8,)), frozen, ck.layers.Dense(3, activation="softmax")])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 8)).astype("float32"), rng.integers(0, 3, 24)
+    start, rows, out = model.get_weights(), Rows(frozen, nn.Linear), {}
+    for cache in (False, True):
+        model.set_weights(start)
+        model.compile(
+            optimizer="adam", loss="sparse_categorical_crossentropy", cache_features=cache
+        )
+        ck.utils.set_random_seed(1)
+        hist = model.fit(x, y, batch_size=6, epochs=3, validation_split=0.25, verbose=0)
+        out[cache] = (hist.history, model.get_weights(), rows.take())
+    assert_same_training(out)
+    assert (out[False][2], out[True][2]) == (3 * 24, 24)
