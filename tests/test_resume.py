@@ -17,10 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
 
+from ftlight import FineTuner
+from ftlight.data import ImageDataModule
 from tests.conftest import make_image_folder
 
 REPO = Path(__file__).parents[1]
@@ -257,3 +260,55 @@ def test_resume_without_flags_keeps_the_checkpoints_settings(work, uninterrupted
     state = load(work / printed(proc, "last"))
     lrs = {g["name"]: g["lr"] for g in state["optimizer_states"][0]["param_groups"]}
     assert lrs["head"] == pytest.approx(0.01)
+
+
+class LearningRates(L.Callback):
+    """The optimizer's learning rates and the scheduler's bases before the first step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not hasattr(self, "lrs"):
+            self.lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+            self.bases = list(trainer.lr_scheduler_configs[0].scheduler.base_lrs)
+
+
+class StopAfterOneEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_a_new_lr_on_resume_scales_the_restored_schedule(tmp_path, colour_arrays, scheduler):
+    """In process: the restored optimizer and LR schedule take the new rate; same lr: exact."""
+    x, y = colour_arrays
+    dm = ImageDataModule.from_arrays(x, y, batch_size=8, num_workers=0)
+
+    def model(lr: float) -> FineTuner:
+        return FineTuner(
+            "mobilenetv3_small_050", 2, weights=None, image_size=32, lr=lr, scheduler=scheduler
+        )
+
+    def trainer(**kwargs) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            default_root_dir=tmp_path,
+            **kwargs,
+        )
+
+    first = trainer(max_epochs=3, callbacks=[StopAfterOneEpoch()])  # mid-schedule
+    first.fit(model(0.01), dm)
+    first.save_checkpoint(tmp_path / "a.ckpt")
+    saved = torch.load(tmp_path / "a.ckpt", weights_only=False)
+    lrs = [g["lr"] for g in saved["optimizer_states"][0]["param_groups"]]
+    bases = saved["lr_schedulers"][0]["base_lrs"]
+    for lr, factor in ((0.01, 1.0), (0.005, 0.5)):
+        probe = LearningRates()
+        trainer(max_epochs=3, callbacks=[probe]).fit(model(lr), dm, ckpt_path=tmp_path / "a.ckpt")
+        assert probe.lrs == pytest.approx([v * factor for v in lrs], rel=1e-12)
+        assert probe.bases == pytest.approx([v * factor for v in bases], rel=1e-12)
+    assert len(set(lrs)) > 1 and min(lrs) > 0  # head and backbone rates, each scaled

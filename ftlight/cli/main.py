@@ -48,7 +48,7 @@ USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
   predict    top-k predictions for a folder or files -> CSV
   export     TorchScript / ONNX export with preprocessing and class names
   demo       offline transfer-learning demo
-  report     summarise a run directory
+  report     summarise a run directory (or the newest run under a default_root_dir)
 
 Bundled configs: {configs}
 Run `ftlight <command> --help` for the options of a command. Errors print one line;
