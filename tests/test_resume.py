@@ -276,6 +276,7 @@ class StopAfterOneEpoch(L.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
 def test_a_new_lr_on_resume_scales_the_restored_schedule(tmp_path, colour_arrays, scheduler):
     """In process: the restored optimizer and LR schedule take the new rate; same lr: exact."""
