@@ -24,6 +24,13 @@ from ftlight.models.head import build_head
 from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
 
 Task = Literal["multiclass", "binary", "multilabel"]
+# Optimizer settings a resume takes from the module, not from the restored optimizer state.
+OPTIMIZER_HPARAMS = ("lr", "backbone_lr", "layer_decay", "weight_decay", "momentum")
+
+
+class ClassNamesMismatchError(ValueError):
+    """The data's classes are not those the model (or its checkpoint) was trained on."""
+
 
 # Frozen BatchNorm layers are in eval mode on purpose (see ftlight.models.freezing).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -357,7 +364,7 @@ class FineTuner(L.LightningModule):
         if self.class_names is None:
             self.class_names = list(names)
         elif list(self.class_names) != list(names):
-            raise ValueError(
+            raise ClassNamesMismatchError(
                 f"class_names={list(self.class_names)} disagree with the data's classes "
                 f"{list(names)} (label i is the data's i-th class). Pass the data's names in "
                 "that order, or leave class_names unset to take them from the data."
@@ -394,14 +401,63 @@ class FineTuner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("ftlight", {})
-        if meta.get("class_names"):
-            self.class_names = list(meta["class_names"])
+        saved = meta.get("class_names")
+        # Runs before the weights load: the data's names (from setup) vs the checkpoint's.
+        multilabel = self.hparams.task == "multilabel"
+        if saved and self.class_names and not multilabel and list(saved) != self.class_names:
+            raise ClassNamesMismatchError(
+                f"The checkpoint was trained on the classes {list(saved)} but the data has "
+                f"{list(self.class_names)}; label i means the i-th class, so every prediction "
+                "would be mislabelled. Use data with the checkpoint's classes, in that order."
+            )
+        if saved:
+            self.class_names = list(saved)
+        # Compared at on_train_start with this module's settings (see _apply_optimizer_hparams).
+        self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters", {}))
         if meta.get("data_config"):
             self.backbone.data_config = DataConfig.from_dict(meta["data_config"])
         if meta.get("weights_info"):
             from ftlight.models.weights import WeightsInfo
 
             self.backbone.weights_info = WeightsInfo(**meta["weights_info"])
+
+    def on_train_start(self) -> None:
+        self._apply_optimizer_hparams()
+
+    def _apply_optimizer_hparams(self) -> None:
+        """On resume, apply this module's learning rates and weight decay to the restored optimizer.
+
+        Lightning restores the optimizer's state with the checkpoint's learning rates; a resume
+        with a new ``lr`` (the advice after a NaN loss) must train at the new rate. Only settings
+        that differ from the checkpoint's are touched, so an unchanged resume (and the LR
+        schedule it restored) stays exact. Scheduler bases scale with the learning rate.
+        """
+        saved = self.__dict__.pop("_checkpoint_hparams", None)
+        hp = self.hparams
+        if not saved or all(saved.get(k, hp.get(k)) == hp.get(k) for k in OPTIMIZER_HPARAMS):
+            return
+        fresh = self.param_groups()
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if optimizer is None or len(optimizer.param_groups) != len(fresh):
+            return
+        schedulers = [
+            c.scheduler
+            for c in self.trainer.lr_scheduler_configs
+            if c.scheduler.optimizer is optimizer
+        ]
+        for i, (group, new) in enumerate(zip(optimizer.param_groups, fresh, strict=True)):
+            # The group's configured rate: OneCycleLR's max_lr, a scheduler's base, or the lr.
+            base = group.get("max_lr") or (schedulers[0].base_lrs[i] if schedulers else group["lr"])
+            ratio = new["lr"] / base if base else 1.0
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] *= ratio
+            for scheduler in schedulers:
+                scheduler.base_lrs[i] *= ratio
+            if "weight_decay" in group:
+                group["weight_decay"] = new["weight_decay"]
+            if "momentum" in group and hp.optimizer.lower() == "sgd":  # the others: no momentum
+                group["momentum"] = hp.momentum
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu") -> FineTuner:

@@ -139,7 +139,7 @@ def fitted(tmp_path_factory) -> dict:
         "work": work,
         "proc": proc,
         "log_dir": log_dir,
-        "last": work / "run/checkpoints/last.ckpt",
+        "last": work / "run/logs/version_0/checkpoints/last.ckpt",
     }
 
 
@@ -167,6 +167,8 @@ def test_fit_writes_checkpoints_metrics_and_label_map(fitted) -> None:
     assert ckpt["hyper_parameters"]["weights"] is None
     summary = json.loads((fitted["log_dir"] / "metrics.json").read_text())
     assert summary["class_names"] == ["cat", "dog"] and "val_acc" in summary
+    # The default augmentation is said out loud.
+    assert "ftlight: train transforms: " in out and "RandomHorizontalFlip" in out
 
 
 @pytest.mark.slow
@@ -186,6 +188,9 @@ def test_validate_and_test_from_checkpoint(fitted) -> None:
             cwd=fitted["work"],
         )
         assert metric in proc.stdout, proc.stdout
+        # It names the checkpoint it evaluated, and no checkpoint folder it never wrote.
+        assert f"checkpoint: {fitted['last']}" in proc.stdout
+        assert "checkpoints:" not in proc.stdout
 
 
 @pytest.mark.slow
@@ -269,10 +274,10 @@ def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(tmp_path: Path) -> Non
         "--staged.milestones=[{epoch: 1, groups: [stage4], lr: 0.01}]",
     ]
     ftlight("fit", *common, "--trainer.max_epochs=1", cwd=tmp_path)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    before = torch.load(last, map_location="cpu", weights_only=False)
+    runs = tmp_path / "run" / "logs"
+    before = torch.load(runs / "version_0/checkpoints/last.ckpt", weights_only=False)
     ftlight("fit", *common, "--trainer.max_epochs=2", "--ckpt_path=last", cwd=tmp_path)
-    after = torch.load(last, map_location="cpu", weights_only=False)
+    after = torch.load(runs / "version_1/checkpoints/last.ckpt", weights_only=False)
     assert after["epoch"] == 1 and before["epoch"] == 0
     state = next(v for k, v in after["callbacks"].items() if "StagedUnfreeze" in k)
     assert state["phase"] == 1
@@ -330,8 +335,8 @@ def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(tmp_pat
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["epoch"] == 1
+    last = tmp_path / "run" / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
     fresh = subprocess.run(
         [*run, "--trainer.default_root_dir=other", "--ckpt_path=last"],
         cwd=tmp_path,
@@ -342,3 +347,134 @@ def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(tmp_pat
     )
     assert fresh.returncode != 0  # nothing to resume: the weights are needed, never random
     assert "Could not get ImageNet weights for 'resnet18'" in fresh.stderr
+
+
+# ---- the command line speaks to its user (subprocesses; each fails or ends fast) ---------
+TINY = [
+    "--model.backbone=mobilenetv3_small_050",
+    "--model.weights=null",
+    "--model.image_size=32",
+    "--data.num_workers=0",
+    "--data.batch_size=4",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.default_root_dir=run",
+]
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``ftlight ARGS`` without asserting success; never in debug mode unless ``env`` says so."""
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k != "FTLIGHT_DEBUG"}
+    return subprocess.run(
+        [sys.executable, "-m", "ftlight.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**environ, **(env or {})},
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single ``ftlight: error:`` line of a failed command (and no traceback)."""
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ftlight: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def no_run_folders(root: Path) -> bool:
+    return not list((root / "logs").glob("version_*"))
+
+
+def test_corrupt_image_is_one_line_naming_the_flag_and_leaves_no_run_folder(tmp_path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=4, size=32)
+    (tmp_path / "imgs" / "cat" / "broken.png").write_bytes(b"not a png")
+    proc = run_cli("fit", *TINY, "--data.root=imgs", cwd=tmp_path)
+    line = one_error_line(proc)
+    assert "broken.png" in line and "--data.skip_corrupt true" in line
+    assert "skip_corrupt=True" not in line  # the Python spelling is not shown to CLI users
+    assert no_run_folders(tmp_path / "run")
+
+
+def test_unavailable_weights_are_one_line_in_cli_terms(tmp_path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=4, size=32)
+    args = [a for a in TINY if not a.startswith("--model.weights")]
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    offline["TORCH_HOME"] = str(tmp_path / "torch")
+    proc = run_cli(
+        "fit", *args, "--model.weights=imagenet", "--data.root=imgs", cwd=tmp_path, env=offline
+    )
+    line = one_error_line(proc)
+    assert "mobilenetv3_small_050" in line
+    assert "--model.weights PATH" in line and "HF_HUB_OFFLINE=1" in line
+    assert "weights='/path" not in line  # the Python spelling of the fix is cut
+    assert no_run_folders(tmp_path / "run")
+
+
+def test_missing_data_folder_is_one_line_and_debug_shows_the_traceback(tmp_path) -> None:
+    proc = run_cli("fit", *TINY, "--data.root=nowhere", cwd=tmp_path)
+    assert "nowhere" in one_error_line(proc)
+    for how in ({"FTLIGHT_DEBUG": "1"}, None):
+        extra = [] if how else ["--debug"]
+        proc = run_cli("fit", *TINY, "--data.root=nowhere", *extra, cwd=tmp_path, env=how)
+        assert proc.returncode != 0
+        assert "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=4, size=32)
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x00garbage" * 10)
+    for command in ("fit", "test"):
+        proc = run_cli(command, *TINY, "--data.root=imgs", "--ckpt_path=garbage.ckpt", cwd=tmp_path)
+        line = one_error_line(proc)
+        assert "Cannot read the checkpoint garbage.ckpt" in line
+    proc = run_cli("validate", *TINY, "--data.root=imgs", "--ckpt_path=gone.ckpt", cwd=tmp_path)
+    assert "--ckpt_path gone.ckpt: no such checkpoint file" in one_error_line(proc)
+    assert no_run_folders(tmp_path / "run")
+
+
+def test_fit_without_config_warns_about_random_weights(tmp_path) -> None:
+    proc = run_cli("fit", *TINY, "--data.root=nowhere", cwd=tmp_path)
+    warning = [line for line in proc.stderr.splitlines() if "no --config given" in line]
+    assert len(warning) == 1 and "random weights" in warning[0]
+    for name in CONFIGS:
+        assert name in warning[0]
+    proc = run_cli("fit", "--config", "efficientnet_lite0", "--data.root=nowhere", cwd=tmp_path)
+    assert "no --config given" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_fast_dev_run_finishes_and_prints_its_train_transforms(tmp_path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=4, size=32)
+    proc = run_cli("fit", *TINY, "--data.root=imgs", "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "ftlight: run finished." in proc.stdout
+    shown = [line for line in proc.stdout.splitlines() if "train transforms:" in line]
+    assert len(shown) == 1 and "RandomResizedCrop" in shown[0]
+    assert "RandomHorizontalFlip" in shown[0] and "--data.hflip false" in shown[0]
+    for line in proc.stdout.splitlines():  # every path printed exists
+        if line.strip().startswith(("checkpoints:", "best:", "last:", "config:")):
+            assert (tmp_path / line.split(":", 1)[1].strip()).exists(), line
+    proc = run_cli(
+        "fit",
+        *TINY,
+        "--data.root=imgs",
+        "--trainer.fast_dev_run=true",
+        "--data.hflip=false",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = [line for line in proc.stdout.splitlines() if "train transforms:" in line]
+    assert len(shown) == 1 and "RandomHorizontalFlip" not in shown[0]
+
+
+@pytest.mark.slow
+def test_report_finds_the_runs_under_a_default_root_dir(fitted) -> None:
+    proc = ftlight("report", "run", cwd=fitted["work"])
+    assert "run/logs/version_0/report.md" in proc.stdout
+    proc = run_cli("report", "nowhere", cwd=fitted["work"])
+    assert "nowhere" in one_error_line(proc)

@@ -112,14 +112,14 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(uninterrupte
     kill = f"--trainer.callbacks+={kill}"
     killed = fit(work, "b", kill)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    last = work / "b" / "checkpoints" / "last.ckpt"
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    runs = work / "b" / "logs"
+    state = torch.load(runs / "version_0/checkpoints/last.ckpt", weights_only=False)
     assert state["global_step"] == 10 and state["epoch"] == 1  # 4 of epoch 1's 6 batches done
     resumed = fit(work, "b", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
     assert "not resumable" not in resumed.stderr  # Lightning's mid-epoch warning
-    final = torch.load(last, map_location="cpu", weights_only=False)
-    reference = torch.load(work / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    final = torch.load(runs / "version_1/checkpoints/last.ckpt", weights_only=False)
+    reference = torch.load(work / "a/logs/version_0/checkpoints/last.ckpt", weights_only=False)
     assert final["global_step"] == reference["global_step"] == 18
     difference = max_difference(final["state_dict"], reference["state_dict"])
     print(f"kill-and-resume vs uninterrupted: max |weight difference| = {difference:.3g}")
@@ -141,8 +141,8 @@ def test_fixed_seed_gives_identical_metrics_and_weights(uninterrupted: Path) -> 
     first, second = history("a"), history("c")
     assert len(first) == 3 and "val_loss" in first[0]
     assert first == second  # every metric of every epoch, exactly
-    a = weights(work / "a" / "checkpoints" / "last.ckpt")
-    c = weights(work / "c" / "checkpoints" / "last.ckpt")
+    a = weights(work / "a/logs/version_0/checkpoints/last.ckpt")
+    c = weights(work / "c/logs/version_0/checkpoints/last.ckpt")
     assert max_difference(a, c) == 0.0
 
 
@@ -162,9 +162,9 @@ def test_cli_stops_on_nan_loss(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "ftlight: error: The training loss became nan at epoch 0, batch" in proc.stderr
     assert "Traceback" not in proc.stderr
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert f"The last good checkpoint is {last}" in proc.stderr
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    good = proc.stderr.split("The last good checkpoint is ", 1)[1].split(";", 1)[0]
+    assert Path(good).parent == Path("run/logs/version_0/checkpoints")
+    saved = torch.load(tmp_path / good, map_location="cpu", weights_only=False)
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
 
 

@@ -5,18 +5,33 @@
 (``ftlight/configs/<name>.yaml``; a path to any YAML works too). The data's class count and
 names flow to the model; the backbone's preprocessing (input size, mean/std, interpolation)
 flows to the data module when the model is set up (``FineTuner.setup``).
+
+Each run writes its own folder, ``<default_root_dir>/logs/version_N/`` (Lightning's layout):
+``checkpoints/last.ckpt`` (the newest state), ``checkpoints/best-*.ckpt``, ``metrics.csv``,
+``config.yaml``. ``--ckpt_path last`` resumes from the ``last.ckpt`` of the highest-numbered
+run that has one; the resumed run gets a new ``version_N``.
+
+Known errors (bad data, missing files, unavailable weights, other classes, ...) end with one
+line and exit code 1; ``--debug`` (or ``FTLIGHT_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import importlib.util
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 OWN_SUBCOMMANDS = {
     "demo": "ftlight.cli.demo",
@@ -33,10 +48,11 @@ USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
   predict    top-k predictions for a folder or files -> CSV
   export     TorchScript / ONNX export with preprocessing and class names
   demo       offline transfer-learning demo
-  report     summarise a run directory
+  report     summarise a run directory (or the newest run under a default_root_dir)
 
 Bundled configs: {configs}
-Run `ftlight <command> --help` for the options of a command.
+Run `ftlight <command> --help` for the options of a command. Errors print one line;
+`--debug` (or FTLIGHT_DEBUG=1) shows the full traceback.
 """
 
 
@@ -74,8 +90,181 @@ def _resolve_config_args(argv: list[str]) -> list[str]:
     return out
 
 
+class CheckpointError(ValueError):
+    """A checkpoint given to the command line cannot be read."""
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the newest state at every save trigger, whether or not a metric improved.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` at an epoch end
+    only when the same step also saved a top-k checkpoint (and ``save_last="link"`` points it
+    at the latest top-k file), so once ``val_loss`` stops improving ``last`` falls behind and
+    ``--ckpt_path last`` silently re-trains from an older epoch. This callback monitors
+    nothing and keeps one file, ``last.ckpt``; the CLI adds it with the triggers of
+    ``--checkpoint.*`` (every epoch, or every ``every_n_train_steps``) when ``save_last`` is on.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        *,
+        every_n_train_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        train_time_interval: Any = None,
+        save_on_train_epoch_end: bool | None = None,
+        save_weights_only: bool = False,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            save_weights_only=save_weights_only,
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            train_time_interval=train_time_interval,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+            enable_version_counter=False,
+        )
+
+
+def run_folders(root: str | os.PathLike) -> list[Path]:
+    """The runs under ``root``: ``root/logs/version_N`` folders in the order of N."""
+    logs = Path(root) / "logs"
+    found = []
+    if logs.is_dir():
+        for path in logs.iterdir():
+            number = path.name.removeprefix("version_")
+            if path.is_dir() and path.name.startswith("version_") and number.isdigit():
+                found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+def next_run_folder(root: str | os.PathLike) -> Path:
+    """``root/logs/version_N`` for a new run (one more than the highest N there)."""
+    folders = run_folders(root)
+    number = int(folders[-1].name.removeprefix("version_")) + 1 if folders else 0
+    return Path(root) / "logs" / f"version_{number}"
+
+
+def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
+    """``--ckpt_path last``: the ``last.ckpt`` of the highest-numbered run that has one."""
+    for folder in reversed(run_folders(root)):
+        path = folder / "checkpoints" / "last.ckpt"
+        if path.is_file():
+            return path
+    return None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents, loaded without running code (``weights_only=True``)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"Cannot read the checkpoint {path} ({type(err).__name__}: {cause[:200]}); "
+            "expected a .ckpt file written by ftlight fit."
+        ) from err
+
+
+# Model settings that define the network or its optimizer's state: on resume, the checkpoint's.
+STRUCTURAL_HPARAMS = (
+    "backbone",
+    "task",
+    "hidden",
+    "dropout",  # a Dropout layer shifts the head's state-dict keys
+    "activation",
+    "head_batchnorm",
+    "keep_fc",
+    "image_size",
+    "freeze",
+    "optimizer",
+    "scheduler",
+)
+# Settings the data decides (linked) or a checkpoint replaces (its weights).
+LINKED_HPARAMS = ("num_classes", "class_names", "weights")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _show(value: Any) -> str:
+    import json
+
+    value = _plain(value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def reconcile_with_checkpoint(
+    model: Any, defaults: Any, saved: dict[str, Any], argv: Sequence[str], *, resuming: bool
+) -> list[str]:
+    """Make the ``--model.*`` settings agree with a checkpoint's; a note per overridden flag.
+
+    A setting the user did not give (not on the command line, and at its default) takes the
+    checkpoint's value: the run continues the same model. A given one that defines the model
+    or its optimizer state (``STRUCTURAL_HPARAMS``) is ignored in favour of the checkpoint's;
+    the others (learning rates, dropout, ...) are used, and reported.
+    """
+    from ftlight.finetuner import OPTIMIZER_HPARAMS
+
+    notes = []
+    for key, old in saved.items():
+        if key.startswith("_") or key in LINKED_HPARAMS or key not in model:
+            continue
+        new = model[key]
+        if _plain(new) == _plain(old):
+            continue
+        flag = f"--model.{key}"
+        on_command_line = any(a == flag or a.startswith(flag + "=") for a in argv)
+        given = on_command_line or _plain(new) != _plain(defaults.get(key))
+        if key in STRUCTURAL_HPARAMS or not given:
+            model[key] = old
+            if given:
+                notes.append(
+                    f"{flag}={_show(new)} is ignored: the checkpoint's {_show(old)} is used (it "
+                    "defines the network or its optimizer state; start a new run to change it)."
+                )
+            continue
+        note = f"{flag}={_show(new)} is used (the checkpoint had {_show(old)})"
+        if resuming and key in OPTIMIZER_HPARAMS:
+            note += "; applied to the restored optimizer"
+        notes.append(note + ".")
+    return notes
+
+
+def _config_given(argv: Sequence[str]) -> bool:
+    return any(a in ("-c", "--config") or a.startswith("--config=") for a in argv)
+
+
+class ShowTrainTransforms(Callback):
+    """Print the training transforms once the data module has the model's preprocessing."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if not trainer.is_global_zero or not hasattr(datamodule, "transform_for"):
+            return
+        transform = datamodule.transform_for("train")
+        steps = getattr(transform, "transforms", [transform])
+        shown = ", ".join(" ".join(repr(t).split()) for t in steps)
+        print(
+            f"ftlight: train transforms: {shown} (--data.augment false: no random crop or "
+            "flip; --data.hflip false: no horizontal flips, e.g. for digits or text)",
+            flush=True,
+        )
+
+
 def _lightning_cli_class() -> type:
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossGuard
@@ -83,6 +272,9 @@ def _lightning_cli_class() -> type:
 
     class FtlightCLI(LightningCLI):
         """LightningCLI with ftlight's links, checkpointing and logging defaults."""
+
+        # This run's folder, root/logs/version_N (None with a logger of the user's own).
+        run_dir: Path | None = None
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -99,34 +291,125 @@ def _lightning_cli_class() -> type:
             )
             parser.add_lightning_class_args(StagedUnfreeze, "staged")
 
+        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+            """Parse, then settle ``--ckpt_path`` before LightningCLI reads the checkpoint.
+
+            LightningCLI (2.6) then overwrites every ``--model.*`` value with the checkpoint's
+            hyper-parameters, silently; the values given are kept here and reconciled with the
+            checkpoint in :meth:`before_instantiate_classes`.
+            """
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            config = self.config[subcommand] if subcommand else self.config
+            self.checkpoint_hparams: dict[str, Any] | None = None
+            if subcommand not in LIGHTNING_SUBCOMMANDS:
+                return
+            self.given_model = copy.deepcopy(config.model)
+            ckpt = self._resolve_ckpt_path(config, subcommand)
+            if ckpt is not None:
+                self.checkpoint_hparams = dict(read_checkpoint(ckpt).get("hyper_parameters", {}))
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             root = Path(config.trainer.default_root_dir or ".")
-            # A fixed checkpoint folder, so that `--ckpt_path last` finds the previous run.
-            if config.get("checkpoint") is not None and config.checkpoint.dirpath is None:
-                config.checkpoint.dirpath = str(root / "checkpoints")
-            # Evaluating or resuming from a checkpoint: its weights replace the backbone's, so
-            # never download them (a resume must work offline). Only when the checkpoint is
-            # really there: `--ckpt_path last` without one starts afresh, with the weights.
-            ckpt = config.get("ckpt_path")
-            if ckpt and self.subcommand == "fit" and ckpt in ("last", "hpc", "best"):
-                dirpath = config.get("checkpoint") and config.checkpoint.dirpath
-                ckpt = str(Path(dirpath) / "last.ckpt") if ckpt == "last" and dirpath else None
-            if (ckpt and Path(ckpt).is_file()) or (
-                self.subcommand in ("validate", "test") and config.get("ckpt_path")
-            ):
+            if config.trainer.logger in (None, True, False):
+                type(self).run_dir = next_run_folder(root)
+            argv = sys.argv[1:]
+            if self.checkpoint_hparams is not None:
+                # Evaluating or resuming: the checkpoint's weights replace the backbone's, so
+                # never download them (a resume must work offline); its settings win.
+                config.model = self.given_model
+                defaults = self._parser(self.subcommand).get_defaults().model
+                notes = reconcile_with_checkpoint(
+                    config.model,
+                    defaults,
+                    self.checkpoint_hparams,
+                    argv,
+                    resuming=self.subcommand == "fit",
+                )
+                what = "resume" if self.subcommand == "fit" else self.subcommand
+                for note in notes:
+                    print(f"ftlight: {what}: {note}", file=sys.stderr, flush=True)
                 config.model.weights = None
+            elif (
+                self.subcommand == "fit"
+                and not _config_given(argv)
+                and config.model.weights is None
+            ):
+                print(
+                    "ftlight: warning: no --config given, so the model starts from random "
+                    f"weights (--model.backbone {config.model.backbone}, --model.weights null). "
+                    f"The bundled configs start from pre-trained weights: "
+                    f"{', '.join(bundled_configs())} (e.g. ftlight fit --config "
+                    "efficientnet_lite0 --data.root DIR).",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        def _resolve_ckpt_path(self, config: Any, subcommand: str) -> Path | None:
+            """``--ckpt_path``: ``last`` -> the newest run's ``last.ckpt``; a missing file is an
+            error. ``None`` when there is no file to read (no checkpoint, or Lightning's own
+            ``best``/``hpc``/remote paths)."""
+            value = config.get("ckpt_path")
+            root = Path(config.trainer.default_root_dir or ".")
+            if not value or value in ("best", "hpc", "registry") or "://" in str(value):
+                return None
+            if value == "last":
+                dirpath = config.get("checkpoint") and config.checkpoint.dirpath
+                path = Path(dirpath) / "last.ckpt" if dirpath else find_last_checkpoint(root)
+                where = dirpath or f"{root / 'logs'}/version_*/checkpoints"
+                if path is None or not path.is_file():
+                    if subcommand != "fit":
+                        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt in {where}.")
+                    print(
+                        f"ftlight: --ckpt_path last: no last.ckpt in {where}; starting a new run.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    config.ckpt_path = None
+                    return None
+                verb = "resuming from" if subcommand == "fit" else "evaluating"
+                print(f"ftlight: {verb} {path} (--ckpt_path last)", file=sys.stderr, flush=True)
+                config.ckpt_path = str(path)
+                return path
+            path = Path(value)
+            if not path.is_file():
+                raise FileNotFoundError(f"--ckpt_path {value}: no such checkpoint file.")
+            return path
 
         def instantiate_trainer(self, **kwargs: Any):
             config = self.config[self.subcommand] if self.subcommand else self.config
-            if config.trainer.logger in (None, True):
-                kwargs["logger"] = default_loggers(config.trainer.default_root_dir or ".")
+            run_dir = type(self).run_dir
+            if config.trainer.logger in (None, True) and run_dir is not None:
+                kwargs["logger"] = default_loggers(
+                    config.trainer.default_root_dir or ".",
+                    version=int(run_dir.name.removeprefix("version_")),
+                )
             if not config.trainer.get("plugins"):
                 kwargs.setdefault("plugins", [AtomicCheckpointIO()])
             trainer = super().instantiate_trainer(**kwargs)
             history = _metrics_history()
             if history is not None:
                 trainer.callbacks.append(history)
+            if self.subcommand == "fit":
+                trainer.callbacks.append(ShowTrainTransforms())
+            checkpoint = self._get(self.config_init, "checkpoint")
+            if isinstance(checkpoint, ModelCheckpoint) and checkpoint in trainer.callbacks:
+                if checkpoint.dirpath is None and config.trainer.logger is False and run_dir:
+                    checkpoint.dirpath = str(run_dir / "checkpoints")
+                if checkpoint.save_last:
+                    options = config.checkpoint
+                    trainer.callbacks.append(
+                        LatestCheckpoint(
+                            checkpoint.dirpath,
+                            every_n_train_steps=options.every_n_train_steps,
+                            every_n_epochs=options.every_n_epochs,
+                            train_time_interval=options.train_time_interval,
+                            save_on_train_epoch_end=options.save_on_train_epoch_end,
+                            save_weights_only=options.save_weights_only,
+                        )
+                    )
+                    checkpoint.save_last = False
             if not any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callbacks):
                 # Before the checkpoint callbacks, so that bad weights are never saved.
                 trainer.callbacks.insert(0, NonFiniteLossGuard())
@@ -145,11 +428,11 @@ def _metrics_history() -> Any:
         return None
 
 
-def default_loggers(root: str) -> list[Any]:
+def default_loggers(root: str, version: int | None = None) -> list[Any]:
     """CSV logger (always) plus TensorBoard when it is installed, sharing one version."""
     from lightning.pytorch.loggers import CSVLogger
 
-    csv = CSVLogger(root, name="logs")
+    csv = CSVLogger(root, name="logs", version=version)
     loggers: list[Any] = [csv]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -210,23 +493,30 @@ def validation_mistakes(model: Any, datamodule: Any, k: int = 16) -> list[dict[s
 
 
 def _summarise(cli: Any) -> None:
-    """Print where checkpoints and metrics are, then the run report when available."""
+    """Print where checkpoints and metrics are (only files that exist), then the run report."""
     trainer = cli.trainer
     if not trainer.is_global_zero:
         return
     lines = ["", "ftlight: run finished."]
-    ckpt = trainer.checkpoint_callback
-    if ckpt is not None and getattr(ckpt, "dirpath", None):
-        lines.append(f"  checkpoints: {ckpt.dirpath}")
-        if getattr(ckpt, "best_model_path", ""):
-            lines.append(f"    best: {ckpt.best_model_path}")
-        if getattr(ckpt, "last_model_path", ""):
-            lines.append(f"    last: {ckpt.last_model_path}")
-    log_dir = None
-    if trainer.loggers:
-        log_dir = trainer.loggers[0].log_dir
+    if cli.subcommand == "fit":
+        callbacks = trainer.checkpoint_callbacks
+        for folder in dict.fromkeys(cb.dirpath for cb in callbacks if cb.dirpath):
+            if os.path.isdir(folder):
+                lines.append(f"  checkpoints: {folder}")
+        for cb in callbacks:
+            is_latest = isinstance(cb, LatestCheckpoint)
+            path = cb.best_model_path if is_latest else getattr(cb, "best_model_path", "")
+            if path and os.path.isfile(path):
+                lines.append(f"    {'last' if is_latest else 'best'}: {path}")
+    else:
+        ckpt = cli.config[cli.subcommand].get("ckpt_path")
+        if ckpt:
+            lines.append(f"  checkpoint: {ckpt}")
+    log_dir = getattr(trainer.loggers[0], "log_dir", None) if trainer.loggers else None
+    if log_dir:
         lines.append(f"  metrics: {Path(log_dir) / 'metrics.csv'}")
-        lines.append(f"  config:  {Path(log_dir) / 'config.yaml'}")
+        if (Path(log_dir) / "config.yaml").is_file():
+            lines.append(f"  config: {Path(log_dir) / 'config.yaml'}")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if metrics:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
@@ -241,9 +531,76 @@ def _summarise(cli: Any) -> None:
             print(f"ftlight: report skipped ({type(err).__name__}: {err})", flush=True)
 
 
+def _remove_unused_run_folder(run_dir: Path | None) -> None:
+    """After a failed start, remove this run's folder if it holds no checkpoint or metrics."""
+    if run_dir is None or not run_dir.is_dir():
+        return
+    if any(run_dir.rglob("*.ckpt")) or (run_dir / "metrics.csv").is_file():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # and logs/ too, when that was all it held
+        run_dir.parent.rmdir()
+
+
+def known_errors() -> dict[type[BaseException], str]:
+    """The errors the command line reports in one line, each with its fix in CLI terms.
+
+    Also known: any ``ValueError`` that ftlight raises on purpose (see :func:`describe_error`).
+    """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from ftlight.callbacks.feature_cache import CachingUnavailableError
+    from ftlight.callbacks.guards import NonFiniteLossError
+    from ftlight.data.io import CorruptImageError
+    from ftlight.finetuner import ClassNamesMismatchError
+    from ftlight.models.weights import WeightsMismatchError, WeightsUnavailableError
+
+    return {
+        CorruptImageError: "Fix or remove the file(s), or skip unreadable images with "
+        "--data.skip_corrupt true.",
+        WeightsUnavailableError: "Fix: pass a local file with --model.weights PATH "
+        "(.safetensors/.pth/.ckpt), or copy a cache made with network (HF_HOME, TORCH_HOME); "
+        "HF_HUB_OFFLINE=1 skips the network; --model.weights null trains from random weights.",
+        WeightsMismatchError: "Fix: pass --model.weights a file saved from the same "
+        "--model.backbone.",
+        ClassNamesMismatchError: "Fix: point --data.root at data with the checkpoint's classes, "
+        "or start a new run from its weights (--model.weights CKPT, without --ckpt_path).",
+        CheckpointError: "",
+        FileNotFoundError: "",
+        NonFiniteLossError: "",
+        CachingUnavailableError: "Fix: --model.cache_features false.",
+        MisconfigurationException: "",
+    }
+
+
+def _raised_by_ftlight(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("ftlight")
+
+
+def describe_error(err: BaseException) -> str | None:
+    """One line for a known error (its message up to any Python-spelled fix, then the CLI fix);
+    ``None`` for an unexpected one (a bug: show the traceback)."""
+    hint = next((h for cls, h in known_errors().items() if isinstance(err, cls)), None)
+    if hint is None:
+        if not (isinstance(err, ValueError) and _raised_by_ftlight(err)):
+            return None
+        hint = ""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return f"{type(err).__name__}. {hint}".strip()
+    summary = lines[0]
+    if summary.endswith(":") and len(lines) > 1:  # "3 unreadable files:" + the first of them
+        summary += f" {lines[1]}" + (" ..." if len(lines) > 2 else "")
+    if hint:
+        summary = summary.split(" Fix:", 1)[0]
+    return f"{summary} {hint}".strip()
+
+
 def run_lightning(argv: Sequence[str]) -> int:
     """Run ``fit``, ``validate`` or ``test`` through LightningCLI."""
-    from ftlight.callbacks.guards import NonFiniteLossError
     from ftlight.data import ImageDataModule
     from ftlight.finetuner import FineTuner
 
@@ -260,31 +617,43 @@ def run_lightning(argv: Sequence[str]) -> int:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "ftlight"},
         )
-    except NonFiniteLossError as err:
-        print(f"ftlight: error: {err}", file=sys.stderr, flush=True)
-        return 1
+        if getattr(cli, "trainer", None) is not None and cli.subcommand:
+            _summarise(cli)
+    except Exception:
+        _remove_unused_run_folder(cli_class.run_dir)
+        raise
     finally:
         sys.argv = saved_argv
-    if getattr(cli, "trainer", None) is not None and cli.subcommand:
-        _summarise(cli)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ftlight`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        args = [a for a in args if a != "--debug"]
+        os.environ["FTLIGHT_DEBUG"] = "1"  # also for DDP child processes
     if not args or args[0] in ("-h", "--help"):
         print(USAGE.format(configs=", ".join(bundled_configs())))
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command in OWN_SUBCOMMANDS:
-        module = importlib.import_module(OWN_SUBCOMMANDS[command])
-        return int(module.main(rest) or 0)
-    if command in LIGHTNING_SUBCOMMANDS:
+    if command not in OWN_SUBCOMMANDS and command not in LIGHTNING_SUBCOMMANDS:
+        print(f"ftlight: unknown command {command!r}.\n")
+        print(USAGE.format(configs=", ".join(bundled_configs())))
+        return 2
+    try:
+        if command in OWN_SUBCOMMANDS:
+            module = importlib.import_module(OWN_SUBCOMMANDS[command])
+            return int(module.main(rest) or 0)
         return run_lightning(args)
-    print(f"ftlight: unknown command {command!r}.\n")
-    print(USAGE.format(configs=", ".join(bundled_configs())))
-    return 2
+    except Exception as err:
+        line = (
+            None if os.environ.get("FTLIGHT_DEBUG", "0") not in ("", "0") else describe_error(err)
+        )
+        if line is None:
+            raise
+        print(f"ftlight: error: {line}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -249,8 +249,24 @@ def write_report(run_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftlight report", description=__doc__)
-    parser.add_argument("run_dir", help="directory with metrics.json (from demo or fit)")
+    parser.add_argument(
+        "run_dir",
+        help="directory with metrics.json (from demo or fit), or a fit's default_root_dir "
+        "(its newest logs/version_N)",
+    )
     args = parser.parse_args(argv)
-    report = write_report(args.run_dir)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / METRICS_FILE).is_file():
+        # A fit's default_root_dir: its runs are logs/version_N; take the newest with metrics.
+        found = {
+            p.parent.name.removeprefix("version_"): p.parent
+            for p in run_dir.glob(f"logs/version_*/{METRICS_FILE}")
+        }
+        runs = [found[n] for n in sorted((n for n in found if n.isdigit()), key=int)]
+        if runs:
+            if len(runs) > 1:
+                print(f"{len(runs)} runs in {run_dir / 'logs'}: {', '.join(p.name for p in runs)}")
+            run_dir = runs[-1]
+    report = write_report(run_dir)
     print(f"Report: {report}")
     return 0
