@@ -400,3 +400,60 @@ def test_demo_data_folder_is_never_a_mix_of_two_seeds(tmp_path: Path) -> None:
     proc = ftlight_cli("demo", "--out", str(tmp_path / "mine"), cwd=tmp_path)
     assert proc.returncode == 2 and "was not written by ftlight demo" in proc.stderr
     assert list(foreign.iterdir()) == [foreign / "cats"]
+
+
+# ---- issue 10: no network means one quick, clear answer ------------------------------------
+HUB_CODE = """
+import ftlight, torch
+try:
+    backbone = ftlight.create_backbone("resnet18", weights="imagenet")
+except ftlight.WeightsUnavailableError as err:
+    print("ERROR", err)
+else:
+    print("LOADED", backbone.weights_info.file, float(backbone.model.conv1.weight.sum()))
+"""
+
+
+def _hub_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    # A hub that refuses connections: what a machine without network sees, in any CI.
+    return {**env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def test_no_network_is_said_at_the_first_failure_naming_hf_hub_offline(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_CODE],
+        env=_hub_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout.startswith("ERROR"), proc.stdout + proc.stderr[-2000:]
+    assert "no network" in proc.stdout and "HF_HUB_OFFLINE=1" in proc.stdout
+    assert "--model.weights PATH" in proc.stdout
+    assert "Retrying" not in proc.stderr  # today: 5 retries per file, about a minute
+
+
+def test_no_network_uses_the_cached_hub_file_at_once(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    repo = tmp_path / "hf" / "hub" / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    state = timm.create_model("resnet18").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_CODE],
+        env=_hub_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout.startswith("LOADED"), proc.stdout + proc.stderr[-2000:]
+    assert "model.safetensors" in proc.stdout and "Retrying" not in proc.stderr
+    assert float(proc.stdout.split()[-1]) == pytest.approx(float(state["conv1.weight"].sum()))
