@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,9 +184,9 @@ def load_torch_file(
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:  # the legacy format's refusals land here
-        detail = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
-        if not trust_pickle and detail:
-            raise _untrusted(path, what, detail[:3], opt_in) from None
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        if not trust_pickle and names:
+            raise _untrusted(path, what, names[:3], opt_in) from None
         raise UnreadableFileError(
             f"{path} could not be read as {what}: damaged or not written by torch.save "
             f"({_first_line(err)})."

@@ -43,14 +43,17 @@ class _RunsCode:
         return (Path.touch, (self.marker,))
 
 
-def crafted_pickle(path: Path, marker: Path, *, wrap: str = "checkpoint") -> Path:
-    """A torch.save file that would create ``marker`` if it were unpickled."""
+def crafted_pickle(
+    path: Path, marker: Path, *, wrap: str = "checkpoint", legacy: bool = False
+) -> Path:
+    """A torch.save file (zip, or the legacy format) that would create ``marker`` if it
+    were unpickled."""
     payload = {"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}, "x": _RunsCode(marker)}
     if wrap == "compat-model":
         payload = {"format": "compat-model-v1", "model": _RunsCode(marker)}
     elif wrap == "compat-weights":
         payload = {"format": "compat-weights-v1", "weights": [("w", _RunsCode(marker))]}
-    torch.save(payload, path)
+    torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -103,9 +106,10 @@ def test_cli_predict_and_export_refuse_a_crafted_pickle(run, tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
-def test_weights_file_with_a_crafted_pickle_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True])
+def test_weights_file_with_a_crafted_pickle_is_refused(tmp_path: Path, legacy: bool) -> None:
     marker = tmp_path / "marker"
-    evil = crafted_pickle(tmp_path / "evil.pth", marker)
+    evil = crafted_pickle(tmp_path / "evil.pth", marker, legacy=legacy)
     with pytest.raises(UntrustedFileError, match=r"evil\.pth.*trust_pickle=True"):
         ftlight.create_backbone("resnet18", weights=str(evil))
     with pytest.raises(UntrustedFileError):

@@ -225,7 +225,7 @@ def load_state_dict_file(
         )
         raise WeightsMismatchError(
             f"{path} holds only part of this model's weights ({type(model).__name__}): "
-            f"{listed}. Those weights would stay at random initialisation. Expected weights "
+            f"{listed}. What the file lacks would stay at random initialisation. Expected weights "
             "saved from exactly this architecture (another depth or a renamed layer does not "
             "fit). To load the matching part anyway, pass strict=False (FineTuner: "
             "weights_strict=False; command line: --model.weights_strict false)."
