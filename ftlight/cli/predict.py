@@ -251,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         return _predict(args)
+    except BrokenPipeError:  # -o - piped into `head`: stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (OSError, ValueError) as err:  # known errors: one line (FTLIGHT_DEBUG=1: traceback)
         if os.environ.get("FTLIGHT_DEBUG"):
             raise
