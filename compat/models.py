@@ -310,9 +310,9 @@ class Model(Layer):
     def save(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
         """Save architecture, weights and compile configuration in ONE self-contained file.
 
-        The file is a PyTorch pickle (``torch.save``), not TensorFlow's SavedModel nor the
-        ``.keras`` zip format; load it with :func:`compat.models.load_model` (trusted files
-        only, as with any pickle).
+        The file is a PyTorch file (``torch.save``), not TensorFlow's SavedModel nor the
+        ``.keras`` zip format; load it with :func:`compat.models.load_model` (which never runs
+        code from the file: see :mod:`compat.saving`).
         """
         from compat import saving
 
@@ -490,12 +490,27 @@ class Sequential(Model):
 
 
 def load_model(
-    filepath: Any, custom_objects: Any = None, compile: bool = True, safe_mode: bool = True
+    filepath: Any,
+    custom_objects: Any = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+    *,
+    trust_pickle: bool = False,
 ) -> Model:
-    """Load a model written by ``Model.save`` (a PyTorch pickle; trusted files only)."""
+    """Load a model written by ``Model.save``; nothing in the file runs unless trusted.
+
+    compat's layers load as they are; ``custom_objects`` trusts your own layers and functions,
+    ``trust_pickle=True`` (or Keras's ``safe_mode=False``) the whole file.
+    """
     from compat import saving
 
-    return saving.load_model(filepath, compile=compile)
+    return saving.load_model(
+        filepath,
+        compile=compile,
+        custom_objects=custom_objects,
+        safe_mode=safe_mode,
+        trust_pickle=trust_pickle,
+    )
 
 
 def clone_model(model: Model, **kwargs: Any) -> Model:

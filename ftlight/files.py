@@ -1,34 +1,48 @@
-"""Files that never lose the last good version: atomic writes (temp file, fsync, rename).
+"""Files: writes that never lose the last good version, loads that never run code.
 
 The bottom layer of ftlight: every module that writes a file the user keeps (checkpoints,
-exports, reports, generated data) goes through :func:`atomic_path` or :func:`atomic_write`.
+exports, reports, generated data) goes through :func:`atomic_path` or :func:`atomic_write`;
+every load of a file the user gives goes through :func:`load_torch_file` (never runs code) or
+:func:`load_safetensors_file`, whose errors say what the file is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success, fsync it and move it over ``path``.
+    """Yield a temporary path next to ``path``; on success, move it over ``path``.
 
-    On an exception (or a kill) ``path`` keeps its previous content; the temporary file is
-    removed on exceptions (a kill can leave it, named ``.<name>.tmp-<pid>``).
+    Write a file there (it is fsynced before the rename) or make a folder there (a folder
+    replaces ``path`` whole: never a mix of old and new files). On an exception (or a kill)
+    ``path`` keeps its previous content; the temporary file is removed on exceptions (a kill
+    can leave it, named ``.<name>.tmp-<pid>``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if tmp.is_dir():
+            _replace_dir(tmp, path)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -36,6 +50,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Swap a finished folder in: ``path`` is always the old folder, absent, or the new one."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
@@ -46,3 +69,157 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
         else:
             tmp.write_bytes(data)
     return Path(path)
+
+
+# ---- reading files that others wrote: never run code, always say what a bad file is --------
+TRUST_HINT = "trust_pickle=True (command line: --trust-pickle)"
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's pre-zip format
+
+
+class UnreadableFileError(ValueError):
+    """A file to load is not what it should be; the message names the file and what it is."""
+
+
+class UntrustedFileError(UnreadableFileError):
+    """A file holds pickled Python objects that loading would have to run as code."""
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """What a file is, from its bytes: ``torch-zip``, ``torch-legacy``, ``safetensors``, or a
+    phrase saying what else it is (``"empty (0 bytes)"``, ``"an HDF5 file ..."``)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "empty (0 bytes)"
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return _sniff_zip(path)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (the format of Keras .h5 models and weights)"
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_len = int.from_bytes(head[:8], "little")
+        if 8 + header_len <= size:
+            return "safetensors"
+        return f"a truncated safetensors file (header of {header_len} bytes, file of {size})"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a plain Python pickle (not written by torch.save)"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer (a small text file), not the file itself (run `git lfs pull`)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a failed download?)"
+    try:
+        first_line = head.decode("utf-8").splitlines()[0][:40]
+    except (UnicodeDecodeError, IndexError):
+        return f"unrecognised binary data (starts with {head[:8].hex(' ')})"
+    return f"a text file (starts with {first_line!r})"
+
+
+def _sniff_zip(path: Path) -> str:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "a truncated or damaged zip archive (cut short by an interrupted copy or save?)"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "a TorchScript program (torch.jit.save; load it with torch.jit.load)"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch-zip"
+    if {"config.json", "metadata.json"} <= set(names):
+        return "a Keras 3 .keras archive (written by Keras itself)"
+    if any(n.endswith(".json") and "archive_format" in n for n in names) or any(
+        "/models/" in n for n in names
+    ):
+        return "a torch.export program archive (.pt2; load it with torch.export.load)"
+    return f"a zip archive that is not a PyTorch file (holds {names[:3]})"
+
+
+def load_torch_file(
+    path: str | os.PathLike,
+    *,
+    what: str = "a PyTorch file",
+    trust_pickle: bool = False,
+    allow: Any = None,
+    opt_in: str = TRUST_HINT,
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and what it is.
+
+    Args:
+        what: what the caller expects (``"an ftlight checkpoint"``), for the messages.
+        trust_pickle: unpickle anything (``weights_only=False``): only for trusted files.
+        allow: ``name -> object or None``: Python classes and functions (named
+            ``module.qualname`` in the file) that the caller trusts beyond torch's own
+            allowlist (compat's layers, say); anything else is refused.
+        opt_in: how the caller's user says ``trust_pickle`` (named in the refusal).
+
+    Raises:
+        FileNotFoundError, UnreadableFileError, UntrustedFileError.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what[0].upper()}{what[1:]} was expected at {path}: no such file."
+        )
+    kind = sniff(path)
+    if kind not in ("torch-zip", "torch-legacy"):
+        raise UnreadableFileError(f"{path} is {kind}, not {what}.")
+    allowed: list[Any] = []
+    if not trust_pickle and kind == "torch-zip":
+        refused = []
+        for name in sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path)):
+            obj = allow(name) if allow is not None else None
+            if obj is None:
+                refused.append(name)
+            else:
+                allowed.append((obj, name))
+        if refused:
+            raise _untrusted(path, what, refused, opt_in)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:  # the legacy format's refusals land here
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        if not trust_pickle and names:
+            raise _untrusted(path, what, names[:3], opt_in) from None
+        raise UnreadableFileError(
+            f"{path} could not be read as {what}: damaged or not written by torch.save "
+            f"({_first_line(err)})."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UnreadableFileError(
+            f"{path} could not be read as {what}: it looks truncated or damaged "
+            f"({type(err).__name__}: {_first_line(err)})."
+        ) from None
+
+
+def load_safetensors_file(path: str | os.PathLike, *, what: str = "a weights file") -> Any:
+    """A safetensors file's tensors (never runs code), with errors naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UnreadableFileError(
+            f"{path} could not be read as {what}: a damaged or truncated safetensors file "
+            f"({_first_line(err)})."
+        ) from None
+
+
+def _untrusted(path: Path, what: str, names: list[str], opt_in: str) -> UntrustedFileError:
+    return UntrustedFileError(
+        f"Refusing to load {path}: besides tensors it holds pickled Python objects "
+        f"({', '.join(names[:5])}) that loading would have to run as code (loading never runs "
+        f"code from a file). If {path.name} comes from a source you trust, pass {opt_in}."
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import inspect
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache
 from ftlight.data.config import DataConfig
+from ftlight.files import UnreadableFileError, load_torch_file
 from ftlight.models.backbone import Backbone, create_backbone
 from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
 from ftlight.models.head import build_head
@@ -69,6 +70,9 @@ class FineTuner(L.LightningModule):
             :class:`ftlight.callbacks.feature_cache.FeatureCache`.
         torch_compile: compile the backbone with ``torch.compile`` at set-up (state-dict keys
             are unchanged).
+        weights_strict: a weights file must hold every backbone weight with its shape (its
+            classifier excepted); ``False`` loads the part that matches (see
+            :func:`ftlight.models.weights.load_state_dict_file`).
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class FineTuner(L.LightningModule):
         channels_last: bool | None = None,
         cache_features: bool | None = None,
         torch_compile: bool = False,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes and task != "binary":
@@ -112,7 +117,7 @@ class FineTuner(L.LightningModule):
             )
         self.save_hyperparameters()
         self.backbone: Backbone = create_backbone(
-            backbone, weights, keep_fc=keep_fc, image_size=image_size
+            backbone, weights, keep_fc=keep_fc, image_size=image_size, weights_strict=weights_strict
         )
         self.num_outputs = 1 if task == "binary" else num_classes
         self.head = build_head(
@@ -386,17 +391,21 @@ class FineTuner(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ftlight"] = {
-            "backbone": self.backbone.name,
-            "class_names": self.class_names,
-            "data_config": self.data_config.to_dict(),
-            "weights_info": self.weights_info.to_dict(),
-            "frozen": list(self.frozen_names),
-        }
+        # Plain Python types only: the checkpoint must load with torch.load(weights_only=True)
+        # (from_checkpoint, and Lightning's own resume) without unpickling anything else.
+        checkpoint["ftlight"] = _plain(
+            {
+                "backbone": self.backbone.name,
+                "class_names": self.class_names,
+                "data_config": self.data_config.to_dict(),
+                "weights_info": self.weights_info.to_dict(),
+                "frozen": list(self.frozen_names),
+            }
+        )
         # The weights are in the state dict: rebuilding must not fetch them again.
-        hparams = copy.deepcopy(dict(checkpoint.get("hyper_parameters", {})))
+        hparams = _plain(dict(checkpoint.get("hyper_parameters", {})))
         hparams["weights"] = None
-        hparams["class_names"] = self.class_names
+        hparams["class_names"] = _plain(self.class_names)
         checkpoint["hyper_parameters"] = hparams
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -460,10 +469,50 @@ class FineTuner(L.LightningModule):
                 group["momentum"] = hp.momentum
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu") -> FineTuner:
-        """Load a checkpoint for inference (eval mode)."""
-        model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-        return model.eval()
+    def from_checkpoint(
+        cls, path: str | os.PathLike, map_location: Any = "cpu", *, trust_pickle: bool = False
+    ) -> FineTuner:
+        """Load a checkpoint for inference (eval mode); loading never runs code from the file.
+
+        A file that is not an ftlight checkpoint (empty, truncated, a state dict, pickled
+        objects, ...) raises :class:`ftlight.files.UnreadableFileError` saying what it is;
+        ``trust_pickle=True`` unpickles a trusted file holding other Python objects.
+        """
+        what = "an ftlight checkpoint (a .ckpt written by `ftlight fit` or Trainer.save_checkpoint)"
+        checkpoint = load_torch_file(path, what=what, trust_pickle=trust_pickle)
+        if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(
+            checkpoint
+        ):
+            keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint)
+            raise UnreadableFileError(
+                f"{path} is a PyTorch file but not {what}: it has no state_dict and "
+                f"hyper_parameters (found {keys}). Backbone weights (a state dict) are used "
+                "with FineTuner(weights=PATH) (command line: --model.weights PATH)."
+            )
+        accepted = inspect.signature(cls.__init__).parameters
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
+        model = cls(**hparams)
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.to(map_location).eval()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars, paths and str/int/float subclasses as plain Python types."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, (os.PathLike, str)):
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0 and not torch.is_tensor(value):
+        return value.item()  # a NumPy scalar
+    if isinstance(value, (int, float)):
+        return int(value) if isinstance(value, int) else float(value)
+    return value
 
 
 @contextmanager

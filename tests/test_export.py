@@ -66,6 +66,44 @@ def test_binary_export_gives_two_columns_matching_predict(binary_checkpoint) -> 
     assert len(rows) == 3 and "pred_2" in rows[0] and "pred_3" not in rows[0]
 
 
+def test_default_export_is_a_torch_export_program_without_jit_trace(binary_checkpoint) -> None:
+    """torch.export (not the deprecated torch.jit.trace) by default; any batch size runs."""
+    import warnings
+
+    from ftlight.cli.export import run_pt2
+
+    tmp, path, images = binary_checkpoint
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = export(path, tmp / "pt2", formats=["pt2"])
+    assert not [w for w in caught if "torch.jit" in str(w.message)]
+    assert result["max_abs_diff"]["pt2"] <= 1e-5
+    model = FineTuner.from_checkpoint(path)
+    batch = torch.stack([eval_transform(model.data_config)(load_rgb(p)) for p in images])
+    torch.testing.assert_close(
+        run_pt2(tmp / "pt2" / "model.pt2", batch),
+        predict_probabilities(model, images),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    assert json.loads((tmp / "pt2" / "model.json").read_text())["files"] == {"pt2": "model.pt2"}
+
+
+def test_onnx_export_uses_the_dynamo_exporter(binary_checkpoint) -> None:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from ftlight.cli.export import run_onnx
+
+    tmp, path, images = binary_checkpoint
+    result = export(path, tmp / "onnx", formats=["onnx"])
+    assert result["max_abs_diff"]["onnx"] <= 1e-4
+    assert sorted(p.name for p in (tmp / "onnx").iterdir()) == ["model.json", "model.onnx"]
+    model = FineTuner.from_checkpoint(path)
+    batch = torch.stack([eval_transform(model.data_config)(load_rgb(p)) for p in images])
+    got = run_onnx(tmp / "onnx" / "model.onnx", batch)
+    torch.testing.assert_close(got, predict_probabilities(model, images), atol=1e-4, rtol=1e-4)
+
+
 def test_export_rejects_unknown_format_and_mismatch_messages(binary_checkpoint) -> None:
     tmp, path, _ = binary_checkpoint
     with pytest.raises(ValueError, match="tflite"):

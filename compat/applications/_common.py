@@ -10,7 +10,7 @@ from torch import nn
 from compat.graph import KerasTensor
 from compat.layers import Input
 from ftlight.models.backbone import load_timm_model
-from ftlight.models.weights import WEIGHT_FILE_SUFFIXES
+from ftlight.models.weights import WEIGHT_FILE_SUFFIXES, is_weight_file
 
 
 def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.Module:
@@ -26,11 +26,12 @@ def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.M
             "If using `weights='imagenet'` with `include_top=True`, `classes` should be "
             f"1000. Received classes={classes}"
         )
-    path = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
-    if weights == "imagenet" or (
-        path and path.endswith(WEIGHT_FILE_SUFFIXES) and os.path.exists(path)
-    ):
+    if weights == "imagenet":
         return load_timm_model(name, weights)[0]
+    if is_weight_file(weights) and os.path.exists(weights):
+        # The file's classifier is needed only when it becomes Keras's `predictions` layer.
+        keeps_classifier = include_top and classes == 1000
+        return load_timm_model(name, weights, classifier_optional=not keeps_classifier)[0]
     raise ValueError(
         "The `weights` argument should be either `None` (random initialization), 'imagenet' "
         "(pre-training on ImageNet), or the path to an existing weights file (a torch state "
@@ -42,8 +43,7 @@ def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.M
 def _is_compat_weights(weights: Any) -> bool:
     if not isinstance(weights, (str, os.PathLike)) or weights == "imagenet":
         return False
-    path = os.fspath(weights)
-    return os.path.exists(path) and not path.endswith(WEIGHT_FILE_SUFFIXES)
+    return os.path.exists(weights) and not is_weight_file(weights)
 
 
 def finish_weights(model: Any, weights: Any) -> None:

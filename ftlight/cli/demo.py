@@ -24,16 +24,20 @@ from ftlight.callbacks.feature_cache import cache_features
 from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossGuard
 from ftlight.cli.report import METRICS_FILE, MetricsHistory, worst_mistakes, write_report
 from ftlight.data import ImageDataModule, stratified_split
-from ftlight.files import atomic_write
+from ftlight.files import atomic_path, atomic_write
 from ftlight.finetuner import FineTuner
 from ftlight.models.weights import WeightsUnavailableError
+
+DIGITS_MARKER = ".ftlight-demo.json"
 
 
 def write_digits_folder(root: str | Path, *, seed: int = 0, size: int = 32) -> Path:
     """scikit-learn's 1,797 8x8 digits as PNGs in ``root/{train,val,test}/<digit>/``.
 
     Splits are stratified and seeded: 50% train, 15% validation, 35% test. Each image is
-    upscaled to ``size`` pixels (bilinear) so it looks like a small photo of a digit.
+    upscaled to ``size`` pixels (bilinear) so it looks like a small photo of a digit. The
+    folder is written aside and swapped in whole (a previous ``root`` is replaced, never
+    mixed with the new splits); ``root/.ftlight-demo.json`` records the seed and size.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -47,12 +51,35 @@ def write_digits_folder(root: str | Path, *, seed: int = 0, size: int = 32) -> P
     split_of.update({int(rest[i]): "val" for i in val_idx})
     split_of.update({int(rest[i]): "train" for i in train_idx})
     root = Path(root)
-    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        folder = root / split_of[index] / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        img = Image.fromarray(image, mode="L").resize((size, size), Image.BILINEAR)
-        img.save(folder / f"{index:04d}.png")
+    with atomic_path(root) as tmp:
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = tmp / split_of[index] / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(image, mode="L").resize((size, size), Image.BILINEAR)
+            img.save(folder / f"{index:04d}.png")
+        (tmp / DIGITS_MARKER).write_text(json.dumps(_digits_record(seed, size)))
     return root
+
+
+def _digits_record(seed: int, size: int) -> dict[str, int]:
+    return {"seed": seed, "size": size}
+
+
+def prepare_digits_folder(root: str | Path, *, seed: int = 0, size: int = 32) -> Path:
+    """The digits folder for ``seed``: reused when a previous demo wrote the same, rewritten
+    whole when it used another seed; a folder the demo did not write is refused."""
+    root = Path(root)
+    marker = root / DIGITS_MARKER
+    if marker.is_file():
+        if json.loads(marker.read_text()) == _digits_record(seed, size):
+            return root
+    elif root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} exists and was not written by ftlight demo (no {DIGITS_MARKER} in it): "
+            "the demo would mix its digits with what is there. Choose another --out, or "
+            f"remove {root}."
+        )
+    return write_digits_folder(root, seed=seed, size=size)
 
 
 def _trainer(out: Path, name: str, epochs: int, progress: bool, history: MetricsHistory):
@@ -90,7 +117,7 @@ def run_demo(
     t_start = time.perf_counter()
     say = print
 
-    data_root = write_digits_folder(out / "data", seed=seed)
+    data_root = prepare_digits_folder(out / "data", seed=seed)
     images = ImageDataModule.from_folder(
         data_root, batch_size=batch_size, augment=False, num_workers=0
     )
@@ -237,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             progress=not args.no_progress,
         )
-    except WeightsUnavailableError as err:
+    except (WeightsUnavailableError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

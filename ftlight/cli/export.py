@@ -1,9 +1,13 @@
-"""``ftlight export``: TorchScript (and ONNX when ``onnx`` is installed) with preprocessing.
+"""``ftlight export``: a ``torch.export`` program (``model.pt2``) and ONNX, with preprocessing.
 
 The exported graph maps normalised images ``(B, 3, H, W)`` (float32, the checkpoint's
-preprocessing already applied) to class probabilities ``(B, C)``. ``model.json`` alongside
-holds the class names, the preprocessing (input size, interpolation, crop, mean/std), the
-task and the backbone. Each export is checked against the checkpoint on the same input.
+preprocessing already applied, any batch size) to class probabilities ``(B, C)``.
+``model.json`` alongside holds the class names, the preprocessing (input size, interpolation,
+crop, mean/std), the task and the backbone. Each export is checked against the checkpoint on
+another batch size before it replaces a previous file (writes are atomic). ONNX needs the
+``[export]`` extra (``onnx``, ``onnxscript``, ``onnxruntime``: pip install 'ftlight[export]').
+``--format torchscript`` (``model.ts``, for LibTorch C++) uses ``torch.jit.trace``, which torch
+deprecates: only when asked.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftlight.files import atomic_path, atomic_write
 from ftlight.finetuner import FineTuner
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("pt2", "onnx", "torchscript")
+DEFAULT_FORMATS = ("pt2", "onnx")
+FILE_NAMES = {"pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.ts"}
 
 
 class ProbabilityModel(nn.Module):
@@ -59,6 +66,17 @@ def metadata(model: FineTuner) -> dict[str, Any]:
     }
 
 
+def _batch_dim() -> Any:
+    return torch.export.Dim("batch", min=1)
+
+
+def export_pt2(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """A ``torch.export`` program with a dynamic batch axis (``torch.export.load(path)``)."""
+    program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: _batch_dim()},))
+    torch.export.save(program, str(path))
+    return path
+
+
 def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Path:
     traced = torch.jit.trace(wrapper, example, check_trace=False)
     traced.save(str(path))
@@ -66,18 +84,24 @@ def export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) ->
 
 
 def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """ONNX with a dynamic batch axis (TorchScript-based exporter; no onnxscript needed)."""
-    torch.onnx.export(
+    """ONNX with a dynamic batch axis (torch's ``torch.export``-based exporter), one file."""
+    program = torch.onnx.export(
         wrapper,
         (example,),
-        str(path),
         input_names=["images"],
         output_names=["probabilities"],
-        dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
+        dynamic_shapes=({0: _batch_dim()},),
+        dynamo=True,
+        verbose=False,
     )
+    program.save(str(path), external_data=False)
     return path
+
+
+def run_pt2(path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
+    module = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return module(images)
 
 
 def run_torchscript(path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
@@ -94,23 +118,42 @@ def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+WRITERS = {"pt2": export_pt2, "onnx": export_onnx, "torchscript": export_torchscript}
+RUNNERS = {"pt2": run_pt2, "onnx": run_onnx, "torchscript": run_torchscript}
+
+
+def _missing_for(fmt: str) -> str | None:
+    """What a format needs that is not installed (``None``: nothing)."""
+    if fmt != "onnx":
+        return None
+    missing = [
+        m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        return f"{', '.join(missing)} not installed (pip install 'ftlight[export]')"
+    return None
+
+
 def export(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     batch_size: int = 2,
     atol: float = 1e-4,
+    trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint; return the files written and each format's max abs deviation.
 
-    ONNX is skipped (and reported) when ``onnx`` is not installed; the check against the
-    checkpoint uses onnxruntime when it is. A deviation above ``atol`` raises.
+    Each file is written to a temporary name, run on another batch size and compared with the
+    checkpoint, and only then moved over a previous export: a failure (or a deviation above
+    ``atol``, which raises) leaves the previous file in place. ONNX is skipped (and reported)
+    when the ``[export]`` extra is not installed.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"Unknown export format(s) {unknown}. Expected some of {FORMATS}.")
-    model = FineTuner.from_checkpoint(checkpoint).float()
+    model = FineTuner.from_checkpoint(checkpoint, trust_pickle=trust_pickle).float()
     wrapper = ProbabilityModel(model).eval()
     size = model.data_config.input_size
     generator = torch.Generator().manual_seed(0)
@@ -122,30 +165,24 @@ def export(
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"files": {}, "max_abs_diff": {}, "skipped": {}}
     for fmt in formats:
-        if fmt == "torchscript":
-            path = export_torchscript(wrapper, example, out_dir / "model.ts")
-            got = run_torchscript(path, check)
-        else:
-            if importlib.util.find_spec("onnx") is None:
-                result["skipped"]["onnx"] = "the `onnx` package is not installed"
-                continue
-            path = export_onnx(wrapper, example, out_dir / "model.onnx")
-            if importlib.util.find_spec("onnxruntime") is None:
-                result["files"][fmt] = str(path)
-                result["skipped"]["onnx check"] = "onnxruntime is not installed"
-                continue
-            got = run_onnx(path, check)
-        diff = float((got - expected).abs().max())
-        if diff > atol:
-            raise RuntimeError(
-                f"{fmt} export deviates from the checkpoint by {diff:.2e} (> atol={atol})."
-            )
+        missing = _missing_for(fmt)
+        if missing:
+            result["skipped"][fmt] = missing
+            continue
+        path = out_dir / FILE_NAMES[fmt]
+        with atomic_path(path) as tmp:
+            WRITERS[fmt](wrapper, example, tmp)
+            diff = float((RUNNERS[fmt](tmp, check) - expected).abs().max())
+            if diff > atol:
+                raise RuntimeError(
+                    f"{fmt} export deviates from the checkpoint by {diff:.2e} (> atol={atol}); "
+                    f"{path} was not written."
+                )
         result["files"][fmt] = str(path)
         result["max_abs_diff"][fmt] = diff
     meta = metadata(model)
     meta["files"] = {k: Path(v).name for k, v in result["files"].items()}
-    meta_path = out_dir / "model.json"
-    meta_path.write_text(json.dumps(meta, indent=2))
+    meta_path = atomic_write(out_dir / "model.json", json.dumps(meta, indent=2))
     result["files"]["metadata"] = str(meta_path)
     return result
 
@@ -155,10 +192,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftlight export", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by `ftlight fit`")
     parser.add_argument("-o", "--output", default="export", help="output folder")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument(
+        "--format",
+        nargs="+",
+        choices=FORMATS,
+        default=list(DEFAULT_FORMATS),
+        help="pt2 (torch.export), onnx (needs the [export] extra), torchscript (deprecated by "
+        "torch; for LibTorch C++)",
+    )
     parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle a checkpoint holding Python objects besides tensors (trusted files only)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    result = export(args.checkpoint, args.output, formats=args.format, atol=args.atol)
+    try:
+        result = export(
+            args.checkpoint,
+            args.output,
+            formats=args.format,
+            atol=args.atol,
+            trust_pickle=args.trust_pickle,
+        )
+    except (OSError, ValueError) as err:  # known errors: one line (FTLIGHT_DEBUG=1: traceback)
+        if os.environ.get("FTLIGHT_DEBUG"):
+            raise
+        print(f"ftlight export: error: {err}", file=sys.stderr)
+        return 2
     for fmt, path in result["files"].items():
         diff = result["max_abs_diff"].get(fmt)
         note = f" (max |diff| vs checkpoint {diff:.1e})" if diff is not None else ""

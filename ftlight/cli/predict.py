@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from ftlight.data import IMG_EXTENSIONS, ImageFileDataset, scan_class_folder
+from ftlight.data import IMG_EXTENSIONS, CorruptImageError, load_rgb, scan_class_folder
+from ftlight.data.config import DataConfig
 from ftlight.data.transforms import eval_transform
 from ftlight.files import atomic_path
 from ftlight.finetuner import FineTuner
@@ -87,22 +90,76 @@ def class_name_mismatch(model_classes: Sequence[str], folder_classes: Sequence[s
     return "Class names differ between the checkpoint and the labelled folder: " + "; ".join(parts)
 
 
+class _PredictImages(Dataset):
+    """Images with the checkpoint's eval transform; unreadable ones, when skipped, as flags."""
+
+    def __init__(self, paths: Sequence[str], config: DataConfig, skip_corrupt: bool) -> None:
+        self.paths, self.transform = list(paths), eval_transform(config)
+        self.shape, self.skip_corrupt = tuple(config.input_size), skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
+        try:
+            return self.transform(load_rgb(self.paths[index])), True
+        except CorruptImageError:
+            if not self.skip_corrupt:
+                raise
+            return torch.zeros(self.shape), False
+
+
 @torch.no_grad()
 def predict_probabilities(
-    model: FineTuner, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 0
+    model: FineTuner,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    skipped: list[str] | None = None,
 ) -> torch.Tensor:
-    """Class probabilities ``(N, C)`` for image files, with the checkpoint's preprocessing."""
+    """Class probabilities ``(N, C)`` for image files, with the checkpoint's preprocessing.
+
+    An unreadable image raises :class:`CorruptImageError`, unless a ``skipped`` list is given:
+    then its path is appended there and it has no row in the result.
+    """
     model.eval()
-    dataset = ImageFileDataset([(p, 0) for p in paths], eval_transform(model.data_config))
+    dataset = _PredictImages(paths, model.data_config, skip_corrupt=skipped is not None)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    out = []
+    out, flags = [], []
     device = next(model.parameters()).device
-    for images, _ in loader:
+    for images, readable in loader:
         probs = model.probabilities(model(images.to(device)))
         if probs.ndim == 1:  # binary: P(class 1) -> two columns
             probs = torch.stack([1 - probs, probs], dim=1)
-        out.append(probs.float().cpu())
+        out.append(probs.float().cpu()[readable])
+        flags += readable.tolist()
+    if skipped is not None:
+        skipped += [p for p, ok in zip(paths, flags, strict=True) if not ok]
     return torch.cat(out)
+
+
+CSV_HEADER_START = "path,pred_1,prob_1"
+
+
+def check_output(path: str) -> str | None:
+    """Refuse to overwrite anything but a previous predictions CSV; a warning if it replaces one.
+
+    Raises :class:`FileExistsError` for another file (a checkpoint given as ``-o``, say).
+    """
+    out = Path(path)
+    if path == "-" or not out.exists():
+        return None
+    if out.is_dir():
+        raise FileExistsError(f"-o {path} is a folder; expected a CSV file name (or - for stdout).")
+    with out.open("rb") as fh:
+        head = fh.read(len(CSV_HEADER_START))
+    if head != CSV_HEADER_START.encode():
+        raise FileExistsError(
+            f"Refusing to overwrite {path}: it is not a predictions CSV written by ftlight predict "
+            f"(it starts with {head[:12]!r}). Choose another -o file, or - for standard output."
+        )
+    return f"replacing the previous predictions in {path}"
 
 
 def write_predictions(
@@ -113,8 +170,29 @@ def write_predictions(
     *,
     top_k: int = 3,
     labels: Sequence[str | None] | None = None,
-) -> Path:
-    """CSV: ``path, pred_1, prob_1, …, pred_k, prob_k`` (and ``label`` when known)."""
+) -> Path | None:
+    """CSV: ``path, pred_1, prob_1, …, pred_k, prob_k`` (and ``label`` when known).
+
+    Written atomically (a failure keeps the previous file); ``path="-"``: standard output
+    (returns ``None``).
+    """
+    if str(path) == "-":
+        _write_rows(sys.stdout, paths, probs, class_names, top_k, labels)
+        return None
+    out = Path(path)
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
+        _write_rows(f, paths, probs, class_names, top_k, labels)
+    return out
+
+
+def _write_rows(
+    f: TextIO,
+    paths: Sequence[str],
+    probs: torch.Tensor,
+    class_names: Sequence[str],
+    top_k: int,
+    labels: Sequence[str | None] | None,
+) -> None:
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     has_labels = labels is not None and any(lab is not None for lab in labels)
@@ -123,18 +201,22 @@ def write_predictions(
         header += [f"pred_{i}", f"prob_{i}"]
     if has_labels:
         header.append("label")
-    out = Path(path)
-    with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row, p in enumerate(paths):
-            line: list[object] = [p]
-            for j in range(k):
-                line += [class_names[int(indices[row, j])], f"{float(values[row, j]):.6f}"]
-            if has_labels:
-                line.append(labels[row] or "")
-            writer.writerow(line)
-    return out
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for row, p in enumerate(paths):
+        line: list[object] = [p]
+        for j in range(k):
+            line += [class_names[int(indices[row, j])], f"{float(values[row, j]):.6f}"]
+        if has_labels:
+            line.append(labels[row] or "")
+        writer.writerow(line)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (received {value})")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,40 +224,93 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftlight predict", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by `ftlight fit`")
     parser.add_argument("inputs", nargs="+", help="image folders, image files or .txt lists")
-    parser.add_argument("-o", "--output", default="predictions.csv", help="CSV to write")
-    parser.add_argument("-k", "--top_k", type=int, default=3, help="classes per image")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="predictions.csv",
+        help="CSV to write (- for standard output); an existing file is replaced only if it "
+        "is a previous predictions CSV",
+    )
+    parser.add_argument("-k", "--top_k", type=_positive, default=3, help="classes per image")
+    parser.add_argument("--batch_size", type=_positive, default=32)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument(
-        "--strict", action="store_true", help="fail (exit 3) on a class-name mismatch"
+        "--strict",
+        action="store_true",
+        help="refuse (exit 3, nothing written) when a labelled folder's classes differ from "
+        "the checkpoint's",
+    )
+    parser.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images (listed on stderr)"
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle a checkpoint holding Python objects besides tensors (trusted files only)",
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        return _predict(args)
+    except BrokenPipeError:  # -o - piped into `head`: stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (OSError, ValueError) as err:  # known errors: one line (FTLIGHT_DEBUG=1: traceback)
+        if os.environ.get("FTLIGHT_DEBUG"):
+            raise
+        hint = (
+            " (--skip-corrupt skips unreadable images)"
+            if isinstance(err, CorruptImageError)
+            else ""
+        )
+        print(f"ftlight predict: error: {err}{hint}", file=sys.stderr)
+        return 2
 
-    model = FineTuner.from_checkpoint(args.checkpoint)
-    class_names = list(model.class_names or [])
+
+def _predict(args: argparse.Namespace) -> int:
+    # With -o -, standard output holds the CSV alone: messages go to standard error.
+    say = functools.partial(print, file=sys.stderr if args.output == "-" else sys.stdout)
+    replacing = check_output(args.output)
     inputs = collect_inputs(args.inputs)
-    probs = predict_probabilities(
-        model, inputs.paths, batch_size=args.batch_size, num_workers=args.num_workers
-    )
-    if len(class_names) != probs.shape[1]:
-        class_names = [str(i) for i in range(probs.shape[1])]
+    model = FineTuner.from_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
+    class_names = list(model.class_names or [])
+    n_outputs = 2 if model.hparams.task == "binary" else model.num_outputs
+    if len(class_names) != n_outputs:
+        class_names = [str(i) for i in range(n_outputs)]
     mismatch = class_name_mismatch(class_names, inputs.folder_classes)
+    if mismatch and args.strict:
+        print(f"ftlight predict: error: {mismatch}. Nothing written (--strict).", file=sys.stderr)
+        return 3
     if mismatch:
         print(f"ftlight predict: WARNING: {mismatch}", file=sys.stderr)
-    out = write_predictions(
-        args.output, inputs.paths, probs, class_names, top_k=args.top_k, labels=inputs.labels
+    skipped: list[str] | None = [] if args.skip_corrupt else None
+    probs = predict_probabilities(
+        model,
+        inputs.paths,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        skipped=skipped,
     )
-    print(f"ftlight predict: {len(inputs.paths)} images -> {out}")
-    known = [
-        (i, lab) for i, lab in enumerate(inputs.labels) if lab is not None and lab in class_names
-    ]
+    paths, labels = inputs.paths, inputs.labels
+    if skipped:
+        gone = set(skipped)
+        kept = [i for i, p in enumerate(paths) if p not in gone]
+        paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+        print(
+            f"ftlight predict: WARNING: skipped {len(skipped)} unreadable image(s): {skipped[:5]}",
+            file=sys.stderr,
+        )
+    if replacing:
+        print(f"ftlight predict: WARNING: {replacing}", file=sys.stderr)
+    out = write_predictions(args.output, paths, probs, class_names, top_k=args.top_k, labels=labels)
+    say(f"ftlight predict: {len(paths)} images -> {out or 'standard output'}")
+    known = [(i, lab) for i, lab in enumerate(labels) if lab is not None and lab in class_names]
     if known:
         top1 = probs.argmax(1)
         correct = sum(class_names[int(top1[i])] == lab for i, lab in known)
-        print(
+        say(
             f"ftlight predict: accuracy on {len(known)} labelled images: {correct / len(known):.4f}"
         )
-    return 3 if mismatch and args.strict else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from ftlight.models.weights import (
     WEIGHT_FILE_SUFFIXES,
     WeightsInfo,
     create_hub_model,
+    is_weight_file,
     load_packaged_efficientnet_lite0,
     load_state_dict_file,
 )
@@ -147,11 +148,19 @@ def _data_config_from(model: nn.Module, spec: BackboneSpec) -> DataConfig:
 
 
 def load_timm_model(
-    name: str, weights: str | os.PathLike | None = None, **timm_kwargs: Any
+    name: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    weights_strict: bool = True,
+    classifier_optional: bool = True,
+    trust_pickle: bool = False,
+    **timm_kwargs: Any,
 ) -> tuple[nn.Module, WeightsInfo]:
     """The full timm model (ImageNet classifier kept) with ``weights`` loaded, and provenance.
 
-    ``weights`` as in :func:`create_backbone`; never falls back to random weights.
+    ``weights``, ``weights_strict`` and ``trust_pickle`` as in :func:`create_backbone`; never
+    falls back to random weights. ``classifier_optional``: a weights file may lack the
+    classifier or hold one of another size (when the caller replaces it).
     """
     spec = resolve_backbone(name)
     if weights is None:
@@ -162,9 +171,15 @@ def load_timm_model(
         info = load_packaged_efficientnet_lite0(model)
     elif weights == "imagenet":
         model, info = create_hub_model(spec.timm_name, **timm_kwargs)
-    elif isinstance(weights, (str, os.PathLike)) and str(weights).endswith(WEIGHT_FILE_SUFFIXES):
+    elif is_weight_file(weights):
         model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
-        info = load_state_dict_file(model, weights)
+        info = load_state_dict_file(
+            model,
+            weights,
+            strict=weights_strict,
+            classifier_optional=classifier_optional,
+            trust_pickle=trust_pickle,
+        )
     else:
         raise ValueError(
             f"Unsupported weights={weights!r}. Expected None, 'imagenet', or a path to a file "
@@ -179,6 +194,8 @@ def create_backbone(
     *,
     keep_fc: bool = True,
     image_size: int | None = None,
+    weights_strict: bool = True,
+    trust_pickle: bool = False,
     **timm_kwargs: Any,
 ) -> Backbone:
     """Build a registered backbone (or any timm model) without its classifier.
@@ -191,10 +208,16 @@ def create_backbone(
         keep_fc: keep the fully connected layers before the classifier (VGG16's fc1/fc2) and
             replace only the prediction layer; ``False`` drops them (pooled conv features).
         image_size: override the input size of the data config (e.g. 128 for fast CPU runs).
+        weights_strict: a weights file must hold every weight of the backbone, with its shape
+            (the classifier, replaced anyway, excepted); ``False`` loads the matching part.
+        trust_pickle: unpickle a trusted weights file that holds Python objects besides
+            tensors (never needed for state dicts, safetensors or ftlight checkpoints).
         timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ...).
     """
     spec = resolve_backbone(name)
-    model, info = load_timm_model(spec.name, weights, **timm_kwargs)
+    model, info = load_timm_model(
+        spec.name, weights, weights_strict=weights_strict, trust_pickle=trust_pickle, **timm_kwargs
+    )
     if info.source == "file":
         # The classifier is removed below: its absence from a backbone-only file is expected.
         classifier = str(model.pretrained_cfg.get("classifier", "")) + "."

@@ -1,0 +1,137 @@
+"""compat's model and weights files: loading never runs code (Keras's ``safe_mode``), Keras's
+own files are named, and a save that fails half-way keeps the previous file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ftlight.files import UnreadableFileError, UntrustedFileError
+from tests.test_trust_files import crafted_pickle
+
+REPO = Path(__file__).parents[2]
+
+
+def doubled(x: torch.Tensor) -> torch.Tensor:
+    """A user's own activation function: a model using it is code the file cannot carry."""
+    return 2 * x
+
+
+def _model(K, activation="softmax"):
+    return K.Sequential(
+        [
+            K.Input((8, 8, 3)),
+            K.layers.Conv2D(4, 3, activation="relu"),
+            K.layers.BatchNormalization(),
+            K.layers.GlobalAveragePooling2D(),
+            K.layers.Dense(3, activation=activation),
+        ]
+    )
+
+
+@pytest.mark.parametrize("kind", ["load_model", "load_weights"])
+def test_a_crafted_pickle_is_refused(ck, tmp_path: Path, kind: str) -> None:
+    marker = tmp_path / "marker"
+    if kind == "load_model":
+        evil = crafted_pickle(tmp_path / "evil.keras.pt", marker, wrap="compat-model")
+        with pytest.raises(UntrustedFileError, match=r"evil\.keras\.pt.*trust_pickle=True"):
+            ck.models.load_model(evil)
+    else:
+        evil = crafted_pickle(tmp_path / "evil.weights.pt", marker, wrap="compat-weights")
+        with pytest.raises(UntrustedFileError, match=r"evil\.weights\.pt"):
+            _model(ck).load_weights(evil)
+    assert not marker.exists()
+
+
+def test_safe_mode_loads_compat_layers_and_asks_for_user_code(ck, images, tmp_path) -> None:
+    x, y = images(8, 8)
+    model = _model(ck)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "plain.model")
+    loaded = ck.models.load_model(tmp_path / "plain.model")  # safe_mode=True by default
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+    custom = _model(ck, activation=doubled)
+    custom.save(tmp_path / "custom.model")
+    with pytest.raises(UntrustedFileError, match=r"test_saving_trust\.doubled.*custom_objects"):
+        ck.models.load_model(tmp_path / "custom.model")
+    expected = custom.predict(x, verbose=0)
+    for kwargs in ({"custom_objects": {"doubled": doubled}}, {"safe_mode": False}):
+        again = ck.models.load_model(tmp_path / "custom.model", **kwargs)
+        np.testing.assert_array_equal(again.predict(x, verbose=0), expected)
+
+
+def test_model_checkpoint_files_load_in_safe_mode(ck, images, tmp_path) -> None:
+    x, y = images(8, 8)
+    model = _model(ck)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    callback = ck.callbacks.ModelCheckpoint(str(tmp_path / "m{epoch:02d}.model"))
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    loaded = ck.models.load_model(tmp_path / "m01.model")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_keras_files_are_named(keras, ck, tmp_path: Path) -> None:
+    """Real files written by Keras 3: a ``.keras`` archive, an ``.h5`` model, ``.weights.h5``."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "model.keras")
+    model.save(tmp_path / "model.h5")
+    model.save_weights(tmp_path / "model.weights.h5")
+    cases = {
+        "model.keras": "a Keras 3 .keras archive",
+        "model.h5": "an HDF5 file",
+        "model.weights.h5": "an HDF5 file",
+    }
+    for name, what in cases.items():
+        for load in (ck.models.load_model, _model(ck).load_weights):
+            with pytest.raises(UnreadableFileError) as err:
+                load(tmp_path / name)
+            message = str(err.value)
+            assert str(tmp_path / name) in message and what in message
+            assert "compat cannot read Keras" in message
+    (tmp_path / "empty.model").write_bytes(b"")
+    with pytest.raises(UnreadableFileError, match=r"empty\.model is empty \(0 bytes\)"):
+        ck.models.load_model(tmp_path / "empty.model")
+
+
+FAIL_HALF_WAY = """
+import os, resource, signal, sys
+os.environ["KERAS_BACKEND"] = "torch"
+import compat as keras
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk: writes fail with EFBIG
+kind, path = sys.argv[1], sys.argv[2]
+model = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Conv2D(256, 3)])
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+model.save(path) if kind == "save" else model.save_weights(path)
+"""
+
+
+@pytest.mark.parametrize("kind", ["save", "save_weights"])
+def test_a_save_that_fails_half_way_keeps_the_previous_file(ck, tmp_path, kind) -> None:
+    path = tmp_path / "previous.pt"
+    small = ck.Sequential([ck.Input((8, 8, 3)), ck.layers.Conv2D(2, 3)])
+    getattr(small, kind)(path)
+    before = path.read_bytes()
+    (tmp_path / "fail.py").write_text(FAIL_HALF_WAY)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "fail.py"), kind, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    # The write really failed half-way: torch's zip writer reports (or aborts on) the short write.
+    assert proc.returncode != 0 and "unexpected pos" in proc.stderr, proc.stderr[-2000:]
+    assert path.read_bytes() == before
+    if kind == "save":
+        assert ck.models.load_model(path).count_params() == small.count_params()
+    else:
+        ck.Sequential([ck.Input((8, 8, 3)), ck.layers.Conv2D(2, 3)]).load_weights(path)

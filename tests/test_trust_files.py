@@ -1,0 +1,463 @@
+"""Files ftlight reads and writes: loading never runs code, a partial load is an error, a bad
+file is named in one line, and a write that fails half-way keeps the previous file.
+
+All real: checkpoints from real ``Trainer`` runs, crafted files in tmp_path, ``ftlight``
+subprocesses for the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import timm
+import torch
+
+import ftlight
+from ftlight import FineTuner, ImageDataModule
+from ftlight.cli import predict
+from ftlight.cli.demo import DIGITS_MARKER, prepare_digits_folder, write_digits_folder
+from ftlight.files import UnreadableFileError, UntrustedFileError, load_torch_file
+from ftlight.models.weights import WeightsMismatchError, load_state_dict_file
+from tests.conftest import make_image_folder
+
+REPO = Path(__file__).parents[1]
+
+
+class _RunsCode:
+    """Unpickling this creates ``marker``: what a malicious file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def crafted_pickle(
+    path: Path, marker: Path, *, wrap: str = "checkpoint", legacy: bool = False
+) -> Path:
+    """A torch.save file (zip, or the legacy format) that would create ``marker`` if it
+    were unpickled."""
+    payload = {"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}, "x": _RunsCode(marker)}
+    if wrap == "compat-model":
+        payload = {"format": "compat-model-v1", "model": _RunsCode(marker)}
+    elif wrap == "compat-weights":
+        payload = {"format": "compat-weights-v1", "weights": [("w", _RunsCode(marker))]}
+    torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def ftlight_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FTLIGHT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ftlight.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    """A tiny real checkpoint (resnet18, 32 px, cat/dog) and its image folder."""
+    work = tmp_path_factory.mktemp("trust")
+    images = make_image_folder(work / "imgs", classes=("cat", "dog"), per_class=4, size=32)
+    dm = ImageDataModule.from_folder(images, batch_size=4, val_split=0.25, num_workers=0)
+    model = FineTuner("resnet18", 2, None, image_size=32)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=work,
+    )
+    trainer.fit(model, dm)
+    ckpt = work / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return {"work": work, "ckpt": ckpt, "images": images}
+
+
+# ---- 1. loading never runs code ------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_predict_and_export_refuse_a_crafted_pickle(run, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    evil = crafted_pickle(tmp_path / "evil.ckpt", marker)
+    for command in (["predict", str(evil), str(run["images"])], ["export", str(evil)]):
+        proc = ftlight_cli(*command, "-o", str(tmp_path / "out"), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "Refusing to load" in proc.stderr and "--trust-pickle" in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_weights_file_with_a_crafted_pickle_is_refused(tmp_path: Path, legacy: bool) -> None:
+    marker = tmp_path / "marker"
+    evil = crafted_pickle(tmp_path / "evil.pth", marker, legacy=legacy)
+    with pytest.raises(UntrustedFileError, match=r"evil\.pth.*trust_pickle=True"):
+        ftlight.create_backbone("resnet18", weights=str(evil))
+    with pytest.raises(UntrustedFileError):
+        FineTuner("resnet18", 2, str(evil))
+    assert not marker.exists()
+
+
+def test_trust_pickle_is_the_explicit_opt_in(run, tmp_path: Path) -> None:
+    """A trusted checkpoint holding a Python object besides tensors: refused, then loaded."""
+    checkpoint = torch.load(run["ckpt"], weights_only=True)
+    checkpoint["legacy_args"] = argparse.Namespace(lr=0.1)  # as old training scripts stored
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(checkpoint, legacy)
+    with pytest.raises(UntrustedFileError, match=r"argparse\.Namespace"):
+        FineTuner.from_checkpoint(legacy)
+    model = FineTuner.from_checkpoint(legacy, trust_pickle=True)
+    assert model.class_names == ["cat", "dog"]
+    out = tmp_path / "p.csv"
+    assert predict.main([str(legacy), str(run["images"]), "-o", str(out)]) == 2
+    assert predict.main([str(legacy), str(run["images"]), "-o", str(out), "--trust-pickle"]) == 0
+    assert out.is_file()
+
+
+def test_own_checkpoints_load_with_weights_only_also_for_lightning_resume(tmp_path: Path) -> None:
+    """NumPy class names and sizes in the hyper-parameters are stored as plain Python types."""
+    x = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    y = np.repeat([0, 1], 4)
+    names = np.array(["no", "yes"])
+    dm = ImageDataModule.from_arrays(x, y, class_names=list(names), batch_size=4, val_split=0)
+    model = FineTuner("resnet18", 2, None, image_size=np.int64(32), class_names=list(names))
+    common = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
+    trainer = L.Trainer(max_steps=1, **common)
+    trainer.fit(model, dm)
+    path = tmp_path / "np.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    assert FineTuner.from_checkpoint(path).class_names == ["no", "yes"]
+    resumed = FineTuner("resnet18", 2, None, image_size=32, class_names=["no", "yes"])
+    trainer = L.Trainer(max_steps=2, **common)
+    trainer.fit(resumed, dm, ckpt_path=path, weights_only=True)
+    assert trainer.global_step == 2
+
+
+# ---- 4. no partial weights in silence ------------------------------------------------------
+def test_weights_of_another_depth_are_an_error_listing_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), path)
+    with pytest.raises(WeightsMismatchError) as err:
+        ftlight.create_backbone("resnet34", weights=str(path))
+    message = str(err.value)
+    assert "missing from the file" in message and "layer1.2.conv1.weight" in message
+    assert "of another shape" not in message  # same shapes where the names match
+    assert "--model.weights_strict false" in message and "strict=False" in message
+    partial = ftlight.create_backbone("resnet34", weights=str(path), weights_strict=False)
+    assert "layer1.2.conv1.weight" in partial.weights_info.missing_keys
+    model = FineTuner("resnet34", 2, str(path), weights_strict=False)
+    assert model.hparams.weights_strict is False
+    with pytest.raises(WeightsMismatchError):
+        FineTuner("resnet34", 2, str(path))
+
+
+def test_a_renamed_or_reshaped_layer_is_an_error_but_a_replaced_classifier_is_not(
+    tmp_path: Path,
+) -> None:
+    state = timm.create_model("resnet18", num_classes=5).state_dict()
+    path = tmp_path / "five_classes.pth"
+    torch.save(state, path)
+    backbone = ftlight.create_backbone("resnet18", weights=str(path))  # classifier: replaced
+    assert backbone.weights_info.dropped_keys == ["fc.weight", "fc.bias"]
+    renamed = {k.replace("layer4.", "stage4."): v for k, v in state.items()}
+    torch.save(renamed, tmp_path / "renamed.pth")
+    with pytest.raises(WeightsMismatchError, match=r"in the file but not in the model.*stage4"):
+        ftlight.create_backbone("resnet18", weights=str(tmp_path / "renamed.pth"))
+    reshaped = dict(state, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    torch.save(reshaped, tmp_path / "reshaped.pth")
+    with pytest.raises(WeightsMismatchError, match=r"conv1.weight \(64, 3, 3, 3\)"):
+        ftlight.create_backbone("resnet18", weights=str(tmp_path / "reshaped.pth"))
+    full = timm.create_model("resnet18")  # keeps its classifier: the file must provide it
+    with pytest.raises(WeightsMismatchError, match=r"fc\.weight"):
+        load_state_dict_file(full, path, classifier_optional=False)
+
+
+def test_weights_strict_is_a_command_line_flag(capsys) -> None:
+    from ftlight.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.backbone=resnet18", "--model.weights_strict=false", "--print_config"])
+    assert "weights_strict: false" in capsys.readouterr().out
+
+
+# ---- 6. unreadable files get one clear line ------------------------------------------------
+def _torchscript(path: Path) -> None:
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+
+
+def _keras_archive(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:  # what Keras 3 writes for model.save(".keras")
+        archive.writestr("metadata.json", '{"keras_version": "3.15.1"}')
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n")
+
+
+BAD_FILES = {
+    "empty": (lambda p, ok: p.write_bytes(b""), "empty (0 bytes)"),
+    "garbage": (
+        lambda p, ok: p.write_bytes(np.random.default_rng(0).bytes(256)),
+        "unrecognised binary data",
+    ),
+    "truncated": (
+        lambda p, ok: p.write_bytes(ok.read_bytes()[: ok.stat().st_size // 2]),
+        "truncated or damaged zip archive",
+    ),
+    "html": (lambda p, ok: p.write_text("<!DOCTYPE html><html>404</html>"), "an HTML page"),
+    "lfs": (
+        lambda p, ok: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"),
+        "Git LFS pointer",
+    ),
+    "torchscript": (lambda p, ok: _torchscript(p), "TorchScript program"),
+    "keras": (lambda p, ok: _keras_archive(p), "Keras 3 .keras archive"),
+    "hdf5": (lambda p, ok: p.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100)), "HDF5 file"),
+    "pickle": (
+        lambda p, ok: p.write_bytes(__import__("pickle").dumps({"a": 1}, protocol=4)),
+        "plain Python pickle",
+    ),
+}
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".PTH", ".safetensors"])
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_a_bad_file_is_named_with_what_it_is(run, tmp_path: Path, kind: str, suffix: str) -> None:
+    make, description = BAD_FILES[kind]
+    path = tmp_path / f"bad_{kind}{suffix}"
+    make(path, run["ckpt"])
+    loaders = [lambda: ftlight.create_backbone("resnet18", weights=str(path))]
+    if suffix == ".ckpt":
+        loaders.append(lambda: FineTuner.from_checkpoint(path))
+    for load in loaders:
+        with pytest.raises(UnreadableFileError) as err:
+            load()
+        message = str(err.value)
+        assert str(path) in message and description in message
+        assert "invalid load key" not in message and "inline_container" not in message
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1000)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UnreadableFileError, match=r"w\.safetensors.*safetensors"):
+        ftlight.create_backbone("resnet18", weights=str(path))
+
+
+def test_upper_case_suffix_and_content_decide_how_a_weights_file_is_read(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()}
+    save_file(state, str(tmp_path / "W.PTH"))  # safetensors bytes behind a .PTH name
+    loaded = ftlight.create_backbone("resnet18", weights=str(tmp_path / "W.PTH"))
+    torch.testing.assert_close(loaded.model.conv1.weight, state["conv1.weight"])
+
+
+def test_a_state_dict_given_as_a_checkpoint_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "weights.ckpt"
+    torch.save(timm.create_model("resnet18").state_dict(), path)
+    with pytest.raises(UnreadableFileError, match=r"--model.weights PATH"):
+        FineTuner.from_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match=r"no_such\.ckpt"):
+        load_torch_file(tmp_path / "no_such.ckpt")
+
+
+def test_cli_names_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    proc = ftlight_cli("export", "model.ckpt", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "ftlight export: error: model.ckpt is empty (0 bytes), not an ftlight checkpoint "
+        "(a .ckpt written by `ftlight fit` or Trainer.save_checkpoint)."
+    )
+
+
+# ---- 3. writes never lose the previous good file -------------------------------------------
+FAIL_HALF_WAY = """
+import resource, signal, sys
+from ftlight.cli.export import export
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk: writes fail with EFBIG
+checkpoint, out = sys.argv[1], sys.argv[2]
+from ftlight import FineTuner
+FineTuner.from_checkpoint(checkpoint)  # imports and reads done before the limit
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+export(checkpoint, out, formats=["pt2"])
+"""
+
+
+@pytest.mark.slow
+def test_an_export_that_fails_half_way_keeps_the_previous_export(run, tmp_path: Path) -> None:
+    from ftlight.cli.export import export, run_pt2
+
+    out = tmp_path / "exp"
+    first = export(run["ckpt"], out, formats=["pt2"])
+    before = (out / "model.pt2").read_bytes()
+    script = tmp_path / "fail.py"
+    script.write_text(FAIL_HALF_WAY)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run["ckpt"]), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    # torch's zip writer fails (an OSError) or aborts the process (SIGABRT) on the full disk.
+    # The write really failed half-way: torch's zip writer reports (or aborts on) the short write.
+    assert proc.returncode != 0 and "unexpected pos" in proc.stderr, proc.stderr[-2000:]
+    assert (out / "model.pt2").read_bytes() == before
+    assert run_pt2(out / "model.pt2", torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == ["model.json", "model.pt2"]
+    assert first["max_abs_diff"]["pt2"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_predict_output_refuses_a_checkpoint_warns_on_a_csv_and_writes_stdout(
+    run, tmp_path: Path, capsys
+) -> None:
+    ckpt, images = run["ckpt"], str(run["images"])
+    victim = tmp_path / "precious.ckpt"
+    victim.write_bytes(ckpt.read_bytes())
+    proc = ftlight_cli("predict", str(ckpt), images, "-o", str(victim), cwd=tmp_path)
+    assert proc.returncode == 2 and "Refusing to overwrite" in proc.stderr
+    assert victim.read_bytes() == ckpt.read_bytes()
+
+    proc = ftlight_cli("predict", str(ckpt), images, "-o", "-", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == 8 and rows[0]["pred_1"] in ("cat", "dog")
+    assert "accuracy on 8 labelled images" in proc.stderr
+
+    out = tmp_path / "p.csv"
+    assert predict.main([str(ckpt), images, "-o", str(out)]) == 0
+    assert predict.main([str(ckpt), images, "-o", str(out), "-k", "1"]) == 0
+    assert "replacing the previous predictions" in capsys.readouterr().err
+    assert "pred_2" not in out.read_text()
+
+
+def test_predict_strict_refuses_before_writing_and_k0_is_refused(run, tmp_path: Path) -> None:
+    other = make_image_folder(tmp_path / "other", classes=("cat", "bird"), per_class=2, size=32)
+    out = tmp_path / "p.csv"
+    assert predict.main([str(run["ckpt"]), str(other), "-o", str(out), "--strict"]) == 3
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exc:
+        predict.main([str(run["ckpt"]), str(other), "-k", "0"])
+    assert exc.value.code == 2
+
+
+def test_predict_skip_corrupt(run, tmp_path: Path, capsys) -> None:
+    folder = make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2, size=32)
+    (folder / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "p.csv"
+    assert predict.main([str(run["ckpt"]), str(folder), "-o", str(out)]) == 2
+    assert "broken.png" in capsys.readouterr().err and not out.exists()
+    assert predict.main([str(run["ckpt"]), str(folder), "-o", str(out), "--skip-corrupt"]) == 0
+    assert "skipped 1 unreadable image" in capsys.readouterr().err
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and not any("broken" in r["path"] for r in rows)
+
+
+@pytest.mark.slow
+def test_demo_data_folder_is_never_a_mix_of_two_seeds(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_digits_folder(root, seed=0, size=8)
+    first = {p.name: p.parts[-3] for p in root.rglob("*.png")}
+    prepare_digits_folder(root, seed=1, size=8)
+    second = {p.name: p.parts[-3] for p in root.rglob("*.png")}
+    assert len(second) == len(list(root.rglob("*.png"))) == 1797  # each digit in one split
+    assert second != first  # another seed, other splits, nothing left of the first
+    assert not [p for p in tmp_path.iterdir() if p.name != "data"]  # no temporary folders
+    mtime = (root / DIGITS_MARKER).stat().st_mtime_ns
+    prepare_digits_folder(root, seed=1, size=8)  # same seed: reused as it is
+    assert (root / DIGITS_MARKER).stat().st_mtime_ns == mtime
+
+    foreign = tmp_path / "mine" / "data"
+    (foreign / "cats").mkdir(parents=True)
+    proc = ftlight_cli("demo", "--out", str(tmp_path / "mine"), cwd=tmp_path)
+    assert proc.returncode == 2 and "was not written by ftlight demo" in proc.stderr
+    assert list(foreign.iterdir()) == [foreign / "cats"]
+
+
+# ---- issue 10: no network means one quick, clear answer ------------------------------------
+HUB_CODE = """
+import ftlight, torch
+try:
+    backbone = ftlight.create_backbone("resnet18", weights="imagenet")
+except ftlight.WeightsUnavailableError as err:
+    print("ERROR", err)
+else:
+    print("LOADED", backbone.weights_info.file, float(backbone.model.conv1.weight.sum()))
+"""
+
+
+def _hub_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    # A hub that refuses connections: what a machine without network sees, in any CI.
+    return {**env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def test_no_network_is_said_at_the_first_failure_naming_hf_hub_offline(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_CODE],
+        env=_hub_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout.startswith("ERROR"), proc.stdout + proc.stderr[-2000:]
+    assert "no network" in proc.stdout and "HF_HUB_OFFLINE=1" in proc.stdout
+    assert "--model.weights PATH" in proc.stdout
+    assert "Retrying" not in proc.stderr  # today: 5 retries per file, about a minute
+
+
+def test_no_network_uses_the_cached_hub_file_at_once(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    repo = tmp_path / "hf" / "hub" / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    state = timm.create_model("resnet18").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    proc = subprocess.run(
+        [sys.executable, "-c", HUB_CODE],
+        env=_hub_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout.startswith("LOADED"), proc.stdout + proc.stderr[-2000:]
+    assert "model.safetensors" in proc.stdout and "Retrying" not in proc.stderr
+    assert float(proc.stdout.split()[-1]) == pytest.approx(float(state["conv1.weight"].sum()))
