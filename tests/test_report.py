@@ -98,3 +98,106 @@ def test_report_writes_valid_pngs_and_a_summary_linking_them(tmp_path: Path) -> 
 def test_report_on_a_directory_without_metrics_explains(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"No metrics\.json in .*ftlight demo"):
         write_report(tmp_path)
+
+
+def _edges_blank(path: Path) -> bool:
+    """Nothing drawn in the outer 3 pixels: no title, label or tile was cut off."""
+    with Image.open(path) as img:
+        a = np.asarray(img.convert("L"))
+    edges = np.concatenate([a[:3].ravel(), a[-3:].ravel(), a[:, :3].ravel(), a[:, -3:].ravel()])
+    return int(edges.min()) > 245
+
+
+def _metrics_for(run: Path, classes: int, mistakes: int, epochs: int) -> dict:
+    rng = np.random.default_rng(classes)
+    names = (
+        [f"class_{i}" for i in range(classes)] if classes > 10 else [str(i) for i in range(classes)]
+    )
+    cm = rng.integers(0, 5, (classes, classes))
+    cm[np.arange(classes), np.arange(classes)] += 40
+    (run / "imgs").mkdir(parents=True)
+    rows = []
+    for i in range(mistakes):
+        path = run / "imgs" / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+        rows.append({"path": str(path), "true": names[i], "pred": names[-1], "prob": 0.9})
+    history = [
+        {
+            "phase": "fit",
+            "epoch": e,
+            "train_loss": 1 / (e + 1),
+            "val_loss": 1.1 / (e + 1),
+            "train_acc": 0.5 + e / 40,
+            "val_acc": 0.4 + e / 40,
+            "staged_phase": float(e // 4),
+        }
+        for e in range(epochs)
+    ]
+    return {
+        "backbone": "resnet18",
+        "train_loss": 0.25,
+        "train_loss_epoch": 0.25,
+        "train_loss_step": 0.2,
+        "staged_phase": 2.0,
+        "val_acc": 0.9,
+        "epochs": history,
+        "class_names": names,
+        "confusion_matrix": cm.tolist(),
+        "confusion_split": "validation",
+        "mistakes": rows,
+        "mistakes_split": "validation",
+    }
+
+
+@pytest.mark.parametrize(
+    ("classes", "mistakes", "epochs"), [(2, 0, 1), (3, 2, 1), (10, 5, 6), (100, 16, 12)]
+)
+def test_pictures_at_every_class_count_are_whole_and_legible(
+    tmp_path: Path, classes: int, mistakes: int, epochs: int
+) -> None:
+    """Drawn at 2, 3, 10 and 100 classes and looked at; the checks that catch what went wrong:
+    a small matrix or an empty grid cut its title off at the edges, and 100 classes made a
+    5100-pixel matrix of unreadable numbers."""
+    run = tmp_path / f"run{classes}"
+    metrics = _metrics_for(run, classes, mistakes, epochs)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    report = write_report(run).read_text()
+    for name in ("learning_curves.png", "confusion_matrix.png", "mistakes.png"):
+        with Image.open(run / name) as img:
+            img.verify()
+        with Image.open(run / name) as img:
+            assert img.format == "PNG"
+            assert max(img.size) <= 2500, (name, img.size)
+            colours = len(img.convert("RGB").getcolors(1_000_000))
+            assert colours > (20 if name == "mistakes.png" and not mistakes else 50), name
+        assert _edges_blank(run / name), f"{name} is cut off at {classes} classes"
+    # The summary lists each metric once; the phase is on the curves, not a metric.
+    summary = report.split("## ")[0]
+    assert "- **train_loss**: 0.2500" in summary
+    assert "train_loss_epoch" not in summary and "train_loss_step" not in summary
+    assert "staged_phase" not in summary
+    assert ("Most frequent confusions" in report) == (classes > 10)
+
+
+def test_curves_of_one_epoch_have_integer_ticks_and_milestones_are_marked() -> None:
+    from ftlight.cli.report import learning_curves_figure
+
+    one = learning_curves_figure([{"phase": "fit", "epoch": 0, "train_loss": 1.0, "val_acc": 0.5}])
+    for ax in one.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [1.0], ticks
+    rows = [
+        {
+            "phase": "fit",
+            "epoch": e,
+            "train_loss": 1 / (e + 1),
+            "staged_phase": float(e >= 3) + float(e >= 5),
+        }
+        for e in range(8)
+    ]
+    staged = learning_curves_figure(rows)
+    for ax in staged.axes:
+        dashed = sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--")
+        assert dashed == [3.5, 5.5]  # before epochs 4 and 6 (1-based), where phases 1 and 2 start
+        assert [t.get_text() for t in ax.texts] == ["unfreeze: phase 1", "unfreeze: phase 2"]
