@@ -201,3 +201,91 @@ def test_curves_of_one_epoch_have_integer_ticks_and_milestones_are_marked() -> N
         dashed = sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--")
         assert dashed == [3.5, 5.5]  # before epochs 4 and 6 (1-based), where phases 1 and 2 start
         assert [t.get_text() for t in ax.texts] == ["unfreeze: phase 1", "unfreeze: phase 2"]
+
+
+@pytest.mark.slow
+def test_report_says_which_weights_it_evaluated_and_draws_the_best_too(tmp_path: Path) -> None:
+    """A real run whose best checkpoint (by a logged score) is epoch 0 of 3: metrics.json and
+    the report say the matrix and mistakes are the final epoch's, name the best checkpoint and
+    draw its own matrix and mistakes, each equal to an independent evaluation of that file."""
+    from types import SimpleNamespace
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import ftlight
+    from ftlight.cli.main import write_metrics_json
+    from ftlight.cli.predict import predict_probabilities
+    from ftlight.cli.report import MetricsHistory
+    from tests.conftest import make_image_folder
+
+    class Score(L.Callback):  # best at epoch 0 in mode max, whatever the losses do
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            pl_module.log("score", -float(trainer.current_epoch))
+
+    root = make_image_folder(
+        tmp_path / "data", classes=("a", "b", "c"), per_class=6, size=32, splits=("train", "val")
+    )
+    dm = ftlight.ImageDataModule.from_folder(root, batch_size=6, num_workers=0, augment=False)
+    L.seed_everything(0, verbose=False)
+    model = ftlight.FineTuner("resnet18", num_classes=3, image_size=32, freeze=True, lr=0.3)
+    ckpt = ModelCheckpoint(tmp_path / "ckpt", monitor="score", mode="max", save_last=True)
+    trainer = L.Trainer(
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        logger=False,
+        callbacks=[Score(), MetricsHistory(), ckpt],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, dm)
+    final_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = json.loads(
+        write_metrics_json(
+            SimpleNamespace(trainer=trainer, model=model, datamodule=dm), run
+        ).read_text()
+    )
+    # The model keeps its final weights.
+    assert all(torch.equal(final_weights[k], v) for k, v in model.state_dict().items())
+
+    samples = dm.datasets["val"].samples
+    paths, truth = [p for p, _ in samples], [t for _, t in samples]
+
+    def evaluated(m: ftlight.FineTuner) -> tuple[list, list]:
+        with torch.no_grad():
+            probs = predict_probabilities(m, paths, batch_size=6)
+        cm = np.zeros((3, 3), dtype=int)
+        for t, p in zip(truth, probs.argmax(1).tolist(), strict=True):
+            cm[t, p] += 1
+        return cm.tolist(), worst_mistakes(paths, truth, probs, model.class_names)
+
+    best_file = ckpt.best_model_path
+    assert "epoch=0" in Path(best_file).name
+    assert metrics["evaluation"]["weights"] == "final"
+    assert metrics["evaluation"]["epoch"] == 2 and metrics["evaluation"]["global_step"] == 9
+    assert metrics["best"]["checkpoint"] == best_file
+    assert metrics["best"]["epoch"] == 0 and not metrics["best"]["same_as_final"]
+    assert (metrics["confusion_matrix"], metrics["mistakes"]) == evaluated(model)
+    best_model = ftlight.FineTuner.from_checkpoint(best_file)
+    assert (metrics["best"]["confusion_matrix"], metrics["best"]["mistakes"]) == evaluated(
+        best_model
+    )
+    assert metrics["best"]["mistakes"] != metrics["mistakes"]  # two states really evaluated
+
+    report = write_report(run).read_text()
+    assert "weights of the **final epoch** (epoch=2, step=9" in report
+    assert (
+        "The **best checkpoint** by score = 0.0000 is another state (epoch=0, step=3): "
+        f"`{best_file}`" in report
+    )
+    assert f"`ftlight predict {best_file} IMAGES`" in report
+    assert "## Confusion matrix (validation, final epoch)" in report
+    assert "## Confusion matrix (validation, best)" in report
+    assert "## Most confident mistakes (validation, best)" in report
+    for name in ("confusion_matrix_best.png", "mistakes_best.png"):
+        with Image.open(run / name) as img:
+            assert img.format == "PNG"
