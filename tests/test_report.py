@@ -289,3 +289,61 @@ def test_report_says_which_weights_it_evaluated_and_draws_the_best_too(tmp_path:
     for name in ("confusion_matrix_best.png", "mistakes_best.png"):
         with Image.open(run / name) as img:
             assert img.format == "PNG"
+
+
+@pytest.mark.slow
+def test_cli_fit_logs_the_report_pictures_to_tensorboard_next_to_the_scalars(
+    tmp_path: Path,
+) -> None:
+    """TensorBoard is a default dependency: a plain `ftlight fit` writes one Lightning version
+    folder holding the CSV metrics and a TensorBoard events file with scalars and pictures."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import make_image_folder
+
+    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=8, size=32)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftlight.cli",
+            "fit",
+            "--model.backbone",
+            "resnet18",
+            "--model.image_size",
+            "32",
+            "--model.freeze",
+            "true",
+            "--data.root",
+            "imgs",
+            "--data.batch_size",
+            "4",
+            "--data.num_workers",
+            "0",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            "run",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version = tmp_path / "run" / "logs" / "version_0"
+    assert (version / "metrics.csv").is_file() and (version / "metrics.json").is_file()
+    assert list(version.glob("events.out.tfevents.*")), sorted(p.name for p in version.iterdir())
+    events = EventAccumulator(str(version), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"val/confusion_matrix", "val/mistakes"} <= set(tags["images"]), tags
+    assert {"val_loss", "val_acc", "train_loss_epoch"} <= set(tags["scalars"]), tags
+    assert "hp_metric" not in tags["scalars"]  # no placeholder scalar
+    picture = events.Images("val/confusion_matrix")[-1]
+    assert picture.step == events.Scalars("val_loss")[-1].step  # at the run's last step
+    assert picture.encoded_image_string.startswith(b"\x89PNG")

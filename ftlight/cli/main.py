@@ -146,7 +146,11 @@ def _metrics_history() -> Any:
 
 
 def default_loggers(root: str) -> list[Any]:
-    """CSV logger (always) plus TensorBoard when it is installed, sharing one version."""
+    """TensorBoard (a default dependency) and CSV loggers writing into one Lightning version
+    folder, ``<root>/logs/version_N/`` (events file, ``metrics.csv``, ``hparams.yaml``).
+
+    TensorBoard is left out, not an error, when the package is missing.
+    """
     from lightning.pytorch.loggers import CSVLogger
 
     csv = CSVLogger(root, name="logs")
@@ -154,7 +158,9 @@ def default_loggers(root: str) -> list[Any]:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(root, name="logs", version=csv.version))
+        loggers.append(
+            TensorBoardLogger(root, name="logs", version=csv.version, default_hp_metric=False)
+        )
     return loggers
 
 
@@ -231,6 +237,21 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
                 record["best"].update(evaluated)
     path = log_dir / "metrics.json"
     atomic_write(path, json.dumps(record, indent=2))
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if boards:  # the pictures next to the scalars
+        import matplotlib.pyplot as plt
+
+        from ftlight.cli.report import report_figures
+
+        at = max(0, step - 1)  # where Lightning logs the last epoch's scalars (its last batch)
+        for tag, figure in report_figures(record).items():
+            for board in boards:
+                board.experiment.add_figure(tag, figure, global_step=at, close=False)
+            plt.close(figure)
+        for board in boards:  # Lightning closed the writer at the end of fit: close again
+            board.experiment.close()
     return path
 
 

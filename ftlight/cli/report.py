@@ -148,6 +148,13 @@ def _short(name: str, limit: int = 24) -> str:
 def plot_confusion_matrix(
     matrix: Any, class_names: Sequence[str], path: str | Path, title: str = "confusion matrix"
 ) -> Path:
+    """Draw :func:`confusion_matrix_figure` to a PNG file."""
+    return _save(confusion_matrix_figure(matrix, class_names, title), path)
+
+
+def confusion_matrix_figure(
+    matrix: Any, class_names: Sequence[str], title: str = "confusion matrix"
+) -> Any:
     """Counts per (true, predicted) class: annotated up to 30 classes, a colour bar beyond.
 
     The figure grows with the class count between a floor (so that the title and labels of a
@@ -197,7 +204,7 @@ def plot_confusion_matrix(
     else:
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="images")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def most_confused(
@@ -242,6 +249,13 @@ def worst_mistakes(
 def plot_mistakes(
     mistakes: Sequence[dict[str, Any]], path: str | Path, title: str = "most confident mistakes"
 ) -> Path:
+    """Draw :func:`mistakes_figure` to a PNG file."""
+    return _save(mistakes_figure(mistakes, title), path)
+
+
+def mistakes_figure(
+    mistakes: Sequence[dict[str, Any]], title: str = "most confident mistakes"
+) -> Any:
     """A grid of misclassified images, each titled with its true and predicted class."""
     import matplotlib
 
@@ -277,7 +291,31 @@ def plot_mistakes(
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def report_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The report's confusion matrices and mistake grids as figures, by TensorBoard tag
+    (``val/confusion_matrix``, ``val/mistakes``, and ``..._best`` for the best checkpoint)."""
+    names = metrics.get("class_names") or [
+        str(i) for i in range(len(metrics.get("confusion_matrix") or []))
+    ]
+    figures = {}
+    for record, suffix, tag in (
+        (metrics, "", "final epoch"),
+        (metrics.get("best"), "_best", "best"),
+    ):
+        if not record:
+            continue
+        if record.get("confusion_matrix") is not None:
+            figures[f"val/confusion_matrix{suffix}"] = confusion_matrix_figure(
+                record["confusion_matrix"], names, f"confusion matrix (validation, {tag})"
+            )
+        if record.get("mistakes") is not None:
+            figures[f"val/mistakes{suffix}"] = mistakes_figure(
+                record["mistakes"], f"most confident mistakes (validation, {tag})"
+            )
+    return figures
 
 
 def _state(record: dict[str, Any]) -> str:
