@@ -175,13 +175,12 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
 
     import torch
 
-    from ftlight.cli.report import summary_metrics
     from ftlight.files import atomic_write
 
     trainer, model = cli.trainer, cli.model
-    record: dict[str, Any] = summary_metrics(
-        {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    )
+    record: dict[str, Any] = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1
+    }
     record["backbone"] = model.backbone.name
     record["epochs_run"] = int(trainer.current_epoch)
     history = next((cb for cb in trainer.callbacks if hasattr(cb, "epochs")), None)
