@@ -202,7 +202,7 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
         # Named only when it really holds the final state.
         "checkpoint": last if Path(last).is_file() and load(last)["global_step"] == step else None,
     }
-    final = validation_mistakes(model, cli.datamodule)
+    final = validation_confusion_and_mistakes(model, cli.datamodule)
     if final is not None:
         record["confusion_matrix"] = final["confusion_matrix"]
         record["mistakes"] = final["mistakes"]
@@ -229,7 +229,7 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
             final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(best["state_dict"])
             try:
-                evaluated = validation_mistakes(model, cli.datamodule)
+                evaluated = validation_confusion_and_mistakes(model, cli.datamodule)
             finally:
                 model.load_state_dict(final_state)
             if evaluated is not None:
@@ -254,7 +254,9 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
     return path
 
 
-def validation_mistakes(model: Any, datamodule: Any, k: int = 16) -> dict[str, Any] | None:
+def validation_confusion_and_mistakes(
+    model: Any, datamodule: Any, k: int = 16
+) -> dict[str, Any] | None:
     """Confusion matrix and the ``k`` most confident mistakes of ``model`` on a folder's
     validation split, in one pass (``None``: no files, or a multilabel task)."""
     import torch
