@@ -204,7 +204,9 @@ def test_curves_of_one_epoch_have_integer_ticks_and_milestones_are_marked() -> N
 
 
 @pytest.mark.slow
-def test_report_says_which_weights_it_evaluated_and_draws_the_best_too(tmp_path: Path) -> None:
+def test_report_says_which_weights_it_evaluated_and_draws_the_best_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A real run whose best checkpoint (by a logged score) is epoch 0 of 3: metrics.json and
     the report say the matrix and mistakes are the final epoch's, name the best checkpoint and
     draw its own matrix and mistakes, each equal to an independent evaluation of that file."""
@@ -289,6 +291,17 @@ def test_report_says_which_weights_it_evaluated_and_draws_the_best_too(tmp_path:
     for name in ("confusion_matrix_best.png", "mistakes_best.png"):
         with Image.open(run / name) as img:
             assert img.format == "PNG"
+
+    # An unreadable best checkpoint is said, and never fails the finished run.
+    Path(best_file).write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    again = json.loads(
+        write_metrics_json(
+            SimpleNamespace(trainer=trainer, model=model, datamodule=dm), run
+        ).read_text()
+    )
+    assert again["best_checkpoint"] == best_file and "best" not in again
+    assert f"ftlight: report: cannot read {best_file}" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -190,17 +190,24 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
     ckpt = trainer.checkpoint_callback
     step = int(trainer.global_step)
 
-    def load(path: str) -> dict[str, Any]:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    def load(path: str) -> dict[str, Any] | None:
+        if not Path(path).is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # training is over: say so, but never fail the run for this
+            print(f"ftlight: report: cannot read {path}: {err}", file=sys.stderr, flush=True)
+            return None
 
     last = getattr(ckpt, "last_model_path", "") or ""
+    saved_last = load(last)
     record["evaluation"] = {
         "split": "validation",
         "weights": "final",
         "epoch": max(0, int(trainer.current_epoch) - 1),
         "global_step": step,
         # Named only when it really holds the final state.
-        "checkpoint": last if Path(last).is_file() and load(last)["global_step"] == step else None,
+        "checkpoint": last if saved_last and saved_last["global_step"] == step else None,
     }
     final = validation_confusion_and_mistakes(model, cli.datamodule)
     if final is not None:
@@ -212,9 +219,10 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
     if "confusion_matrix" in record:
         record["confusion_split"] = "validation"
     best_path = getattr(ckpt, "best_model_path", "") or ""
-    if best_path and Path(best_path).is_file():
+    if best_path:
         record["best_checkpoint"] = best_path
-        best = load(best_path)
+    best = load(best_path) if best_path else None
+    if best is not None:
         score = getattr(ckpt, "best_model_score", None)
         record["best"] = {
             "checkpoint": best_path,
