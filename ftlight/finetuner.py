@@ -224,10 +224,14 @@ class FineTuner(L.LightningModule):
             }
             if task == "multiclass" and n > 5:
                 metrics["acc_top5"] = torchmetrics.Accuracy(**kw, top_k=5)
-            return torchmetrics.MetricCollection(metrics, prefix=prefix)
+            # No compute groups: torchmetrics merges metrics whose states are equal after the
+            # first batch, and a first batch of one class, all right at top-1, makes macro F1's
+            # states equal top-5 accuracy's: F1 then reports top-5 statistics (F1 1.0000001
+            # at 0.97 accuracy; torchmetrics #2596, #2916). Checking the groups also syncs.
+            return torchmetrics.MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
         self.train_metrics = torchmetrics.MetricCollection(
-            {"acc": torchmetrics.Accuracy(**kw)}, prefix="train_"
+            {"acc": torchmetrics.Accuracy(**kw)}, prefix="train_", compute_groups=False
         )
         self.val_metrics = collection("val_")
         self.test_metrics = collection("test_")

@@ -429,7 +429,11 @@ def _metrics_history() -> Any:
 
 
 def default_loggers(root: str, version: int | None = None) -> list[Any]:
-    """CSV logger (always) plus TensorBoard when it is installed, sharing one version."""
+    """TensorBoard (a default dependency) and CSV loggers writing into one Lightning version
+    folder, ``<root>/logs/version_N/`` (events file, ``metrics.csv``, ``hparams.yaml``).
+
+    TensorBoard is left out, not an error, when the package is missing.
+    """
     from lightning.pytorch.loggers import CSVLogger
 
     csv = CSVLogger(root, name="logs", version=version)
@@ -437,13 +441,22 @@ def default_loggers(root: str, version: int | None = None) -> list[Any]:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(root, name="logs", version=csv.version))
+        loggers.append(
+            TensorBoardLogger(root, name="logs", version=csv.version, default_hp_metric=False)
+        )
     return loggers
 
 
 def write_metrics_json(cli: Any, log_dir: Path) -> Path:
-    """``metrics.json`` (final metrics, per-epoch history, confusion matrix) for reports."""
+    """``metrics.json`` (final metrics, per-epoch history, confusion matrix) for reports.
+
+    The confusion matrix and mistakes are those of the weights in memory at the end (the final
+    epoch, ``last.ckpt``) and say so under ``evaluation``; when the checkpoint callback's best
+    checkpoint holds other weights, ``best`` has its own confusion matrix and mistakes.
+    """
     import json
+
+    import torch
 
     from ftlight.files import atomic_write
 
@@ -453,43 +466,115 @@ def write_metrics_json(cli: Any, log_dir: Path) -> Path:
     }
     record["backbone"] = model.backbone.name
     record["epochs_run"] = int(trainer.current_epoch)
-    ckpt = trainer.checkpoint_callback
-    if ckpt is not None and getattr(ckpt, "best_model_path", ""):
-        record["best_checkpoint"] = ckpt.best_model_path
     history = next((cb for cb in trainer.callbacks if hasattr(cb, "epochs")), None)
     if history is not None:
         record["epochs"] = list(history.epochs)
-    if model.confusion_matrix is not None:
-        record["confusion_matrix"] = model.confusion_matrix.tolist()
-        record["confusion_split"] = "validation"
     record["class_names"] = model.class_names
-    mistakes = validation_mistakes(model, cli.datamodule)
-    if mistakes is not None:
-        record["mistakes"] = mistakes
+    ckpt = trainer.checkpoint_callback
+    step = int(trainer.global_step)
+
+    def load(path: str) -> dict[str, Any] | None:
+        if not Path(path).is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # training is over: say so, but never fail the run for this
+            print(f"ftlight: report: cannot read {path}: {err}", file=sys.stderr, flush=True)
+            return None
+
+    last = getattr(ckpt, "last_model_path", "") or ""
+    saved_last = load(last)
+    record["evaluation"] = {
+        "split": "validation",
+        "weights": "final",
+        "epoch": max(0, int(trainer.current_epoch) - 1),
+        "global_step": step,
+        # Named only when it really holds the final state.
+        "checkpoint": last if saved_last and saved_last["global_step"] == step else None,
+    }
+    final = validation_confusion_and_mistakes(model, cli.datamodule)
+    if final is not None:
+        record["confusion_matrix"] = final["confusion_matrix"]
+        record["mistakes"] = final["mistakes"]
         record["mistakes_split"] = "validation"
+    elif model.confusion_matrix is not None:
+        record["confusion_matrix"] = model.confusion_matrix.tolist()
+    if "confusion_matrix" in record:
+        record["confusion_split"] = "validation"
+    best_path = getattr(ckpt, "best_model_path", "") or ""
+    if best_path:
+        record["best_checkpoint"] = best_path
+    best = load(best_path) if best_path else None
+    if best is not None:
+        score = getattr(ckpt, "best_model_score", None)
+        record["best"] = {
+            "checkpoint": best_path,
+            "monitor": getattr(ckpt, "monitor", None),
+            "score": None if score is None else float(score),
+            "epoch": int(best["epoch"]),
+            "global_step": int(best["global_step"]),
+            "same_as_final": int(best["global_step"]) == step,
+        }
+        if not record["best"]["same_as_final"]:
+            # Evaluate the best weights in the same model, then put the final ones back.
+            final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best["state_dict"])
+            try:
+                evaluated = validation_confusion_and_mistakes(model, cli.datamodule)
+            finally:
+                model.load_state_dict(final_state)
+            if evaluated is not None:
+                record["best"].update(evaluated)
     path = log_dir / "metrics.json"
     atomic_write(path, json.dumps(record, indent=2))
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if boards:  # the pictures next to the scalars
+        import matplotlib.pyplot as plt
+
+        from ftlight.cli.report import report_figures
+
+        at = max(0, step - 1)  # where Lightning logs the last epoch's scalars (its last batch)
+        for tag, figure in report_figures(record).items():
+            for board in boards:
+                board.experiment.add_figure(tag, figure, global_step=at, close=False)
+            plt.close(figure)
+        for board in boards:  # Lightning closed the writer at the end of fit: close again
+            board.experiment.close()
     return path
 
 
-def validation_mistakes(model: Any, datamodule: Any, k: int = 16) -> list[dict[str, Any]] | None:
-    """The ``k`` most confident mistakes on a folder's validation split (``None``: no files)."""
+def validation_confusion_and_mistakes(
+    model: Any, datamodule: Any, k: int = 16
+) -> dict[str, Any] | None:
+    """Confusion matrix and the ``k`` most confident mistakes of ``model`` on a folder's
+    validation split, in one pass (``None``: no files, or a multilabel task)."""
+    import torch
+
     from ftlight.cli.predict import predict_probabilities
     from ftlight.cli.report import worst_mistakes
 
     dataset = getattr(datamodule, "datasets", {}).get("val")
     samples = getattr(dataset, "samples", None)
     names = model.class_names
-    if not samples or not names or model.hparams.task != "multiclass":
+    if not samples or not names or model.hparams.task == "multilabel":
         return None
     was_training = model.training
-    probs = predict_probabilities(
-        model, [path for path, _ in samples], batch_size=datamodule.batch_size
-    )
+    with torch.no_grad():
+        probs = predict_probabilities(
+            model, [path for path, _ in samples], batch_size=datamodule.batch_size
+        )
     model.train(was_training)
-    return worst_mistakes(
-        [path for path, _ in samples], [label for _, label in samples], probs, names, k=k
-    )
+    truth = torch.tensor([label for _, label in samples])
+    n = len(names)
+    confusion = torch.bincount(truth * n + probs.argmax(1), minlength=n * n).reshape(n, n)
+    return {
+        "confusion_matrix": confusion.tolist(),
+        "mistakes": worst_mistakes(
+            [path for path, _ in samples], truth.tolist(), probs, names, k=k
+        ),
+    }
 
 
 def _summarise(cli: Any) -> None:

@@ -21,6 +21,8 @@ import numpy as np
 from ftlight.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.json"
+# Logged values that are a state, not a metric.
+NOT_METRICS = frozenset({"staged_phase"})
 
 
 class MetricsHistory(L.Callback):
@@ -51,33 +53,82 @@ class MetricsHistory(L.Callback):
         self.epochs.append(row)
 
 
+def summary_metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """Final metrics without Lightning's repeated series: ``x_step`` (one batch) is dropped,
+    ``x_epoch`` is ``x`` (kept under that name only when ``x`` is missing), and
+    ``staged_phase`` (the :class:`~ftlight.callbacks.StagedUnfreeze` phase, drawn on the
+    learning curves) is not a metric."""
+    out = {}
+    for key, value in values.items():
+        if key.endswith("_step") or key in NOT_METRICS:
+            continue
+        if key.endswith("_epoch") and key.removesuffix("_epoch") in values:
+            continue
+        out[key.removesuffix("_epoch")] = value
+    return out
+
+
+def _milestones(epochs: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """``(i, label)``: epoch row ``i`` starts a new phase or staged-unfreezing milestone."""
+    marks = []
+    for i in range(1, len(epochs)):
+        before, now = epochs[i - 1], epochs[i]
+        labels = []
+        if now.get("phase", "") != before.get("phase", ""):
+            labels.append(str(now.get("phase", "")))
+        staged, previous = now.get("staged_phase"), before.get("staged_phase")
+        if staged is not None and previous is not None and staged != previous:
+            labels.append(f"unfreeze: phase {int(staged)}")
+        if labels:
+            marks.append((i, ", ".join(labels)))
+    return marks
+
+
 def plot_learning_curves(epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss and accuracy per epoch (train and validation), phases told apart."""
+    """Loss and accuracy per epoch (train and validation), phases and milestones marked."""
+    return _save(learning_curves_figure(epochs), path)
+
+
+def learning_curves_figure(epochs: Sequence[dict[str, Any]]) -> Any:
+    """The learning curves as a matplotlib figure: integer epoch ticks (also for one epoch),
+    a dashed line where a phase or a staged-unfreezing milestone starts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = np.arange(1, len(epochs) + 1)
+    marks = _milestones(epochs)
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             key = f"{split}_{metric}"
-            ys = [e.get(key, np.nan) for e in epochs]
+            ys = np.array([e.get(key, np.nan) for e in epochs], dtype=float)
             if not np.all(np.isnan(ys)):
-                ax.plot(x, ys, style, label=key)
-        phases = [e.get("phase", "") for e in epochs]
-        for i in range(1, len(phases)):
-            if phases[i] != phases[i - 1]:
-                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
-                ax.text(i + 0.6, ax.get_ylim()[1], phases[i], va="top", fontsize=8)
+                ax.plot(x, ys, style, label=key, markersize=4 if len(x) > 30 else 6)
+        for i, label in marks:  # between the last epoch before and the first one after
+            ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(
+                label,
+                (i + 0.5, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -3),
+                textcoords="offset points",
+                va="top",
+                rotation=90,
+                fontsize=8,
+                color="dimgrey",
+            )
+        ax.set_xlim(0.5, len(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title("accuracy" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -90,10 +141,25 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+def _short(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def plot_confusion_matrix(
     matrix: Any, class_names: Sequence[str], path: str | Path, title: str = "confusion matrix"
 ) -> Path:
-    """Counts per (true, predicted) class, annotated."""
+    """Draw :func:`confusion_matrix_figure` to a PNG file."""
+    return _save(confusion_matrix_figure(matrix, class_names, title), path)
+
+
+def confusion_matrix_figure(
+    matrix: Any, class_names: Sequence[str], title: str = "confusion matrix"
+) -> Any:
+    """Counts per (true, predicted) class: annotated up to 30 classes, a colour bar beyond.
+
+    The figure grows with the class count between a floor (so that the title and labels of a
+    2-class matrix fit) and a ceiling (100 classes stay one readable page).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,27 +167,58 @@ def plot_confusion_matrix(
 
     cm = np.asarray(matrix)
     n = len(cm)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=45 if n > 6 else 0)
-    ax.set_yticks(range(n), class_names)
+    names = [_short(str(c)) for c in class_names]
+    longest = max((len(c) for c in names), default=1)
+    cell = 0.5 if n <= 30 else max(0.2, 16.0 / n)
+    label_space = min(2.5, 0.4 + 0.07 * longest)  # inches for the y labels
+    side = max(3.0, cell * n)
+    fig, ax = plt.subplots(figsize=(side + label_space + 1.2, side + label_space + 0.8))
+    image = ax.imshow(cm, cmap="Blues")
+    fontsize = 10 if n <= 10 else 8 if n <= 30 else max(5, min(7, int(600 / n)))
+    rotate = longest * n > 40  # the labels would not fit side by side
+    ax.set_xticks(
+        range(n),
+        names,
+        rotation=90 if n > 30 else 45 if rotate else 0,
+        ha="right" if rotate and n <= 30 else "center",
+        rotation_mode="anchor" if rotate and n <= 30 else "default",
+        fontsize=fontsize,
+    )
+    ax.set_yticks(range(n), names, fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    peak = cm.max() if cm.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(
-                j,
-                i,
-                int(cm[i, j]),
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if cm[i, j] > peak / 2 else "black",
-            )
+    ax.set_title(title, fontsize=11, wrap=True)
+    if n <= 30:
+        peak = cm.max() if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8 if n <= 15 else 6,
+                    color="white" if cm[i, j] > peak / 2 else "black",
+                )
+    else:
+        fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="images")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def most_confused(
+    matrix: Any, class_names: Sequence[str], k: int = 10
+) -> list[tuple[str, str, int]]:
+    """The ``k`` largest off-diagonal cells: ``(true, predicted, count)``, largest first."""
+    cm = np.array(matrix, dtype=np.int64)
+    np.fill_diagonal(cm, 0)
+    order = np.argsort(-cm, axis=None, kind="stable")[:k]
+    return [
+        (str(class_names[i]), str(class_names[j]), int(cm[i, j]))
+        for i, j in zip(*np.unravel_index(order, cm.shape), strict=True)
+        if cm[i, j] > 0
+    ]
 
 
 def worst_mistakes(
@@ -152,6 +249,13 @@ def worst_mistakes(
 def plot_mistakes(
     mistakes: Sequence[dict[str, Any]], path: str | Path, title: str = "most confident mistakes"
 ) -> Path:
+    """Draw :func:`mistakes_figure` to a PNG file."""
+    return _save(mistakes_figure(mistakes, title), path)
+
+
+def mistakes_figure(
+    mistakes: Sequence[dict[str, Any]], title: str = "most confident mistakes"
+) -> Any:
     """A grid of misclassified images, each titled with its true and predicted class."""
     import matplotlib
 
@@ -162,7 +266,10 @@ def plot_mistakes(
     n = max(1, len(mistakes))
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
+    # At least ~6 inches wide so that the title fits; an empty grid is one short row.
+    width = max(6.0, 2.6 * cols)
+    height = 2.9 * rows + 0.4 if mistakes else 2.0
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for number, (ax, m) in enumerate(zip(axes.flat, mistakes, strict=False), start=1):
@@ -174,7 +281,8 @@ def plot_mistakes(
         except OSError:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=9)
         ax.set_title(
-            f"#{number}  true: {m['true']}\npred: {m['pred']} ({m['prob']:.2f})",
+            f"#{number}  true: {_short(m['true'], 18)}\npred: {_short(m['pred'], 18)} "
+            f"({m['prob']:.2f})",
             fontsize=11,
             color="#b00020",
         )
@@ -183,7 +291,112 @@ def plot_mistakes(
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def report_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The report's confusion matrices and mistake grids as figures, by TensorBoard tag
+    (``val/confusion_matrix``, ``val/mistakes``, and ``..._best`` for the best checkpoint)."""
+    names = metrics.get("class_names") or [
+        str(i) for i in range(len(metrics.get("confusion_matrix") or []))
+    ]
+    figures = {}
+    for record, suffix, tag in (
+        (metrics, "", "final epoch"),
+        (metrics.get("best"), "_best", "best"),
+    ):
+        if not record:
+            continue
+        if record.get("confusion_matrix") is not None:
+            figures[f"val/confusion_matrix{suffix}"] = confusion_matrix_figure(
+                record["confusion_matrix"], names, f"confusion matrix (validation, {tag})"
+            )
+        if record.get("mistakes") is not None:
+            figures[f"val/mistakes{suffix}"] = mistakes_figure(
+                record["mistakes"], f"most confident mistakes (validation, {tag})"
+            )
+    return figures
+
+
+def _state(record: dict[str, Any]) -> str:
+    """``epoch=E, step=S`` as in Lightning's checkpoint names (epochs count from 0)."""
+    return f"epoch={record.get('epoch', '?')}, step={record.get('global_step', '?')}"
+
+
+def _evaluated(metrics: dict[str, Any]) -> tuple[str, list[str]]:
+    """A short tag for plot titles and the sentences saying which weights were evaluated and
+    where the best checkpoint is (``metrics["evaluation"]`` and ``metrics["best"]``)."""
+    evaluation, best = metrics.get("evaluation"), metrics.get("best")
+    if not evaluation:
+        return "", []
+    where = f", `{evaluation['checkpoint']}`" if evaluation.get("checkpoint") else ""
+    lines = [
+        f"Evaluated on the {evaluation.get('split', 'validation')} split with the weights of the "
+        f"**final epoch** ({_state(evaluation)}{where})."
+    ]
+    if best:
+        by = f" by {best['monitor']}" if best.get("monitor") else ""
+        score = f" = {best['score']:.4f}" if isinstance(best.get("score"), float) else ""
+        if best.get("same_as_final"):
+            lines.append(f"This is also the best checkpoint{by}{score}: `{best['checkpoint']}`.")
+        else:
+            drawn = (
+                " Its confusion matrix and mistakes are drawn below, after the final epoch's."
+                if best.get("confusion_matrix") is not None
+                else ""
+            )
+            lines.append(
+                f"The **best checkpoint**{by}{score} is another state ({_state(best)}): "
+                f"`{best['checkpoint']}`.{drawn} Use it with `ftlight predict "
+                f"{best['checkpoint']} IMAGES` or `ftlight export {best['checkpoint']}`."
+            )
+    return "final epoch", lines
+
+
+def _evaluation_sections(
+    run_dir: Path,
+    record: dict[str, Any],
+    names: Sequence[str],
+    tag: str,
+    suffix: str,
+    defaults: tuple[str, str],
+) -> list[str]:
+    """Confusion matrix and mistakes of one set of weights: plots and Markdown."""
+    lines: list[str] = []
+    if record.get("confusion_matrix") is not None:
+        split = record.get("confusion_split", defaults[0])
+        label = ", ".join(x for x in (split, tag) if x)
+        image = f"confusion_matrix{suffix}.png"
+        plot_confusion_matrix(
+            record["confusion_matrix"], names, run_dir / image, title=f"confusion matrix ({label})"
+        )
+        lines += ["", f"## Confusion matrix ({label})", "", f"![confusion matrix]({image})"]
+        pairs = most_confused(record["confusion_matrix"], names)
+        if len(names) > 10 and pairs:  # too many classes to read every cell of the picture
+            lines += ["", "Most frequent confusions (true → predicted: images):", ""]
+            lines += [f"- {true} → {pred}: {count}" for true, pred, count in pairs]
+    mistakes = record.get("mistakes")
+    if mistakes is not None:
+        split = record.get("mistakes_split", defaults[1])
+        label = ", ".join(x for x in (split, tag) if x)
+        image = f"mistakes{suffix}.png"
+        plot_mistakes(mistakes, run_dir / image, title=f"most confident mistakes ({label})")
+        lines += [
+            "",
+            f"## Most confident mistakes ({label})",
+            "",
+            f"![most confident mistakes]({image})",
+            "",
+            "| # | image | true | predicted | P(predicted) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {i} | `{m['path']}` | {m['true']} | {m['pred']} | {m['prob']:.3f} |"
+            for i, m in enumerate(mistakes, start=1)
+        ]
+        if not mistakes:
+            lines.append("| | (none) | | | |")
+    return lines
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -197,51 +410,36 @@ def write_report(run_dir: str | Path) -> Path:
         )
     metrics = json.loads(metrics_path.read_text())
     lines = [f"# ftlight run: {run_dir.name}", ""]
-    summary = {
-        k: v
-        for k, v in metrics.items()
-        if isinstance(v, (int, float, str)) and not k.endswith("_split")
-    }
+    summary = summary_metrics(
+        {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not k.endswith("_split")
+        }
+    )
     for key, value in summary.items():
         lines.append(
             f"- **{key}**: {value:.4f}" if isinstance(value, float) else f"- **{key}**: {value}"
         )
-    if metrics.get("epochs"):
-        plot_learning_curves(metrics["epochs"], run_dir / "learning_curves.png")
+    epochs = metrics.get("epochs")
+    if epochs:
+        plot_learning_curves(epochs, run_dir / "learning_curves.png")
         lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
-    if metrics.get("confusion_matrix") is not None:
-        names = metrics.get("class_names") or [
-            str(i) for i in range(len(metrics["confusion_matrix"]))
-        ]
-        split = metrics.get("confusion_split", "test")
-        plot_confusion_matrix(
-            metrics["confusion_matrix"],
-            names,
-            run_dir / "confusion_matrix.png",
-            title=f"confusion matrix ({split})",
-        )
-        lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)"]
-    mistakes = metrics.get("mistakes")
-    if mistakes is not None:
-        split = metrics.get("mistakes_split", "validation")
-        plot_mistakes(
-            mistakes, run_dir / "mistakes.png", title=f"most confident mistakes ({split})"
-        )
-        lines += [
-            "",
-            f"## Most confident mistakes ({split})",
-            "",
-            "![most confident mistakes](mistakes.png)",
-            "",
-            "| # | image | true | predicted | P(predicted) |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {i} | `{m['path']}` | {m['true']} | {m['pred']} | {m['prob']:.3f} |"
-            for i, m in enumerate(mistakes, start=1)
-        ]
-        if not mistakes:
-            lines.append("| | (none) | | | |")
+        marks = _milestones(epochs)
+        if marks:
+            lines.append("")
+            lines += [f"- from epoch {i + 1} (dashed line): {label}" for i, label in marks]
+    tag, evaluated = _evaluated(metrics)
+    if evaluated:
+        lines += ["", "## Which weights", "", *evaluated]
+    matrix = metrics.get("confusion_matrix")
+    names = metrics.get("class_names") or [str(i) for i in range(len(matrix or []))]
+    lines += _evaluation_sections(run_dir, metrics, names, tag, "", ("test", "validation"))
+    best = metrics.get("best") or {}
+    if best.get("confusion_matrix") is not None or best.get("mistakes") is not None:
+        split = metrics.get("evaluation", {}).get("split", "validation")
+        best = {"confusion_split": split, "mistakes_split": split, **best}
+        lines += _evaluation_sections(run_dir, best, names, "best", "_best", (split, split))
     report = run_dir / "report.md"
     atomic_write(report, "\n".join(lines) + "\n")
     return report
