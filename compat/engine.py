@@ -74,6 +74,25 @@ def apply_trainable(model: Any) -> None:
     model._inference_modules = inference_modules(model)
 
 
+def _check_optimizer_knows(model: Any) -> None:
+    """Trainable changes after ``compile`` take effect at the next ``fit`` (Keras 3): a layer
+    frozen since simply stops training; one unfrozen after the optimizer was built is an
+    error, as in Keras (its optimizer has no slots for it), until ``compile`` is called."""
+    opt = model.optimizer
+    opt._variable_names = {id(v.value): v.name for v in model.trainable_weights}
+    if opt.torch_optimizer is None:
+        return
+    known = {id(p) for g in opt.torch_optimizer.param_groups for p in g["params"]}
+    unknown = [v.path for v in model.trainable_weights if id(v.value) not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown variable: {unknown[:5]}{'...' if len(unknown) > 5 else ''}. This "
+            "optimizer can only be called for the variables it was originally built with "
+            "(they became trainable after the first fit). Call `model.compile(...)` again "
+            "to train them, as in Keras."
+        )
+
+
 def _require_compiled(model: Any, what: str) -> dict[str, Any]:
     if model._compiled is None:
         raise RuntimeError(f"You must call `compile()` before using the model ({what}).")
@@ -585,7 +604,8 @@ def fit(
         cb.set_model(model)
         cb.set_params(params)
     model.stop_training = False
-    model._inference_modules = inference_modules(model)
+    apply_trainable(model)
+    _check_optimizer_knows(model)
     module = KerasLightningModule(model, class_weight=class_weight)
     lcbs: list[L.Callback] = [_KerasBridge(model, cbs, initial_epoch, val is not None)]
     lcbs += _feature_cache(model, module, train, val)
@@ -601,8 +621,6 @@ def fit(
                 limit_val_batches=validation_steps or 1.0,
             )
             trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
-        if model.optimizer.torch_optimizer is not None:
-            model.optimizer.iterations += trainer.global_step
     model.history = history
     return history
 

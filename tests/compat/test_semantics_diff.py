@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def _np(keras, t):
@@ -59,3 +60,124 @@ def test_batchnorm_in_fit_matches_keras(keras, ck):
     np.testing.assert_allclose(
         c_model.predict(x, verbose=0), k_model.predict(x, verbose=0), atol=1e-5
     )
+
+
+def _mlp(K):
+    return K.Sequential(
+        [
+            K.Input((5,)),
+            K.layers.Dense(8, activation="tanh", name="h"),
+            K.layers.Dense(3, name="out"),
+        ]
+    )
+
+
+def _regression(seed: int = 2):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(12, 5)).astype("float32"), rng.normal(size=(12, 3)).astype("float32")
+
+
+OPTIMIZERS = [
+    ("SGD", {}),
+    ("SGD", {"learning_rate": 0.05, "momentum": 0.9}),
+    ("SGD", {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("Adam", {}),
+    ("Adam", {"learning_rate": 0.01, "amsgrad": True, "weight_decay": 0.1}),
+    ("AdamW", {"learning_rate": 0.01}),
+    ("RMSprop", {}),
+    ("RMSprop", {"learning_rate": 0.01, "momentum": 0.5, "centered": True}),
+    ("Adagrad", {"learning_rate": 0.05}),
+    ("Adamax", {"learning_rate": 0.01}),
+    ("Nadam", {"learning_rate": 0.01}),
+    ("SGD", {"learning_rate": 0.1, "clipnorm": 0.1}),
+    ("Adam", {"learning_rate": 0.01, "global_clipnorm": 0.1}),
+    ("SGD", {"learning_rate": 0.1, "clipvalue": 0.01}),
+]
+
+
+def _train(K, name, kwargs, x, y, source=None, epochs=3, callbacks=None):
+    model = _mlp(K)
+    if source is not None:
+        model.set_weights(source.get_weights())
+    model.compile(optimizer=getattr(K.optimizers, name)(**kwargs), loss="mse")
+    model.fit(
+        x, y, batch_size=4, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks or []
+    )
+    return model
+
+
+@pytest.mark.parametrize(("name", "kwargs"), OPTIMIZERS, ids=lambda v: str(v))
+def test_optimizer_updates_match_keras(keras, ck, name, kwargs):
+    x, y = _regression()
+    start = _mlp(keras)
+    k_model = _train(keras, name, kwargs, x, y, source=start)
+    c_model = _train(ck, name, kwargs, x, y, source=start)
+    for kw, cw in zip(k_model.get_weights(), c_model.get_weights(), strict=True):
+        np.testing.assert_allclose(cw, kw, atol=1e-6)
+    assert int(c_model.optimizer.iterations) == int(k_model.optimizer.iterations) == 9
+
+
+def test_optimizer_defaults_match_keras(keras, ck):
+    for name in ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "Nadam"):
+        k_cfg = getattr(keras.optimizers, name)().get_config()
+        c_opt = getattr(ck.optimizers, name)()
+        for key, value in k_cfg.items():
+            if key in ("name", "learning_rate"):
+                continue
+            assert getattr(c_opt, key) == value, (name, key)
+        assert float(c_opt.learning_rate) == pytest.approx(k_cfg["learning_rate"])
+
+
+SCHEDULES = [
+    ("ExponentialDecay", (0.1, 2, 0.5), {}),
+    ("ExponentialDecay", (0.1, 2, 0.5), {"staircase": True}),
+    ("PiecewiseConstantDecay", ([2, 5], [0.1, 0.05, 0.01]), {}),
+    ("PolynomialDecay", (0.1, 6), {"end_learning_rate": 0.01, "power": 2.0}),
+    ("InverseTimeDecay", (0.1, 3, 0.5), {}),
+    ("CosineDecay", (0.1, 7), {"alpha": 0.1}),
+    ("CosineDecay", (0.0, 5), {"warmup_target": 0.1, "warmup_steps": 3}),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs"), SCHEDULES, ids=lambda v: str(v))
+def test_learning_rate_schedules_match_keras(keras, ck, name, args, kwargs):
+    k_sched = getattr(keras.optimizers.schedules, name)(*args, **kwargs)
+    c_sched = getattr(ck.optimizers.schedules, name)(*args, **kwargs)
+    for step in range(12):
+        assert c_sched(step) == pytest.approx(float(_np(keras, k_sched(step))), rel=1e-6)
+    x, y = _regression()
+    start = _mlp(keras)
+    k_model = _train(keras, "SGD", {"learning_rate": k_sched, "momentum": 0.5}, x, y, start)
+    c_model = _train(ck, "SGD", {"learning_rate": c_sched, "momentum": 0.5}, x, y, start)
+    for kw, cw in zip(k_model.get_weights(), c_model.get_weights(), strict=True):
+        np.testing.assert_allclose(cw, kw, atol=1e-6)
+    assert float(c_model.optimizer.learning_rate) == pytest.approx(
+        float(_np(keras, k_model.optimizer.learning_rate)), rel=1e-6
+    )
+
+
+def test_learning_rate_is_a_variable(keras, ck):
+    for K in (keras, ck):
+        opt = K.optimizers.Adam(learning_rate=0.01)
+        assert float(np.asarray(opt.learning_rate.numpy())) == pytest.approx(0.01)
+        opt.learning_rate.assign(0.5)
+        assert float(opt.learning_rate) == 0.5
+        opt.learning_rate = 0.25
+        assert float(opt.learning_rate.numpy()) == 0.25
+        with pytest.raises(TypeError, match="not settable"):
+            K.optimizers.SGD(K.optimizers.schedules.ExponentialDecay(0.1, 2, 0.5)).learning_rate = 1
+
+
+def test_learning_rate_assigned_between_fits_matches_keras(keras, ck):
+    x, y = _regression()
+    start = _mlp(keras)
+    models = []
+    for K in (keras, ck):
+        model = _train(K, "Adam", {"learning_rate": 0.01}, x, y, start, epochs=1)
+        model.optimizer.learning_rate = 0.1
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        model.optimizer.learning_rate.assign(0.001)
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        models.append(model)
+    for kw, cw in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_allclose(cw, kw, atol=1e-6)
