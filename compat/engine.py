@@ -133,6 +133,12 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
     )
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Integer / uint8 images -> float32, as Keras casts inputs to the model's float dtype
+    (arrays stay uint8 in memory until their batch is used)."""
+    return x if x.is_floating_point() else x.float()
+
+
 class _ArrayBatches(Dataset):
     """Whole-batch indexing of in-memory tensors (one gather per batch, no collate)."""
 
@@ -294,6 +300,7 @@ class KerasLightningModule(L.LightningModule):
         assert self._prefix is not None
         from ftlight.callbacks.feature_cache import CachingUnavailableError
 
+        x = _as_float(x)
         f = self._prefix.features(backend.to_internal(x))
         if tuple(f.shape[1:]) == tuple(x.shape[1:]):
             raise CachingUnavailableError(
@@ -309,6 +316,7 @@ class KerasLightningModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Keras-layout inputs, or cached prefix rows -> Keras-layout outputs."""
+        x = _as_float(x)
         if self._feature_shape is not None and tuple(x.shape[1:]) == self._feature_shape:
             return backend.to_keras(self._prefix.head(x))
         return backend.to_keras(self.model.forward(backend.to_internal(x)))

@@ -57,6 +57,8 @@ class _RandomAffine(Layer):
     anything else raises ``NotImplementedError`` instead of being ignored.
     """
 
+    _training_default = True
+
     def __init__(
         self,
         fill_mode: str = "reflect",
@@ -98,6 +100,8 @@ def _factor_range(factor: Any, what: str) -> tuple[float, float]:
 
 
 class RandomFlip(Layer):
+    _training_default = True
+
     def __init__(
         self, mode: str = "horizontal_and_vertical", seed: int | None = None, **kwargs: Any
     ) -> None:

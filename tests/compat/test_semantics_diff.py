@@ -181,3 +181,95 @@ def test_learning_rate_assigned_between_fits_matches_keras(keras, ck):
         models.append(model)
     for kw, cw in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
         np.testing.assert_allclose(cw, kw, atol=1e-6)
+
+
+def _augmenters(K):
+    return {
+        "flip": K.layers.RandomFlip("horizontal"),
+        "rotation": K.layers.RandomRotation(0.2),
+        "zoom": K.layers.RandomZoom(-0.4),
+    }
+
+
+@pytest.mark.parametrize("kind", ["flip", "rotation", "zoom"])
+def test_augmentation_called_directly_augments_like_keras(keras, ck, kind):
+    x = np.random.default_rng(3).uniform(0, 255, (16, 12, 12, 3)).astype("float32")
+    for K, to_np in ((keras, lambda t: _np(keras, t)), (ck, lambda t: np.asarray(t.detach()))):
+        layer = _augmenters(K)[kind]
+        out = to_np(layer(x))
+        assert out.shape == x.shape
+        assert not np.allclose(out, x), (K.__name__, "direct call must augment")
+        np.testing.assert_array_equal(to_np(layer(x, training=False)), x)
+        inputs = K.Input((12, 12, 3))
+        model = K.Model(inputs, _augmenters(K)[kind](inputs))
+        assert not np.allclose(to_np(model(x)), x), (K.__name__, "model call must augment")
+        np.testing.assert_array_equal(model.predict(x, verbose=0), x)
+        if kind == "flip":  # each image is itself or its mirror, both flips happen
+            same = [np.array_equal(o, i) for o, i in zip(out, x, strict=True)]
+            flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x, strict=True)]
+            assert all(a or b for a, b in zip(same, flipped, strict=True)) and any(flipped)
+
+
+def _two_dense(K):
+    inputs = K.Input((4,))
+    h = K.layers.Dense(3, name="a")(inputs)
+    return K.Model(inputs, K.layers.Dense(1, name="b")(h))
+
+
+def _trainable_story(K, start):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(8, 4)).astype("float32"), np.ones((8, 1), "float32")
+    out = {}
+    model = _two_dense(K)
+    model.set_weights(start.get_weights())
+    model.compile(optimizer=K.optimizers.SGD(0.1), loss="mse")
+    model.get_layer("a").trainable = False  # frozen after compile
+    out["n_trainable"] = len(model.trainable_weights)
+    a0 = model.get_layer("a").get_weights()[0].copy()
+    model.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+    out["frozen_a_changed"] = not np.array_equal(a0, model.get_layer("a").get_weights()[0])
+    model.get_layer("a").trainable = True  # unfrozen after the optimizer was built
+    try:
+        model.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+        out["unfreeze_after_fit"] = "trained"
+    except ValueError as err:
+        out["unfreeze_after_fit"] = "Unknown variable" in str(err)
+    model = _two_dense(K)
+    model.set_weights(start.get_weights())
+    model.get_layer("a").trainable = False
+    model.compile(optimizer=K.optimizers.SGD(0.1), loss="mse")
+    model.get_layer("a").trainable = True  # unfrozen after compile, before any fit
+    model.fit(x, y, batch_size=4, verbose=0, shuffle=False)
+    out["weights"] = model.get_weights()
+    return out
+
+
+def test_trainable_changed_after_compile_behaves_like_keras(keras, ck):
+    start = _two_dense(keras)
+    k, c = _trainable_story(keras, start), _trainable_story(ck, start)
+    assert c["n_trainable"] == k["n_trainable"] == 2
+    assert c["frozen_a_changed"] is k["frozen_a_changed"] is False
+    assert c["unfreeze_after_fit"] is k["unfreeze_after_fit"] is True
+    for kw, cw in zip(k["weights"], c["weights"], strict=True):
+        np.testing.assert_allclose(cw, kw, atol=1e-6)
+
+
+def test_integer_inputs_are_cast_like_keras(keras, ck):
+    x = np.random.default_rng(5).integers(0, 256, (6, 8, 8, 3)).astype("uint8")
+    y = np.eye(2, dtype="float32")[np.arange(6) % 2]
+    outs = []
+    for K in (keras, ck):
+        inputs = K.Input((8, 8, 3))
+        h = K.layers.Conv2D(2, 3, name="conv")(inputs)
+        h = K.layers.GlobalAveragePooling2D()(h)
+        model = K.Model(inputs, K.layers.Dense(2, activation="softmax", name="out")(h))
+        if outs:
+            model.set_weights(outs[0][0].get_weights())
+        model.compile(optimizer=K.optimizers.SGD(1e-4), loss="categorical_crossentropy")
+        before = model.predict(x, verbose=0)
+        model.fit(x, y, batch_size=3, verbose=0, shuffle=False)
+        outs.append((model, before, model.predict(x, verbose=0)))
+    (_, kb, ka), (_, cb, ca) = outs
+    assert cb.dtype == kb.dtype == np.float32
+    np.testing.assert_allclose(cb, kb, atol=1e-5)
+    np.testing.assert_allclose(ca, ka, atol=1e-5)
