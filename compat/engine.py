@@ -379,8 +379,12 @@ class KerasLightningModule(L.LightningModule):
 
 
 class _KerasBridge(L.Callback):
-    def __init__(self, model: Any, cbs: list[Any], initial_epoch: int, has_val: bool) -> None:
+    def __init__(
+        self, model: Any, cbs: list[Any], initial_epoch: int, has_val: bool, source: Any = None
+    ) -> None:
         self.model, self.cbs, self.initial_epoch, self.has_val = model, cbs, initial_epoch, has_val
+        self.source = source  # a PyDataset / iterator: Keras calls its on_epoch_end
+        self.val_source: Any = None
         self.needs_batch_logs = any(
             type(cb).on_train_batch_end is not callbacks_mod.Callback.on_train_batch_end
             for cb in cbs
@@ -395,6 +399,8 @@ class _KerasBridge(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module.train_tracker.reset()
+        if self.source is not None and hasattr(self.source, "on_epoch_begin"):
+            self.source.on_epoch_begin()
         for cb in self.cbs:
             cb.on_epoch_begin(self._epoch(trainer), {})
 
@@ -409,11 +415,15 @@ class _KerasBridge(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module.val_tracker.reset()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        _end_epoch(self.val_source)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         logs = pl_module.train_tracker.logs()
         if self.has_val:
             logs.update(pl_module.val_tracker.logs("val_"))
         pl_module._last_logs = logs
+        _end_epoch(self.source)
         for cb in self.cbs:
             cb.on_epoch_end(self._epoch(trainer), logs)
         if self.model.stop_training:
@@ -422,6 +432,16 @@ class _KerasBridge(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         for cb in self.cbs:
             cb.on_train_end(getattr(pl_module, "_last_logs", {}))
+
+
+def _source(x: Any) -> Any:
+    """``x`` when it is a PyDataset-like batch source (Keras ends its epochs), else None."""
+    return x if _is_batch_source(x) and not isinstance(x, DataLoader) else None
+
+
+def _end_epoch(source: Any) -> None:
+    if source is not None and hasattr(source, "on_epoch_end"):
+        source.on_epoch_end()
 
 
 def _fmt_logs(logs: dict[str, float]) -> str:
@@ -615,7 +635,9 @@ def fit(
     apply_trainable(model)
     _check_optimizer_knows(model)
     module = KerasLightningModule(model, class_weight=class_weight)
-    lcbs: list[L.Callback] = [_KerasBridge(model, cbs, initial_epoch, val is not None)]
+    bridge = _KerasBridge(model, cbs, initial_epoch, val is not None, _source(x))
+    bridge.val_source = _source(validation_data)
+    lcbs: list[L.Callback] = [bridge]
     lcbs += _feature_cache(model, module, train, val)
     if verbose:
         lcbs.append(_Progress(verbose, epochs, initial_epoch))
@@ -693,6 +715,7 @@ def evaluate(
         trainer = make_trainer(limit_val_batches=steps or 1.0)
         module.val_tracker.reset()
         trainer.validate(module, dataloaders=loader, verbose=False)
+    _end_epoch(_source(x))
     logs = module.val_tracker.logs()
     ordered = {"loss": logs.pop("loss"), **logs}
     if _verbose(verbose):
@@ -712,4 +735,5 @@ def predict(
     with _quiet():
         trainer = make_trainer(limit_predict_batches=steps or 1.0)
         outs = trainer.predict(module, dataloaders=loader)
+    _end_epoch(_source(x))
     return torch.cat(outs).numpy()

@@ -71,7 +71,7 @@ def test_the_graph_sees_the_layers(graph: dict[str, set[str]]) -> None:
     # guards against a parser that finds nothing, which would make the tests below vacuous
     assert "ftlight.data.config" in graph["ftlight.models.backbone"]
     assert "ftlight.files" in graph["ftlight.callbacks.guards"]
-    assert any(_within(m, "ftlight") for m in graph["compat.optimizers"])
+    assert any(_within(m, "ftlight") for m in graph["compat.layers.base"])
 
 
 LAYERS = [
