@@ -149,6 +149,16 @@ class Model(Layer):
     def _check_input_shape(self, input_shape: Any) -> None:
         self.compute_output_shape(input_shape)
 
+    def _layer_output_shapes(self) -> dict[int, str]:
+        """``id(layer) -> output shape`` text for the summary (the layer's node here)."""
+        out = {}
+        for layer in self.layers:
+            for node in layer._inbound_nodes:
+                if all(t._keras_history is not None for t in node.outputs):
+                    out[id(layer)] = str(node.outputs[0].shape)
+                    break
+        return out
+
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """A layer by name or by index (``keras.Model.get_layer``)."""
         if index is not None and name is not None:
@@ -475,6 +485,16 @@ class Sequential(Model):
     @property
     def layers(self) -> list[Layer]:
         return list(self._stack)
+
+    def _layer_output_shapes(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        if self._input_layer is None:
+            return out
+        shape: Any = (None, *self._input_layer.batch_shape[1:])
+        for layer in self._stack:
+            shape = layer.compute_output_shape(shape)
+            out[id(layer)] = str(shape)
+        return out
 
     @property
     def _multi_in(self) -> bool:  # type: ignore[override]
