@@ -80,6 +80,25 @@ def apply_trainable(model: Any) -> None:
     model._inference_modules = inference_modules(model)
 
 
+def _check_optimizer_knows(model: Any) -> None:
+    """Trainable changes after ``compile`` take effect at the next ``fit`` (Keras 3): a layer
+    frozen since simply stops training; one unfrozen after the optimizer was built is an
+    error, as in Keras (its optimizer has no slots for it), until ``compile`` is called."""
+    opt = model.optimizer
+    opt._variable_names = {id(v.value): v.name for v in model.trainable_weights}
+    if opt.torch_optimizer is None:
+        return
+    known = {id(p) for g in opt.torch_optimizer.param_groups for p in g["params"]}
+    unknown = [v.path for v in model.trainable_weights if id(v.value) not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown variable: {unknown[:5]}{'...' if len(unknown) > 5 else ''}. This "
+            "optimizer can only be called for the variables it was originally built with "
+            "(they became trainable after the first fit). Call `model.compile(...)` again "
+            "to train them, as in Keras."
+        )
+
+
 def _require_compiled(model: Any, what: str) -> dict[str, Any]:
     if model._compiled is None:
         raise RuntimeError(f"You must call `compile()` before using the model ({what}).")
@@ -118,6 +137,12 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         f"(indices {bad[:10]}{'...' if len(bad) > 10 else ''}). Remove or repair those samples, "
         f"e.g. keep = np.isfinite({what}).reshape(len({what}), -1).all(1)."
     )
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Integer / uint8 images -> float32, as Keras casts inputs to the model's float dtype
+    (arrays stay uint8 in memory until their batch is used)."""
+    return x if x.is_floating_point() else x.float()
 
 
 class _ArrayBatches(Dataset):
@@ -278,6 +303,7 @@ class KerasLightningModule(L.LightningModule):
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Keras-layout inputs -> the static prefix's output (internal layout)."""
         assert self._prefix is not None
+        x = _as_float(x)
         f = self._prefix.features(backend.to_internal(x))
         if f[0].numel() > x[0].numel():  # e.g. only an early conv block is frozen
             raise CachingUnavailableError(
@@ -291,6 +317,7 @@ class KerasLightningModule(L.LightningModule):
         outputs."""
         if isinstance(x, FeatureBatch):
             return backend.to_keras(self._prefix.head(x.features))
+        x = _as_float(x)
         return backend.to_keras(self.model.forward(backend.to_internal(x)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -351,8 +378,12 @@ class KerasLightningModule(L.LightningModule):
 
 
 class _KerasBridge(L.Callback):
-    def __init__(self, model: Any, cbs: list[Any], initial_epoch: int, has_val: bool) -> None:
+    def __init__(
+        self, model: Any, cbs: list[Any], initial_epoch: int, has_val: bool, source: Any = None
+    ) -> None:
         self.model, self.cbs, self.initial_epoch, self.has_val = model, cbs, initial_epoch, has_val
+        self.source = source  # a PyDataset / iterator: Keras calls its on_epoch_end
+        self.val_source: Any = None
         self.needs_batch_logs = any(
             type(cb).on_train_batch_end is not callbacks_mod.Callback.on_train_batch_end
             for cb in cbs
@@ -367,6 +398,8 @@ class _KerasBridge(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module.train_tracker.reset()
+        if self.source is not None and hasattr(self.source, "on_epoch_begin"):
+            self.source.on_epoch_begin()
         for cb in self.cbs:
             cb.on_epoch_begin(self._epoch(trainer), {})
 
@@ -381,11 +414,15 @@ class _KerasBridge(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module.val_tracker.reset()
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        _end_epoch(self.val_source)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         logs = pl_module.train_tracker.logs()
         if self.has_val:
             logs.update(pl_module.val_tracker.logs("val_"))
         pl_module._last_logs = logs
+        _end_epoch(self.source)
         for cb in self.cbs:
             cb.on_epoch_end(self._epoch(trainer), logs)
         if self.model.stop_training:
@@ -394,6 +431,16 @@ class _KerasBridge(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         for cb in self.cbs:
             cb.on_train_end(getattr(pl_module, "_last_logs", {}))
+
+
+def _source(x: Any) -> Any:
+    """``x`` when it is a PyDataset-like batch source (Keras ends its epochs), else None."""
+    return x if _is_batch_source(x) and not isinstance(x, DataLoader) else None
+
+
+def _end_epoch(source: Any) -> None:
+    if source is not None and hasattr(source, "on_epoch_end"):
+        source.on_epoch_end()
 
 
 def _fmt_logs(logs: dict[str, float]) -> str:
@@ -584,9 +631,12 @@ def fit(
         cb.set_model(model)
         cb.set_params(params)
     model.stop_training = False
-    model._inference_modules = inference_modules(model)
+    apply_trainable(model)
+    _check_optimizer_knows(model)
     module = KerasLightningModule(model, class_weight=class_weight)
-    lcbs: list[L.Callback] = [_KerasBridge(model, cbs, initial_epoch, val is not None)]
+    bridge = _KerasBridge(model, cbs, initial_epoch, val is not None, _source(x))
+    bridge.val_source = _source(validation_data)
+    lcbs: list[L.Callback] = [bridge]
     lcbs += _feature_cache(model, module, train, val)
     if verbose:
         lcbs.append(_Progress(verbose, epochs, initial_epoch))
@@ -601,8 +651,6 @@ def fit(
             )
             # A data module: FeatureCache serves cached rows through its hooks.
             trainer.fit(module, datamodule=LoaderDataModule(train, val))
-        if model.optimizer.torch_optimizer is not None:
-            model.optimizer.iterations += trainer.global_step
     model.history = history
     return history
 
@@ -665,6 +713,7 @@ def evaluate(
         trainer = make_trainer(limit_val_batches=steps or 1.0)
         module.val_tracker.reset()
         trainer.validate(module, dataloaders=loader, verbose=False)
+    _end_epoch(_source(x))
     logs = module.val_tracker.logs()
     ordered = {"loss": logs.pop("loss"), **logs}
     if _verbose(verbose):
@@ -684,4 +733,5 @@ def predict(
     with _quiet():
         trainer = make_trainer(limit_predict_batches=steps or 1.0)
         outs = trainer.predict(module, dataloaders=loader)
+    _end_epoch(_source(x))
     return torch.cat(outs).numpy()

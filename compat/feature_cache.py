@@ -71,10 +71,8 @@ def _is_static(layer: Layer, inference: set[int]) -> bool:
 
 def static_prefix(model: Any, inference: list[nn.Module]) -> StaticPrefix | None:
     """The model's static prefix holding at least one frozen weight, or ``None``."""
-    from compat.models import Sequential
-
     inference_ids = {id(m) for m in inference}
-    if isinstance(model, Sequential):
+    if isinstance(getattr(model, "_stack", None), nn.ModuleList):  # Sequential's own stack
         return _sequential_prefix(model, inference_ids)
     if getattr(model, "_plan", None) is not None and not model._multi_in:
         return _functional_prefix(model, inference_ids)

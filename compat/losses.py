@@ -24,8 +24,12 @@ class Loss:
     ) -> None:
         if reduction not in ("sum_over_batch_size", "auto"):
             raise NotImplementedError(f"{type(self).__name__}(reduction={reduction!r})")
-        if kwargs.get("axis", -1) != -1:
+        if kwargs.pop("axis", -1) != -1:
             raise NotImplementedError(f"{type(self).__name__}(axis=...)")
+        if kwargs.pop("dtype", None) not in (None, "float32"):
+            raise NotImplementedError(f"{type(self).__name__}(dtype=...): float32 only")
+        if kwargs:
+            raise NotImplementedError(f"{type(self).__name__}({', '.join(kwargs)}=...)")
         self.from_logits = bool(from_logits)
         self.label_smoothing = float(label_smoothing)
         if name:

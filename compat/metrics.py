@@ -17,6 +17,10 @@ class Metric:
     name = "metric"
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
+        if kwargs.pop("dtype", None) not in (None, "float32"):
+            raise NotImplementedError(f"{type(self).__name__}(dtype=...): float32 only")
+        if kwargs:
+            raise NotImplementedError(f"{type(self).__name__}({', '.join(kwargs)}=...)")
         if name:
             self.name = name
         self.reset_state()

@@ -149,6 +149,16 @@ class Model(Layer):
     def _check_input_shape(self, input_shape: Any) -> None:
         self.compute_output_shape(input_shape)
 
+    def _layer_output_shapes(self) -> dict[int, str]:
+        """``id(layer) -> output shape`` text for the summary (the layer's node here)."""
+        out = {}
+        for layer in self.layers:
+            for node in layer._inbound_nodes:
+                if all(t._keras_history is not None for t in node.outputs):
+                    out[id(layer)] = str(node.outputs[0].shape)
+                    break
+        return out
+
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """A layer by name or by index (``keras.Model.get_layer``)."""
         if index is not None and name is not None:
@@ -202,6 +212,13 @@ class Model(Layer):
         """Print a table of layers, output shapes and parameter counts, then the totals."""
         from compat.summary import render_summary
 
+        if expand_nested:
+            raise NotImplementedError("summary(expand_nested=True)")
+        if layer_range is not None:
+            raise NotImplementedError("summary(layer_range=...)")
+        if positions is not None:
+            raise NotImplementedError("summary(positions=...)")
+
         text = render_summary(self, line_length or 80, show_trainable)
         (print_fn or print)(text)
 
@@ -222,12 +239,18 @@ class Model(Layer):
     ) -> None:
         """Configure training; trainability changes made before take effect now (Keras).
 
+        ``run_eagerly``: compat always runs eagerly (like Keras's torch backend without
+        ``jit_compile``), so both values behave as in Keras. ``auto_scale_loss=False`` with
+        a ``mixed_float16`` policy is not supported (Lightning scales the loss).
+
         ``cache_features`` (an ftlight extension, not in Keras): ``fit`` computes the outputs
         of a frozen, deterministic base once and trains the head on them while that is safe
         (see :mod:`compat.feature_cache`); ``False`` recomputes the base every step.
         """
-        from compat import engine
+        from compat import engine, mixed_precision
 
+        if not auto_scale_loss and mixed_precision.global_policy().name == "mixed_float16":
+            raise NotImplementedError("compile(auto_scale_loss=False) with mixed_float16")
         engine.compile_model(
             self,
             optimizer=optimizer,
@@ -281,6 +304,9 @@ class Model(Layer):
         """Loss (scalar) or ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
         from compat import engine
 
+        if callbacks:
+            raise NotImplementedError("evaluate(callbacks=...): callbacks run in fit() only")
+
         return engine.evaluate(
             self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
         )
@@ -296,6 +322,9 @@ class Model(Layer):
         """Model outputs as NumPy arrays (channels-last for images)."""
         from compat import engine
 
+        if callbacks:
+            raise NotImplementedError("predict(callbacks=...): callbacks run in fit() only")
+
         return engine.predict(
             self, x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
         )
@@ -307,7 +336,9 @@ class Model(Layer):
         return out.cpu().numpy()
 
     # ----- saving --------------------------------------------------------------------
-    def save(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
+    def save(
+        self, filepath: Any, overwrite: bool = True, zipped: bool | None = None, **kwargs: Any
+    ) -> None:
         """Save architecture, weights and compile configuration in ONE self-contained file.
 
         The file is a PyTorch file (``torch.save``), not TensorFlow's SavedModel nor the
@@ -316,11 +347,20 @@ class Model(Layer):
         """
         from compat import saving
 
+        if zipped is False:
+            raise NotImplementedError("save(zipped=False): compat writes one file")
+        if kwargs:
+            raise NotImplementedError(f"save({', '.join(kwargs)}=...)")
         saving.save_model(self, filepath, overwrite=overwrite)
 
-    def save_weights(self, filepath: Any, overwrite: bool = True) -> None:
+    def save_weights(
+        self, filepath: Any, overwrite: bool = True, max_shard_size: Any = None
+    ) -> None:
         """Save the weights (Keras order and shapes) to one file (a torch file, not HDF5)."""
         from compat import saving
+
+        if max_shard_size is not None:
+            raise NotImplementedError("save_weights(max_shard_size=...): one file only")
 
         saving.save_weights(self, filepath, overwrite=overwrite)
 
@@ -446,6 +486,16 @@ class Sequential(Model):
     def layers(self) -> list[Layer]:
         return list(self._stack)
 
+    def _layer_output_shapes(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        if self._input_layer is None:
+            return out
+        shape: Any = (None, *self._input_layer.batch_shape[1:])
+        for layer in self._stack:
+            shape = layer.compute_output_shape(shape)
+            out[id(layer)] = str(shape)
+        return out
+
     @property
     def _multi_in(self) -> bool:  # type: ignore[override]
         return False
@@ -515,6 +565,8 @@ def load_model(
 
 def clone_model(model: Model, **kwargs: Any) -> Model:
     """A deep copy with the same weights (Keras re-initialises; compat copies)."""
+    if kwargs:
+        raise NotImplementedError(f"clone_model({', '.join(sorted(kwargs))}=...)")
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)

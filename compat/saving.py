@@ -87,10 +87,7 @@ def _load(path: str, what: str, custom_objects: Any, trust_pickle: bool, opt_in:
 
 
 def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
-    from compat.models import Model
-
-    if not isinstance(model, Model):
-        raise TypeError(f"save() expects a compat Model. Received: {type(model)}")
+    """Called by ``Model.save`` (so ``model`` is a compat Model; no import of models)."""
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
     compiled = None

@@ -21,39 +21,11 @@ def _count(weights: list) -> int:
     return int(sum(int(np.prod(w.shape)) for w in weights))
 
 
-def _output_shape(model: Any, layer: Any) -> str:
-    if getattr(layer, "_inbound_nodes", None):
-        for node in layer._inbound_nodes:
-            return str(node.outputs[0].shape)
-    shape = getattr(model, "_shapes_for_summary", {}).get(id(layer))
-    return str(shape) if shape is not None else "?"
-
-
-def _sequential_shapes(model: Any) -> dict[int, Any]:
-    out: dict[int, Any] = {}
-    inp = getattr(model, "_input_layer", None)
-    if inp is None:
-        return out
-    shape = (None, *inp.batch_shape[1:])
-    for layer in model.layers:
-        shape = layer.compute_output_shape(shape)
-        out[id(layer)] = shape
-    return out
-
-
 def render_summary(model: Any, line_length: int = 80, show_trainable: bool = False) -> str:
-    from compat.models import Sequential
-
-    is_seq = isinstance(model, Sequential)
-    shapes = _sequential_shapes(model) if is_seq else {}
+    shapes = model._layer_output_shapes()
     rows = []
     for layer in model.layers:
-        if is_seq:
-            shape = str(shapes.get(id(layer), "?"))
-        elif model._graph_layers is not None and layer._inbound_nodes:
-            shape = _graph_output_shape(model, layer)
-        else:
-            shape = "?"
+        shape = shapes.get(id(layer), "?")
         params = _count(layer.weights) if layer.built else 0
         rows.append(
             (
@@ -95,11 +67,3 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
     if opt_params:
         lines.append(f" Optimizer params: {opt_params:,} ({readable_memory_size(opt_params * 4)})")
     return "\n".join(lines) + "\n"
-
-
-def _graph_output_shape(model: Any, layer: Any) -> str:
-    graph_ids = {id(n) for n in layer._inbound_nodes}
-    for node in layer._inbound_nodes:
-        if id(node) in graph_ids and all(t._keras_history is not None for t in node.outputs):
-            return str(node.outputs[0].shape)
-    return "?"

@@ -81,18 +81,29 @@ def conv_kernel_from_keras(w: torch.Tensor) -> torch.Tensor:
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
+    """An input as a float tensor (Keras casts integer inputs to the float compute dtype)."""
     if isinstance(x, torch.Tensor):
-        return x
+        return x if x.is_floating_point() else x.float()
     arr = np.asarray(x)
-    if arr.dtype == np.float64:
+    if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def set_modes(root: nn.Module, training: bool) -> None:
-    """``root.train(training)``, then keep frozen / ``training=False`` parts in inference mode."""
-    root.train(training)
-    if training:
+def set_modes(root: nn.Module, training: bool | None) -> None:
+    """``root.train(training)``, then keep frozen / ``training=False`` parts in inference mode.
+
+    ``training=None`` is Keras's "not given": each layer then uses the default of its own
+    ``call``, which is ``True`` for augmentation layers (they augment when called directly)
+    and ``False`` for the rest.
+    """
+    root.train(bool(training))
+    if training is None:
+        forced = {id(m) for m in inference_modules(root)}
+        for module in root.modules():
+            if getattr(module, "_training_default", False) and id(module) not in forced:
+                module.train(True)
+    elif training:
         for module in inference_modules(root):
             module.training = False
 
@@ -118,6 +129,8 @@ def inference_modules(root: nn.Module) -> list[nn.Module]:
 
 class Layer(nn.Module):
     """Base class of compat layers (``keras.layers.Layer``)."""
+
+    _training_default = False  # Keras's default for ``call(..., training=...)``
 
     def __init__(
         self,
@@ -341,7 +354,7 @@ class Layer(nn.Module):
         self._maybe_build(shapes if multi else shapes[0])
         internal = [backend.to_internal(t) for t in tensors]
         saved = {m: m.training for m in self.modules()}
-        set_modes(self, bool(training))
+        set_modes(self, training)
         try:
             out = self.forward(internal if multi else internal[0])
         finally:

@@ -269,7 +269,11 @@ class Flatten(Layer):
 
 class BatchNormalization(Layer):
     """Batch normalization; ``trainable=False`` means inference mode (moving statistics,
-    never updated), as in Keras. Keras's ``momentum`` m is torch's ``1 - m``."""
+    never updated), as in Keras. Keras's ``momentum`` m is torch's ``1 - m``.
+
+    In training the moving variance is updated with the *biased* batch variance, as Keras
+    does (torch's own update uses the unbiased one, which would drift from Keras's
+    statistics and so from its inference outputs)."""
 
     def __init__(
         self,
@@ -300,6 +304,11 @@ class BatchNormalization(Layer):
         self.axis = axis
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
+        if synchronized:
+            raise NotImplementedError(
+                "BatchNormalization(synchronized=True): Keras's torch backend has no "
+                "synchronized batch statistics either."
+            )
         self.synchronized = synchronized
         self.bn: nn.modules.batchnorm._BatchNorm | None = None
 
@@ -331,7 +340,19 @@ class BatchNormalization(Layer):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(x)
+        bn = self.bn
+        if not (bn.training and bn.running_mean is not None and bn.momentum is not None):
+            return bn(x)
+        # batch statistics without torch's (unbiased) running update; then Keras's update
+        out, mean, invstd = torch.native_batch_norm(
+            x, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
+        )
+        with torch.no_grad():
+            keep = self.momentum
+            var = invstd.float().pow(-2).sub_(bn.eps)
+            bn.running_mean.mul_(keep).add_(mean.float(), alpha=1.0 - keep)
+            bn.running_var.mul_(keep).add_(var, alpha=1.0 - keep)
+        return out
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape

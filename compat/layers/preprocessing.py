@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compat.layers.base import Layer, Shape
+from compat.layers.base import Layer, Shape, Variable
 from compat.layers.core import _expect_rank
 
 
@@ -26,24 +27,40 @@ class Rescaling(Layer):
 
 
 class Resizing(Layer):
+    """``keras.ops.image.resize`` semantics (torch backend: ``nearest`` is torch's
+    ``nearest-exact``; no antialias); ``crop_to_aspect_ratio`` crops the centred window."""
+
     def __init__(
         self,
         height: int,
         width: int,
         interpolation: str = "bilinear",
         crop_to_aspect_ratio: bool = False,
+        pad_to_aspect_ratio: bool = False,
+        fill_mode: str = "constant",
+        fill_value: float = 0.0,
+        antialias: bool = False,
+        data_format: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if crop_to_aspect_ratio:
-            raise NotImplementedError("Resizing(crop_to_aspect_ratio=True)")
+        for arg, value, default in (
+            ("pad_to_aspect_ratio", pad_to_aspect_ratio, False),
+            ("antialias", antialias, False),
+            ("data_format", data_format, None),
+        ):
+            if value != default and not (arg == "data_format" and value == "channels_last"):
+                raise NotImplementedError(f"Resizing({arg}={value!r})")
         if interpolation not in ("bilinear", "nearest", "bicubic"):
             raise NotImplementedError(f"Resizing(interpolation={interpolation!r})")
         self.height, self.width, self.interpolation = int(height), int(width), interpolation
+        self.crop_to_aspect_ratio = crop_to_aspect_ratio
+        self.fill_mode, self.fill_value = fill_mode, fill_value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kw = {} if self.interpolation == "nearest" else {"align_corners": False, "antialias": False}
-        return F.interpolate(x, size=(self.height, self.width), mode=self.interpolation, **kw)
+        if self.crop_to_aspect_ratio:
+            x = _crop_to_aspect(x, self.height, self.width)
+        return _resize(x, self.height, self.width, self.interpolation)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
@@ -56,6 +73,8 @@ class _RandomAffine(Layer):
     Supports Keras's defaults only (``fill_mode="reflect"``, ``interpolation="bilinear"``);
     anything else raises ``NotImplementedError`` instead of being ignored.
     """
+
+    _training_default = True
 
     def __init__(
         self,
@@ -98,6 +117,8 @@ def _factor_range(factor: Any, what: str) -> tuple[float, float]:
 
 
 class RandomFlip(Layer):
+    _training_default = True
+
     def __init__(
         self, mode: str = "horizontal_and_vertical", seed: int | None = None, **kwargs: Any
     ) -> None:
@@ -176,3 +197,281 @@ class RandomZoom(_RandomAffine):
             zw = 1 + torch.rand(n, device=device) * (hi - lo) + lo
         zero = torch.zeros_like(zh)
         return torch.stack([torch.stack([zw, zero, zero], 1), torch.stack([zero, zh, zero], 1)], 1)
+
+
+def keras_factor(factor: Any, bounds: tuple[float, float], what: str = "factor"):
+    """Keras's ``_set_factor``: a number or a pair -> ``(lower, upper)`` within ``bounds``."""
+    msg = (
+        f"The `{what}` argument should be a number (or a list of two numbers) in the range "
+        f"[{bounds[0]}, {bounds[1]}]. Received: {what}={factor}"
+    )
+    if isinstance(factor, (tuple, list)):
+        if len(factor) != 2 or factor[0] > bounds[1] or factor[1] < bounds[0]:
+            raise ValueError(msg)
+        lower, upper = sorted(factor)
+    elif isinstance(factor, (int, float)):
+        if factor < bounds[0] or factor > bounds[1]:
+            raise ValueError(msg)
+        factor = abs(factor)
+        lower, upper = max(-factor, bounds[0]), factor
+    else:
+        raise ValueError(msg)
+    return lower, upper
+
+
+def _uniform(n: int, lower: float, upper: float, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, device=device) * (upper - lower) + lower
+
+
+def _crop_to_aspect(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The largest centred window of ``x`` (NCHW) with the aspect ratio ``height:width``."""
+    h, w = x.shape[2], x.shape[3]
+    crop_h = max(min(h, int(float(w * height) / width)), 1)
+    crop_w = max(min(w, int(float(h * width) / height)), 1)
+    top, left = int(float(h - crop_h) / 2), int(float(w - crop_w) / 2)
+    return x[:, :, top : top + crop_h, left : left + crop_w]
+
+
+def _resize(x: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
+    """``keras.ops.image.resize`` on the torch backend (no antialias)."""
+    if tuple(x.shape[2:]) == (height, width):
+        return x
+    mode = {"bilinear": "bilinear", "nearest": "nearest-exact", "bicubic": "bicubic"}[interpolation]
+    align = False if mode in ("bilinear", "bicubic") else None
+    return F.interpolate(x, size=(height, width), mode=mode, align_corners=align)
+
+
+class CenterCrop(Layer):
+    """Crops the centre ``height x width`` window (Keras: larger inputs are cropped, smaller
+    ones cropped to the aspect ratio and resized)."""
+
+    def __init__(
+        self, height: int, width: int, data_format: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise NotImplementedError(f"CenterCrop(data_format={data_format!r})")
+        self.height, self.width = int(height), int(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        if h < self.height or w < self.width:
+            return _resize(
+                _crop_to_aspect(x, self.height, self.width), self.height, self.width, "bilinear"
+            )
+        top, left = (h - self.height) // 2, (w - self.width) // 2
+        return x[:, :, top : top + self.height, left : left + self.width]
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        _expect_rank(self, input_shape, 4)
+        return (None, self.height, self.width, input_shape[-1])
+
+
+class RandomCrop(Layer):
+    """A random ``height x width`` window (one offset per batch) in training; inputs not
+    larger than the window are cropped to its aspect ratio and resized. At inference the
+    input passes unchanged, as Keras 3.15's RandomCrop does."""
+
+    _training_default = True
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        seed: int | None = None,
+        data_format: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        if data_format not in (None, "channels_last"):
+            raise NotImplementedError(f"RandomCrop(data_format={data_format!r})")
+        self.height, self.width, self.seed = int(height), int(width), seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        if not self.training:
+            return x
+        if h > self.height and w > self.width:
+            top = int(torch.randint(0, h - self.height + 1, ()))
+            left = int(torch.randint(0, w - self.width + 1, ()))
+            return x[:, :, top : top + self.height, left : left + self.width]
+        return _resize(
+            _crop_to_aspect(x, self.height, self.width), self.height, self.width, "bilinear"
+        )
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        _expect_rank(self, input_shape, 4)
+        return (None, self.height, self.width, input_shape[-1])
+
+
+class RandomTranslation(_RandomAffine):
+    """Shifts each image by a random fraction of its height / width (positive: down/right)."""
+
+    def __init__(
+        self,
+        height_factor: Any,
+        width_factor: Any,
+        fill_mode: str = "reflect",
+        interpolation: str = "bilinear",
+        seed: int | None = None,
+        fill_value: float = 0.0,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if data_format not in (None, "channels_last"):
+            raise NotImplementedError(f"RandomTranslation(data_format={data_format!r})")
+        super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
+        for value in (height_factor, width_factor):
+            for v in value if isinstance(value, (tuple, list)) else [value]:
+                if not -1.0 <= v <= 1.0:
+                    raise ValueError(
+                        "The `factor` argument should be a number (or a list of two numbers) "
+                        f"in the range [-1.0, 1.0]. Received: input_number={v}"
+                    )
+        self.height_lower, self.height_upper = _translation_factor(height_factor)
+        self.width_lower, self.width_upper = _translation_factor(width_factor)
+
+    def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
+        dy = _uniform(n, self.height_lower, self.height_upper, device)
+        dx = _uniform(n, self.width_lower, self.width_upper, device)
+        one, zero = torch.ones_like(dx), torch.zeros_like(dx)
+        # normalised coordinates span 2 per image side: a shift of f * size is -2 f
+        return torch.stack(
+            [torch.stack([one, zero, -2 * dx], 1), torch.stack([zero, one, -2 * dy], 1)], 1
+        )
+
+
+def _translation_factor(factor: Any) -> tuple[float, float]:
+    if isinstance(factor, (tuple, list)):
+        if len(factor) != 2:
+            raise ValueError(f"Expected a float or a pair of floats. Received: {factor}")
+        lower, upper = sorted(factor)
+        return float(lower), float(upper)
+    return -abs(float(factor)), abs(float(factor))
+
+
+class RandomContrast(Layer):
+    """Per image: ``(x - mean) * f + mean`` clipped to ``value_range``, ``f`` uniform in
+    ``[1 - lower, 1 + upper]`` with Keras's factor parsing."""
+
+    _training_default = True
+
+    def __init__(
+        self, factor: Any, value_range: Any = (0, 255), seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.factor = keras_factor(factor, (0, 1))
+        self.value_range, self.seed = tuple(value_range), seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        f = _uniform(x.shape[0], 1.0 - self.factor[0], 1.0 + self.factor[1], x.device)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        out = (x - mean) * f.view(-1, 1, 1, 1).to(x.dtype) + mean
+        return out.clamp(self.value_range[0], self.value_range[1])
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+
+class RandomBrightness(Layer):
+    """Per image: adds ``delta * (value_range[1] - value_range[0])``, ``delta`` uniform in
+    Keras's factor range, then clips to ``value_range``."""
+
+    _training_default = True
+
+    def __init__(
+        self, factor: Any, value_range: Any = (0, 255), seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(value_range, (tuple, list)) or len(value_range) != 2:
+            raise ValueError(
+                "The `value_range` argument should be a list of two numbers. "
+                f"Received: value_range={value_range}"
+            )
+        self.factor = keras_factor(factor, (-1, 1))
+        self.value_range, self.seed = tuple(sorted(value_range)), seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        delta = _uniform(x.shape[0], self.factor[0], self.factor[1], x.device)
+        delta = delta * (self.value_range[1] - self.value_range[0])
+        out = x + delta.view(-1, 1, 1, 1).to(x.dtype)
+        return out.clamp(self.value_range[0], self.value_range[1])
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+
+class Normalization(Layer):
+    """``(x - mean) / max(sqrt(variance), 1e-7)`` per feature of the last axis (Keras);
+    ``adapt(data)`` computes the mean and variance; ``invert=True`` undoes it."""
+
+    def __init__(
+        self,
+        axis: int = -1,
+        mean: Any = None,
+        variance: Any = None,
+        invert: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if axis != -1:
+            raise NotImplementedError(f"Normalization(axis={axis}): only the last axis")
+        if (mean is None) != (variance is None):
+            raise ValueError(
+                "When setting values directly, both `mean` and `variance` must be set. "
+                f"Received: mean={mean} and variance={variance}"
+            )
+        self.axis, self.invert = axis, invert
+        self.input_mean, self.input_variance = mean, variance
+        self.stats: torch.nn.Module | None = None
+
+    def build(self, input_shape: Shape) -> None:
+        channels = int(input_shape[-1])
+        stats = torch.nn.Module()
+        if self.input_mean is not None:
+            mean = torch.as_tensor(np.broadcast_to(self.input_mean, (channels,)).copy()).float()
+            var = torch.as_tensor(np.broadcast_to(self.input_variance, (channels,)).copy()).float()
+        else:
+            mean, var = torch.zeros(channels), torch.ones(channels)
+        stats.register_buffer("mean", mean)
+        stats.register_buffer("variance", var)
+        stats.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        self.stats = stats
+
+    def adapt(self, data: Any, steps: int | None = None) -> None:
+        """Mean and (biased) variance of ``data`` (an array, or batches of arrays) per
+        feature of the last axis."""
+        if steps is not None:
+            raise NotImplementedError("Normalization.adapt(steps=...)")
+        if isinstance(data, (np.ndarray, torch.Tensor, list)):
+            batches = [np.asarray(data, dtype="float64")]
+        else:
+            batches = [np.asarray(b[0] if isinstance(b, tuple) else b, "float64") for b in data]
+        flat = np.concatenate([b.reshape(-1, b.shape[-1]) for b in batches])
+        self._maybe_build((None, *batches[0].shape[1:]))
+        with torch.no_grad():
+            self.stats.mean.copy_(torch.from_numpy(flat.mean(0)).float())
+            self.stats.variance.copy_(torch.from_numpy(flat.var(0)).float())
+            self.stats.count.fill_(len(flat))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1) if x.ndim == 4 else (1,) * (x.ndim - 1) + (-1,)
+        mean = self.stats.mean.view(shape).to(x.dtype)
+        std = torch.clamp(self.stats.variance.sqrt(), min=1e-7).view(shape).to(x.dtype)
+        return mean + x * std if self.invert else (x - mean) / std
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def _own_variables(self) -> list[Variable]:
+        if self.stats is None or self.input_mean is not None:
+            return []
+        return [
+            Variable(self, name, self.stats, name, trainable=False)
+            for name in ("mean", "variance", "count")
+        ]
