@@ -5,12 +5,14 @@ timm modules and weights (see each module for differences). Models take Keras's
 from compat.applications import (
     imagenet_utils,
     inception_v3,
+    mobilenet_v2,
     resnet,
     resnet50,
     vgg16,
     vgg19,
 )
 from compat.applications.inception_v3 import InceptionV3
+from compat.applications.mobilenet_v2 import MobileNetV2
 from compat.applications.resnet import ResNet50, ResNet101, ResNet152
 from compat.applications.vgg16 import VGG16
 from compat.applications.vgg19 import VGG19
@@ -19,11 +21,13 @@ __all__ = [
     "VGG16",
     "VGG19",
     "InceptionV3",
+    "MobileNetV2",
     "ResNet50",
     "ResNet101",
     "ResNet152",
     "imagenet_utils",
     "inception_v3",
+    "mobilenet_v2",
     "resnet",
     "resnet50",
     "vgg16",

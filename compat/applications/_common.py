@@ -208,7 +208,13 @@ def keras_init(model: Any) -> None:
     default glorot-uniform), zero biases, BatchNorm gamma 1, beta 0, moving mean 0, variance 1
     (timm's own init differs, e.g. zero gamma in the last BatchNorm of each ResNet block)."""
     for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
+        if isinstance(layer, layers.DepthwiseConv2D):  # Keras kernel (kh, kw, in, multiplier)
+            w, mult = layer.conv.weight, layer.depth_multiplier
+            receptive = w.shape[2] * w.shape[3]
+            _init_weight(w, layer.kernel_initializer, layer.groups * receptive, mult * receptive)
+            if layer.conv.bias is not None:
+                nn.init.zeros_(layer.conv.bias)
+        elif isinstance(layer, layers.Conv2D):
             w = layer.conv.weight
             receptive = w.shape[2] * w.shape[3]
             _init_weight(

@@ -12,6 +12,7 @@ slow = pytest.mark.slow
 
 # (Keras builder, keras.applications module, timm architecture, small input size)
 APPS = [
+    pytest.param("MobileNetV2", "mobilenet_v2", "mobilenetv2_100", 32, id="MobileNetV2"),
     pytest.param("VGG16", "vgg16", "vgg16", 32, id="VGG16"),
     pytest.param("VGG19", "vgg19", "vgg19", 32, id="VGG19"),
     pytest.param("ResNet50", "resnet50", "resnet50", 32, id="ResNet50"),
@@ -147,7 +148,7 @@ def test_keras_preprocessing_gives_timm_predictions(
     scale = float(np.abs(ref).max())
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)
 
-    other = size + 17
+    other = 2 * size  # Keras MobileNetV2 of unknown size pads as for even sizes: keep them even
     bigger = rng.uniform(0, 255, size=(1, other, other, 3)).astype("float32")
     out = model.predict(app.preprocess_input(bigger), verbose=0)
     assert out.shape == tuple(keras_headless(fn).compute_output_shape((1, other, other, 3)))
@@ -200,3 +201,19 @@ def test_input_tensor_and_pooling_as_keras(keras, ck, fn, module, timm_name, siz
     ]
     x = np.random.default_rng(0).uniform(0, 255, size=(2, size, size, 3)).astype("float32")
     assert model.predict(x, verbose=0).shape == tuple(k_model(x).shape)
+
+
+def test_depthwise_conv_and_relu_layers_equal_keras(keras, ck):
+    """The two layers MobileNetV2 adds to compat.layers compute what Keras's compute."""
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 9, 9, 4)).astype("float32")
+    k_dw = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)
+    expected = keras.ops.convert_to_numpy(k_dw(x))
+    c_dw = ck.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)
+    c_dw(x)
+    c_dw.set_weights([keras.ops.convert_to_numpy(w) for w in k_dw.weights])
+    assert [w.shape for w in c_dw.get_weights()] == [(3, 3, 4, 2), (8,)]
+    np.testing.assert_allclose(c_dw(x).detach().numpy(), expected, atol=1e-6)
+    z = 5 * x
+    for kwargs in ({"max_value": 6.0}, {"max_value": 6.0, "negative_slope": 0.1, "threshold": 0.5}):
+        ours = ck.layers.ReLU(**kwargs)(z).detach().numpy()
+        np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(keras.layers.ReLU(**kwargs)(z)))
