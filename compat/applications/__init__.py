@@ -1,17 +1,35 @@
-"""``keras.applications``: VGG16, ResNet50, InceptionV3 with Keras's layer names and order,
-built on the ftlight engine's timm modules and weights (see each module for differences)."""
+"""``keras.applications`` with Keras's layer names and order, built on the ftlight engine's
+timm modules and weights (see each module for differences). Models take Keras's
+``preprocess_input`` convention; the map to the timm weights' normalisation is inside."""
 
-from compat.applications import imagenet_utils, inception_v3, resnet50, vgg16
+from compat.applications import (
+    imagenet_utils,
+    inception_v3,
+    mobilenet_v2,
+    resnet,
+    resnet50,
+    vgg16,
+    vgg19,
+)
 from compat.applications.inception_v3 import InceptionV3
-from compat.applications.resnet50 import ResNet50
+from compat.applications.mobilenet_v2 import MobileNetV2
+from compat.applications.resnet import ResNet50, ResNet101, ResNet152
 from compat.applications.vgg16 import VGG16
+from compat.applications.vgg19 import VGG19
 
 __all__ = [
     "VGG16",
+    "VGG19",
     "InceptionV3",
+    "MobileNetV2",
     "ResNet50",
+    "ResNet101",
+    "ResNet152",
     "imagenet_utils",
     "inception_v3",
+    "mobilenet_v2",
+    "resnet",
     "resnet50",
     "vgg16",
+    "vgg19",
 ]

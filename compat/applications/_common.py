@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
+from compat import layers
 from compat.graph import KerasTensor
 from compat.layers import Input
+from compat.layers.core import _init_weight
 from ftlight.models.backbone import load_timm_model
 from ftlight.models.weights import WEIGHT_FILE_SUFFIXES, is_weight_file
 
@@ -47,7 +51,10 @@ def _is_compat_weights(weights: Any) -> bool:
 
 
 def finish_weights(model: Any, weights: Any) -> None:
-    if _is_compat_weights(weights):
+    """Keras's initialisation for ``weights=None``; a compat weights file is loaded here."""
+    if weights is None:
+        keras_init(model)
+    elif _is_compat_weights(weights):
         model.load_weights(weights)
 
 
@@ -63,7 +70,8 @@ def check_input_shape(
     if input_tensor is not None:
         return None
     if input_shape is None:
-        return (default, default, 3)
+        # Keras: a headless model takes any image size; the top needs the default one.
+        return (default, default, 3) if include_top else (None, None, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
         hint = ""
@@ -116,6 +124,111 @@ def model_input(
 def check_pooling(pooling: Any) -> None:
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+
+
+# Keras's ``preprocess_input`` conventions as ``pixels = scale * x[..., order] + offset``
+# (pixels RGB in [0, 255]): the inverse of each convention.
+_CONVENTIONS: dict[str, tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]] = {
+    "caffe": ((2, 1, 0), (1.0, 1.0, 1.0), (123.68, 116.779, 103.939)),
+    "tf": ((0, 1, 2), (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    "torch": (
+        (0, 1, 2),
+        (0.229 * 255, 0.224 * 255, 0.225 * 255),
+        (0.485 * 255, 0.456 * 255, 0.406 * 255),
+    ),
+    "raw": ((0, 1, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+}
+
+
+class InputMap(nn.Module):
+    """Exact per-channel affine map (with channel order) from an application's Keras
+    ``preprocess_input`` convention to the normalisation its timm weights were trained with.
+
+    Keras code feeds ``preprocess_input(x)``; the timm weights expect ``(x / 255 - mean) / std``
+    on RGB. Applied before the first layer (so zero padding happens in the weights' domain, as
+    in timm); no information is lost.
+    """
+
+    def __init__(self, convention: str, mean: Any, std: Any) -> None:
+        super().__init__()
+        order, scale, offset = _CONVENTIONS[convention]
+        mean64, std64 = np.asarray(mean, "float64"), np.asarray(std, "float64")
+        a = np.asarray(scale, "float64") / 255.0 / std64
+        b = (np.asarray(offset, "float64") / 255.0 - mean64) / std64
+        self.convention = convention
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.register_buffer("scale", torch.tensor(a, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("offset", torch.tensor(b, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW
+        return x.index_select(1, self.order) * self.scale + self.offset
+
+    def extra_repr(self) -> str:
+        return f"convention={self.convention!r}"
+
+
+def input_map(convention: str, tm: nn.Module) -> InputMap:
+    """The map from ``convention`` to the normalisation of ``tm``'s (default) pretrained cfg."""
+    cfg = tm.pretrained_cfg
+    return InputMap(convention, cfg["mean"], cfg["std"])
+
+
+class _MappedInput:
+    """Mixin: the first layer of an application applies its :class:`InputMap` first."""
+
+    input_map: InputMap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_map(x))
+
+
+class Conv2D(_MappedInput, layers.Conv2D):
+    pass
+
+
+class ZeroPadding2D(_MappedInput, layers.ZeroPadding2D):
+    pass
+
+
+_MAPPED: dict[type, type] = {layers.Conv2D: Conv2D, layers.ZeroPadding2D: ZeroPadding2D}
+
+
+def map_input(layer: Any, mapping: InputMap) -> Any:
+    """Make ``layer`` (the application's first layer) apply ``mapping`` to its input.
+
+    The class keeps Keras's name (``Conv2D``...), so layer classes still match Keras's.
+    """
+    layer.__class__ = _MAPPED[type(layer)]
+    layer.input_map = mapping
+    return layer
+
+
+def keras_init(model: Any) -> None:
+    """Re-initialise like Keras's ``weights=None``: the layers' kernel initializers (Keras
+    default glorot-uniform), zero biases, BatchNorm gamma 1, beta 0, moving mean 0, variance 1
+    (timm's own init differs, e.g. zero gamma in the last BatchNorm of each ResNet block)."""
+    for layer in model.layers:
+        if isinstance(layer, layers.DepthwiseConv2D):  # Keras kernel (kh, kw, in, multiplier)
+            w, mult = layer.conv.weight, layer.depth_multiplier
+            receptive = w.shape[2] * w.shape[3]
+            _init_weight(w, layer.kernel_initializer, layer.groups * receptive, mult * receptive)
+            if layer.conv.bias is not None:
+                nn.init.zeros_(layer.conv.bias)
+        elif isinstance(layer, layers.Conv2D):
+            w = layer.conv.weight
+            receptive = w.shape[2] * w.shape[3]
+            _init_weight(
+                w, layer.kernel_initializer, w.shape[1] * receptive, w.shape[0] * receptive
+            )
+            if layer.conv.bias is not None:
+                nn.init.zeros_(layer.conv.bias)
+        elif isinstance(layer, layers.Dense):
+            w = layer.linear.weight
+            _init_weight(w, layer.kernel_initializer, w.shape[1], w.shape[0])
+            if layer.linear.bias is not None:
+                nn.init.zeros_(layer.linear.bias)
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.bn.reset_parameters()
 
 
 def no_act_bn(bn: nn.Module) -> nn.Module:

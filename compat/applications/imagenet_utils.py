@@ -1,10 +1,15 @@
 """ImageNet preprocessing conventions and ``decode_predictions``.
 
-``preprocess_input`` follows Keras's convention per model (``caffe`` for VGG16/ResNet50:
-RGB->BGR and mean subtraction; ``tf`` for InceptionV3: scale to [-1, 1]) so that Keras code
-keeps its numbers. The ftlight engine's pre-trained timm weights expect ``torch``-style
-normalisation (``x/255`` then ImageNet mean/std, see ``Backbone.data_config``); use
-``preprocess_input(x, mode="torch")`` with pre-trained weights.
+``preprocess_input`` follows Keras's convention per model (``caffe`` for VGG/ResNet:
+RGB->BGR and mean subtraction; ``tf`` for Inception: scale to [-1, 1]; ``torch`` for
+DenseNet: ``x/255`` then ImageNet mean/std), so Keras code keeps its numbers. The
+applications fold the exact map from their convention to the timm weights' normalisation
+into their input, so ``model.predict(preprocess_input(x))`` gives the weights' predictions.
+
+``decode_predictions`` returns Keras's ``(wnid, short_name, score)`` tuples. Keras downloads
+its class index (``imagenet_class_index.json``); offline, the same WordNet ids come from
+timm's bundled ImageNet info and the short name is the first lemma of each synset with
+spaces replaced by underscores (Keras's spelling: ``great_white_shark``, ``crane`` twice).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def preprocess_input(x: Any, data_format: str | None = None, mode: str = "caffe"
 
 
 def decode_predictions(preds: Any, top: int = 5) -> list[list[tuple[str, str, float]]]:
-    """Top classes as ``(class_id, name, score)``; names from timm's ImageNet info."""
+    """Top classes as Keras's ``(wnid, short_name, score)``, best first, for each sample."""
     preds = np.asarray(preds)
     if preds.ndim != 2 or preds.shape[1] != 1000:
         raise ValueError(
@@ -56,7 +61,7 @@ def _imagenet_classes() -> tuple[list[str], list[str]]:
 
     info = ImageNetInfo()
     ids = [info.index_to_label_name(i) for i in range(1000)]
-    names = [info.index_to_description(i) for i in range(1000)]
+    names = [info.label_name_to_description(i).split(",")[0].strip().replace(" ", "_") for i in ids]
     return ids, names
 
 

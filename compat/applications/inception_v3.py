@@ -7,7 +7,9 @@ Differences from Keras's architecture, kept because they belong to the torch wei
 BatchNormalization layers have a scale (gamma; Keras uses ``scale=False``), so there are
 17,216 more parameters (23,869,000 against Keras's 23,851,784), and the branch
 average-pools count the padded zeros
-(torchvision/timm semantics; Keras's ``'same'`` average pooling does not).
+(torchvision/timm semantics; Keras's ``'same'`` average pooling does not). Inputs follow
+Keras's ``tf`` convention ([-1, 1]); the map to the weights' normalisation (identity for
+timm's default ``inception_v3`` weights) is folded into the first ``conv2d``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from compat.models import Model
 
 class _Units:
     def __init__(self, model: nn.Module) -> None:
+        self._map: Any = _common.input_map("tf", model)
         self._it: Iterator[nn.Module] = iter(
             [m for m in model.modules() if hasattr(m, "conv") and hasattr(m, "bn")]
         )
@@ -51,7 +54,10 @@ class _Units:
                 f"timm inception_v3 unit {conv} does not match Keras's "
                 f"conv2d_bn({filters}, {rows}, {cols}, strides={strides})"
             )
-        x = layers.Conv2D.from_torch(conv, name=backend.unique_name("conv2d"), padding=padding)(x)
+        layer = layers.Conv2D.from_torch(conv, name=backend.unique_name("conv2d"), padding=padding)
+        if self._map is not None:  # the first unit takes the model's input
+            layer, self._map = _common.map_input(layer, self._map), None
+        x = layer(x)
         bn = _common.no_act_bn(unit.bn)
         x = layers.BatchNormalization.from_torch(
             bn, name=backend.unique_name("batch_normalization")

@@ -13,6 +13,7 @@ from compat.layers.core import (
     Input,
     InputLayer,
 )
+from compat.layers.depthwise_conv import DepthwiseConv2D
 from compat.layers.merging import Add, Concatenate
 from compat.layers.preprocessing import (
     CenterCrop,
@@ -27,6 +28,7 @@ from compat.layers.preprocessing import (
     Rescaling,
     Resizing,
 )
+from compat.layers.relu import ReLU
 
 Convolution2D = Conv2D
 MaxPool2D = MaxPooling2D
@@ -45,6 +47,7 @@ __all__ = [
     "Conv2D",
     "Convolution2D",
     "Dense",
+    "DepthwiseConv2D",
     "Dropout",
     "Flatten",
     "GlobalAveragePooling2D",
@@ -64,6 +67,7 @@ __all__ = [
     "RandomRotation",
     "RandomTranslation",
     "RandomZoom",
+    "ReLU",
     "Rescaling",
     "Resizing",
     "Variable",

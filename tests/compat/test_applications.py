@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Tops at their default size (headless models: tests/compat/test_applications_zoo.py, against
+# Keras models built in the test).
 CASES = [
     ("ResNet50", "ResNet50", {}, 25_636_712 - 26_560),
-    ("ResNet50", "ResNet50_notop", {"include_top": False}, None),
     ("InceptionV3", "InceptionV3", {}, 23_851_784 + 17_216),
-    ("InceptionV3", "InceptionV3_notop", {"include_top": False}, None),
-    ("VGG16", "VGG16_notop", {"include_top": False}, 14_714_688),
 ]
 
 
@@ -48,29 +47,6 @@ def test_recipe_selectors_pick_keras_layers(ck):
     assert len(conv5) == 32 and conv5[0] == "conv5_block1_1_conv"
 
 
-def test_vgg16_get_weights_shapes_equal_keras(keras, ck):
-    k = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
-    c = ck.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
-    assert [w.shape for w in c.get_weights()] == [tuple(w.shape) for w in k.get_weights()]
-
-
-def test_forward_matches_timm_features(ck):
-    """The Keras-named graph computes what timm's own forward computes (same init seed)."""
-    import timm
-    import torch
-
-    torch.manual_seed(123)
-    model = ck.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
-    torch.manual_seed(123)
-    tm = timm.create_model("resnet50", pretrained=False).eval()
-    x = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype("float32")
-    ours = model.predict(x, verbose=0)
-    assert ours.shape == (2, 2, 2, 2048)
-    with torch.no_grad():
-        ref = tm.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2))
-    np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
-
-
 def test_bad_arguments_say_what_was_received(ck):
     with pytest.raises(ValueError, match="pooling"):
         ck.applications.VGG16(weights=None, include_top=False, pooling="sum")
@@ -90,24 +66,11 @@ def test_preprocess_and_decode(ck):
     preds = np.zeros((1, 1000), dtype="float32")
     preds[0, 1] = 1.0
     top = ck.applications.resnet50.decode_predictions(preds, top=2)
-    assert top[0][0][0] == "n01443537" and top[0][0][2] == 1.0
+    assert top[0][0] == ("n01443537", "goldfish", 1.0)  # Keras's (wnid, short_name, score)
+    preds[0, 2] = 0.5
+    assert ck.applications.vgg19.decode_predictions(preds, top=2)[0][1][:2] == (
+        "n01484850",
+        "great_white_shark",
+    )
     with pytest.raises(ValueError, match=r"\(samples, 1000\)"):
         ck.applications.resnet50.decode_predictions(np.zeros((1, 10)))
-
-
-@pytest.mark.parametrize("app", ["VGG16", "ResNet50"])
-@pytest.mark.parametrize("pooling", [None, "avg", "max"])
-def test_headless_pooling_matches_keras(keras, ck, app, pooling):
-    """``include_top=False`` with ``pooling``: same last layers and output shape as Keras."""
-    k_model = getattr(keras.applications, app)(
-        weights=None, include_top=False, input_shape=(32, 32, 3), pooling=pooling
-    )
-    c_model = getattr(ck.applications, app)(
-        weights=None, include_top=False, input_shape=(32, 32, 3), pooling=pooling
-    )
-    assert [la.name for la in c_model.layers[-2:]] == [la.name for la in k_model.layers[-2:]]
-    assert [type(la).__name__ for la in c_model.layers[-1:]] == [
-        type(la).__name__ for la in k_model.layers[-1:]
-    ]
-    x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
-    assert c_model.predict(x, verbose=0).shape == tuple(k_model(x).shape)

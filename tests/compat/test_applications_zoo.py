@@ -1,0 +1,219 @@
+"""Every application against a real Keras model built here with ``weights=None``: layer names,
+classes, count, output shapes, parameter counts (documented deviations only), Keras's
+initialisation, headless models of any size, and Keras's ``preprocess_input`` feeding timm
+weights exactly as timm's own normalisation does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slow = pytest.mark.slow
+
+# (Keras builder, keras.applications module, timm architecture, small input size)
+APPS = [
+    pytest.param("MobileNetV2", "mobilenet_v2", "mobilenetv2_100", 32, id="MobileNetV2"),
+    pytest.param("VGG16", "vgg16", "vgg16", 32, id="VGG16"),
+    pytest.param("VGG19", "vgg19", "vgg19", 32, id="VGG19"),
+    pytest.param("ResNet50", "resnet50", "resnet50", 32, id="ResNet50"),
+    pytest.param("ResNet101", "resnet", "resnet101", 32, id="ResNet101", marks=slow),
+    pytest.param("ResNet152", "resnet", "resnet152", 32, id="ResNet152", marks=slow),
+    pytest.param("InceptionV3", "inception_v3", "inception_v3", 75, id="InceptionV3"),
+]
+
+_KERAS: dict[str, object] = {}
+
+
+@pytest.fixture
+def keras_headless(keras):
+    """Real Keras's headless application (any input size), built once per test module."""
+
+    def get(fn: str):
+        if fn not in _KERAS:
+            keras.backend.clear_session()
+            _KERAS[fn] = getattr(keras.applications, fn)(weights=None, include_top=False)
+        return _KERAS[fn]
+
+    return get
+
+
+def _keras_layer_shapes(keras, k_model, size: int) -> dict[str, list]:
+    probe = keras.Model(k_model.inputs, [la.output for la in k_model.layers[1:]])
+    shapes = probe.compute_output_shape((None, size, size, 3))
+    out = {k_model.layers[0].name: [None, size, size, 3]}
+    for la, shape in zip(k_model.layers[1:], shapes, strict=True):
+        out[la.name] = list(shape)
+    return out
+
+
+def _documented_param_deviation(fn: str, k_model) -> int:
+    """compat minus Keras parameters, as each module's docstring documents."""
+    if fn.startswith("ResNet"):  # torch ResNets' convolutions have no bias
+        return -sum(la.filters for la in k_model.layers if type(la).__name__ == "Conv2D")
+    if fn == "InceptionV3":  # torch BatchNorm has a scale (Keras: scale=False)
+        return sum(
+            la.gamma is None and la.moving_mean.shape[0]
+            for la in k_model.layers
+            if type(la).__name__ == "BatchNormalization"
+        )
+    return 0
+
+
+def _documented_shape_mismatches(fn: str) -> set[str]:
+    if fn.startswith("ResNet"):  # stride on the 3x3 conv (v1.5)
+        return {f"conv{s}_block1_1_{k}" for s in (3, 4, 5) for k in ("conv", "bn", "relu")}
+    return set()
+
+
+@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), APPS)
+def test_structure_and_init_match_keras(keras, ck, keras_headless, fn, module, timm_name, size):
+    k_model = keras_headless(fn)
+    model = getattr(ck.applications, fn)(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
+    assert len(model.layers) == len(k_model.layers)
+    assert [la.name for la in model.layers] == [la.name for la in k_model.layers]
+    assert [type(la).__name__ for la in model.layers] == [
+        type(la).__name__ for la in k_model.layers
+    ]
+    k_shapes = _keras_layer_shapes(keras, k_model, size)
+    mismatched = {la.name for la in model.layers if list(la.output.shape) != k_shapes[la.name]}
+    assert mismatched == _documented_shape_mismatches(fn)
+    deviation = _documented_param_deviation(fn, k_model)
+    assert model.count_params() == k_model.count_params() + deviation
+
+    # Keras's weights=None initialisation, layer by layer.
+    k_layers = {la.name: la for la in k_model.layers}
+    checked = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        ours = layer.get_weights()
+        theirs = [np.asarray(w) for w in k_layers[layer.name].get_weights()]
+        if kind == "BatchNormalization":
+            gamma, beta, mean, var = ours
+            np.testing.assert_array_equal(gamma, 1.0)
+            np.testing.assert_array_equal(beta, 0.0)
+            np.testing.assert_array_equal(mean, 0.0)
+            np.testing.assert_array_equal(var, 1.0)
+            np.testing.assert_array_equal(theirs[-2], 0.0)
+            np.testing.assert_array_equal(theirs[-1], 1.0)
+        elif kind == "Conv2D":
+            kernel, k_kernel = ours[0], theirs[0]
+            assert kernel.shape == k_kernel.shape
+            limit = np.sqrt(
+                6.0 / (np.prod(kernel.shape[:-1]) + np.prod(kernel.shape[:-2]) * kernel.shape[-1])
+            )
+            assert np.abs(kernel).max() <= limit * (1 + 1e-6), layer.name
+            if kernel.size >= 2000:
+                assert abs(kernel.std() / k_kernel.std() - 1) < 0.1, layer.name
+            for bias in ours[1:]:
+                np.testing.assert_array_equal(bias, 0.0)
+            checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), APPS)
+def test_keras_preprocessing_gives_timm_predictions(
+    ck, keras_headless, tmp_path, fn, module, timm_name, size
+):
+    """``preprocess_input`` (Keras's convention) into compat loaded from a timm weights file
+    equals the timm model fed its own normalisation; headless models take any size."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    tm = timm.create_model(timm_name, pretrained=False).eval()
+    with torch.no_grad():  # non-trivial BatchNorms (timm zero-inits some gammas)
+        for m in tm.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{timm_name}.pth"  # a headless file: no classifier (fc/head/pre_logits)
+    top = ("fc.", "head.", "pre_logits.")
+    torch.save({k: v for k, v in tm.state_dict().items() if not k.startswith(top)}, path)
+
+    model = getattr(ck.applications, fn)(weights=str(path), include_top=False)
+    app = getattr(ck.applications, module)
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, size=(2, size, size, 3)).astype("float32")
+    ours = model.predict(app.preprocess_input(img), verbose=0)
+
+    cfg = timm.data.resolve_data_config({}, model=tm)
+    mean, std = np.array(cfg["mean"], "float32"), np.array(cfg["std"], "float32")
+    timm_input = torch.from_numpy((img / 255.0 - mean) / std).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = tm.forward_features(timm_input).permute(0, 2, 3, 1).numpy()
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)
+
+    other = 2 * size  # Keras MobileNetV2 of unknown size pads as for even sizes: keep them even
+    bigger = rng.uniform(0, 255, size=(1, other, other, 3)).astype("float32")
+    out = model.predict(app.preprocess_input(bigger), verbose=0)
+    assert out.shape == tuple(keras_headless(fn).compute_output_shape((1, other, other, 3)))
+
+
+@pytest.mark.parametrize(
+    ("fn", "module", "timm_name"),
+    [
+        pytest.param("ResNet50", "resnet50", "resnet50", id="ResNet50"),
+        pytest.param("InceptionV3", "inception_v3", "inception_v3", id="InceptionV3", marks=slow),
+    ],
+)
+def test_top_logits_equal_timm_with_keras_preprocessing(ck, tmp_path, fn, module, timm_name):
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    tm = timm.create_model(timm_name, pretrained=False).eval()
+    path = tmp_path / f"{timm_name}.pth"
+    torch.save(tm.state_dict(), path)
+    model = getattr(ck.applications, fn)(weights=str(path), classifier_activation=None)
+    size = model.input.shape[1]
+    img = np.random.default_rng(1).uniform(0, 255, size=(1, size, size, 3)).astype("float32")
+    ours = model.predict(getattr(ck.applications, module).preprocess_input(img), verbose=0)
+    cfg = timm.data.resolve_data_config({}, model=tm)
+    mean, std = np.array(cfg["mean"], "float32"), np.array(cfg["std"], "float32")
+    with torch.no_grad():
+        ref = tm(torch.from_numpy((img / 255.0 - mean) / std).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+    top = ck.applications.imagenet_utils.decode_predictions(ours, top=3)[0]
+    assert [t[0] for t in top] == [
+        timm.data.ImageNetInfo().index_to_label_name(int(i)) for i in np.argsort(-ref[0])[:3]
+    ]
+
+
+@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), APPS)
+def test_input_tensor_and_pooling_as_keras(keras, ck, fn, module, timm_name, size):
+    pooling = "max" if fn in ("VGG19", "ResNet50") else "avg"
+    keras.backend.clear_session()
+    k_model = getattr(keras.applications, fn)(
+        weights=None, include_top=False, pooling=pooling, input_tensor=keras.Input((size, size, 3))
+    )
+    tensor = ck.Input(shape=(size, size, 3))
+    model = getattr(ck.applications, fn)(
+        weights=None, include_top=False, pooling=pooling, input_tensor=tensor
+    )
+    assert model.inputs[0] is tensor
+    assert [(la.name, type(la).__name__) for la in model.layers[-2:]] == [
+        (la.name, type(la).__name__) for la in k_model.layers[-2:]
+    ]
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, size, size, 3)).astype("float32")
+    assert model.predict(x, verbose=0).shape == tuple(k_model(x).shape)
+
+
+def test_depthwise_conv_and_relu_layers_equal_keras(keras, ck):
+    """The two layers MobileNetV2 adds to compat.layers compute what Keras's compute."""
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 9, 9, 4)).astype("float32")
+    k_dw = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)
+    expected = keras.ops.convert_to_numpy(k_dw(x))
+    c_dw = ck.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)
+    c_dw(x)
+    c_dw.set_weights([keras.ops.convert_to_numpy(w) for w in k_dw.weights])
+    assert [w.shape for w in c_dw.get_weights()] == [(3, 3, 4, 2), (8,)]
+    np.testing.assert_allclose(c_dw(x).detach().numpy(), expected, atol=1e-6)
+    z = 5 * x
+    for kwargs in ({"max_value": 6.0}, {"max_value": 6.0, "negative_slope": 0.1, "threshold": 0.5}):
+        ours = ck.layers.ReLU(**kwargs)(z).detach().numpy()
+        np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(keras.layers.ReLU(**kwargs)(z)))
