@@ -372,11 +372,6 @@ class Model(Layer):
     def to_json(self, **kwargs: Any) -> str:
         raise NotImplementedError("Model.to_json(): use model.save() / load_model()")
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_engine_state"] = None
-        return state
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 

@@ -33,10 +33,6 @@ class ClassNamesMismatchError(ValueError):
     """The data's classes are not those the model (or its checkpoint) was trained on."""
 
 
-# Frozen BatchNorm layers are in eval mode on purpose (see ftlight.models.freezing).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
-
 class FineTuner(L.LightningModule):
     """Fine-tune a pre-trained backbone with a new head.
 
@@ -322,11 +318,12 @@ class FineTuner(L.LightningModule):
         for g in split_decay(self.head.named_parameters(), hp.weight_decay):
             groups.append({**g, "lr": hp.lr, "name": "head"})
         params = dict(self.backbone.model.named_parameters())
+        no_decay = getattr(self.backbone.model, "no_weight_decay", lambda: ())()
         layer_groups = self.backbone.layer_groups
         for depth, layer_group in enumerate(layer_groups):
             scale = hp.layer_decay ** (len(layer_groups) - 1 - depth) if hp.layer_decay else 1.0
             named = [(n, params[n]) for n in layer_group.param_names]
-            for g in split_decay(named, hp.weight_decay):
+            for g in split_decay(named, hp.weight_decay, no_decay):
                 lr = self.group_lrs.get(layer_group.name, backbone_lr * scale)
                 groups.append({**g, "lr": lr, "name": layer_group.name})
         return groups
@@ -352,8 +349,10 @@ class FineTuner(L.LightningModule):
             self.hparams.get("channels_last") is None and device.type == "cuda"
         ):
             self.backbone.to(memory_format=torch.channels_last)
-        if device.type == "cuda" and not torch.backends.cudnn.deterministic:
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
+        if stage == "fit":
+            # Frozen BatchNorm layers are in eval mode on purpose (ftlight.models.freezing):
+            # Lightning's fit loop would warn about them at every start of training.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if self.hparams.get("torch_compile") and self.backbone.model._compiled_call_impl is None:
             self.backbone.model.compile()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -553,16 +552,3 @@ def _explain_batch_of_one(model: nn.Module, batch_size: int) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of running statistics of every BatchNorm layer (for tests and checks)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    out = {}
-    for name, m in module.named_modules():
-        if isinstance(m, _BatchNorm) and m.running_mean is not None:
-            out[f"{name}.running_mean"] = m.running_mean.clone()
-            out[f"{name}.running_var"] = m.running_var.clone()
-            out[f"{name}.num_batches_tracked"] = m.num_batches_tracked.clone()
-    return out

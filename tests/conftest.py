@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -53,3 +55,14 @@ def colour_arrays() -> tuple[np.ndarray, np.ndarray]:
     base = np.where(labels[:, None] == 0, [[220, 30, 30]], [[30, 40, 220]]).astype(np.float64)
     images = base[:, None, None, :] + rng.normal(0, 20, size=(32, 32, 32, 3))
     return images.clip(0, 255).astype(np.uint8), labels
+
+
+def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of running statistics of every BatchNorm layer."""
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, _BatchNorm) and m.running_mean is not None:
+            out[f"{name}.running_mean"] = m.running_mean.clone()
+            out[f"{name}.running_var"] = m.running_var.clone()
+            out[f"{name}.num_batches_tracked"] = m.num_batches_tracked.clone()
+    return out

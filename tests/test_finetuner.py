@@ -12,8 +12,8 @@ import torch
 
 import ftlight
 from ftlight.callbacks.feature_cache import CachingUnavailableError, cache_features
-from ftlight.finetuner import frozen_bn_state
 from ftlight.models.freezing import frozen_param_names
+from tests.conftest import frozen_bn_state
 
 
 def tiny_trainer(tmp_path: Path, **kw) -> L.Trainer:

@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight import FineTuner, ImageDataModule
 from ftlight.callbacks.staged import Milestone, StagedUnfreeze
-from ftlight.finetuner import frozen_bn_state
+from tests.conftest import frozen_bn_state
 
 LR_STAGE4 = 0.05
 

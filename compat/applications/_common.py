@@ -35,7 +35,12 @@ def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.M
     if is_weight_file(weights) and os.path.exists(weights):
         # The file's classifier is needed only when it becomes Keras's `predictions` layer.
         keeps_classifier = include_top and classes == 1000
-        return load_timm_model(name, weights, classifier_optional=not keeps_classifier)[0]
+        return load_timm_model(
+            name,
+            weights,
+            classifier_optional=not keeps_classifier,
+            pre_logits_optional=not include_top,
+        )[0]
     raise ValueError(
         "The `weights` argument should be either `None` (random initialization), 'imagenet' "
         "(pre-training on ImageNet), or the path to an existing weights file (a torch state "

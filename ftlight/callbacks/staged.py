@@ -29,13 +29,13 @@ while gated; freeze groups that never unfreeze with ``FineTuner(freeze=...)`` in
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ftlight.models.freezing import INFERENCE_ATTR, enforce_bn_policy
 
@@ -175,6 +175,26 @@ class StagedUnfreeze(Callback):
         if hasattr(pl_module, "frozen_names"):
             pl_module.frozen_names = [n for n in pl_module.frozen_names if n not in scheduled]
         self._apply_phase(trainer, pl_module, trainer.current_epoch)
+        rank_zero_info(self.gating_summary(pl_module, trainer.current_epoch))
+
+    def gating_summary(self, pl_module: L.LightningModule, epoch: int) -> str:
+        """One line for the model summary's reader: which of the parameters it counts as
+        trainable are gated (``requires_grad=True``, but no update) until their milestone."""
+        gated = self.gated_parameter_names(pl_module, epoch)
+        if not gated:
+            return "StagedUnfreeze: no parameter is gated; every trainable parameter trains."
+        params = dict(pl_module.named_parameters())
+        count = sum(params[n].numel() for n in gated)
+        milestone_of = self.group_milestone or self.resolve(pl_module)
+        when = ", ".join(
+            f"{group} from epoch {self.milestones[index].epoch}"
+            for group, index in milestone_of.items()
+            if not self.reached(index, epoch)
+        )
+        return (
+            f"StagedUnfreeze: {count:,} of the parameters counted as trainable are gated (not "
+            f"updated) until their milestone: {when}."
+        )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.milestones:
@@ -263,10 +283,9 @@ class StagedUnfreeze(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("milestones", [])
         if saved != [asdict(m) for m in self.milestones]:
-            warnings.warn(
+            rank_zero_warn(
                 f"StagedUnfreeze: the checkpoint was written with milestones {saved}; "
-                f"continuing with {[asdict(m) for m in self.milestones]}.",
-                stacklevel=2,
+                f"continuing with {[asdict(m) for m in self.milestones]}."
             )
         self.start_steps = {int(k): int(v) for k, v in state_dict.get("start_steps", {}).items()}
         self.phase = int(state_dict.get("phase", 0))

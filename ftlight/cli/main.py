@@ -419,13 +419,10 @@ def _lightning_cli_class() -> type:
 
 
 def _metrics_history() -> Any:
-    """ftlight.cli.report's per-epoch history callback, when that module is available."""
-    if importlib.util.find_spec("ftlight.cli.report") is None:
-        return None
-    try:
-        return importlib.import_module("ftlight.cli.report").MetricsHistory()
-    except (ImportError, AttributeError, TypeError):
-        return None
+    """ftlight.cli.report's per-epoch history callback."""
+    from ftlight.cli.report import MetricsHistory
+
+    return MetricsHistory()
 
 
 def default_loggers(root: str, version: int | None = None) -> list[Any]:
@@ -609,9 +606,11 @@ def _summarise(cli: Any) -> None:
     print("\n".join(lines), flush=True)
     if log_dir and cli.subcommand == "fit":
         write_metrics_json(cli, Path(log_dir))
-    if log_dir and cli.subcommand == "fit" and importlib.util.find_spec("ftlight.cli.report"):
+    if log_dir and cli.subcommand == "fit":
+        from ftlight.cli import report
+
         try:
-            importlib.import_module("ftlight.cli.report").main([str(log_dir)])
+            report.main([str(log_dir)])
         except Exception as err:  # a report must never fail a finished run
             print(f"ftlight: report skipped ({type(err).__name__}: {err})", flush=True)
 

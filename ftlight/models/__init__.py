@@ -2,8 +2,9 @@
 ``nn.Module`` code, no Lightning). Imports :mod:`ftlight.data` (the data config), never the
 reverse."""
 
-from ftlight.models.backbone import Backbone, LayerGroup, create_backbone, load_timm_model
+from ftlight.models.backbone import Backbone, create_backbone, load_timm_model
 from ftlight.models.freezing import enforce_bn_policy, freeze_backbone
+from ftlight.models.groups import LayerGroup
 from ftlight.models.head import build_head
 from ftlight.models.registry import (
     BackboneSpec,

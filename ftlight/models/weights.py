@@ -173,6 +173,7 @@ def load_state_dict_file(
     *,
     strict: bool = True,
     classifier_optional: bool = True,
+    pre_logits_optional: bool = False,
     trust_pickle: bool = False,
 ) -> WeightsInfo:
     """Load a local weights file into ``model``; a partial load is an error unless asked for.
@@ -182,9 +183,11 @@ def load_state_dict_file(
     missing, unexpected and mismatched keys. The one exception is the classifier when
     ``classifier_optional`` (the model's classifier is replaced anyway): absent from the file,
     or of another shape (trained for another number of classes), it is left as built and
-    listed in ``missing_keys``/``dropped_keys``. ``strict=False`` loads whatever matches and
-    logs the rest. Keys outside the best-fitting prefix (``backbone.model.``, ``module.``) are
-    not the model's: a FineTuner checkpoint's new head, say.
+    listed in ``missing_keys``/``dropped_keys``; ``pre_logits_optional`` extends that to the
+    layers between pooling and classifier (VGG's fc1/fc2) when the caller drops them too.
+    ``strict=False`` loads whatever matches and logs the rest. Keys outside the best-fitting
+    prefix (``backbone.model.``, ``module.``) are not the model's: a FineTuner checkpoint's new
+    head, say.
     """
     raw = read_state_dict(path, trust_pickle=trust_pickle)
     target = model.state_dict()
@@ -192,6 +195,8 @@ def load_state_dict_file(
     mismatched = [k for k, v in stripped.items() if k in target and v.shape != target[k].shape]
     sd = {k: v for k, v in stripped.items() if k not in mismatched}
     optional = classifier_prefixes(model) if classifier_optional else ()
+    if pre_logits_optional:
+        optional = (*optional, "pre_logits")
 
     def is_optional(key: str) -> bool:
         return any(key == c or key.startswith(c + ".") for c in optional)
