@@ -134,7 +134,14 @@ def load_model(
     )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is a PyTorch file, but not {_MODEL_FILE}.")
-    model = payload["model"]
+    model = payload.get("model")
+    from compat.models import Model  # compat.models imports this module
+
+    if not isinstance(model, Model):
+        raise ValueError(
+            f"{path} is marked {FORMAT} but holds a {type(model).__name__}, not a compat "
+            "Model: it was not written by Model.save."
+        )
     if compile and payload["compile"] is not None:
         model.compile(**payload["compile"])
         if payload["optimizer_state"] is not None:

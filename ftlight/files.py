@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,6 @@ def sniff(path: str | os.PathLike) -> str:
 
 
 def _sniff_zip(path: Path) -> str:
-    import zipfile
 
     if not zipfile.is_zipfile(path):
         return "a truncated or damaged zip archive (cut short by an interrupted copy or save?)"
@@ -128,6 +128,13 @@ def _sniff_zip(path: Path) -> str:
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "a TorchScript program (torch.jit.save; load it with torch.jit.load)"
     if any(n.endswith("data.pkl") for n in names):
+        folder = names[0].split("/", 1)[0] + "/"
+        outside = [n for n in names if not n.startswith(folder)]
+        if outside:
+            return (
+                f"a crafted or damaged zip archive (torch.save puts every entry under one "
+                f"folder; {len(outside)} lie outside {folder}: {outside[:3]})"
+            )
         return "torch-zip"
     if {"config.json", "metadata.json"} <= set(names):
         return "a Keras 3 .keras archive (written by Keras itself)"
@@ -145,6 +152,7 @@ def load_torch_file(
     trust_pickle: bool = False,
     allow: Any = None,
     opt_in: str = TRUST_HINT,
+    mmap: bool = False,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file and what it is.
 
@@ -153,8 +161,11 @@ def load_torch_file(
         trust_pickle: unpickle anything (``weights_only=False``): only for trusted files.
         allow: ``name -> object or None``: Python classes and functions (named
             ``module.qualname`` in the file) that the caller trusts beyond torch's own
-            allowlist (compat's layers, say); anything else is refused.
+            allowlist (compat's layers, say); anything else is refused. A file may name
+            these, and build classes the way pickle rebuilds a saved object (``__new__`` and
+            ``__setstate__``), but never call them with arguments of its choosing.
         opt_in: how the caller's user says ``trust_pickle`` (named in the refusal).
+        mmap: map the tensors' storage instead of reading it (large checkpoints).
 
     Raises:
         FileNotFoundError, UnreadableFileError, UntrustedFileError.
@@ -166,23 +177,43 @@ def load_torch_file(
         raise FileNotFoundError(
             f"{what[0].upper()}{what[1:]} was expected at {path}: no such file."
         )
-    kind = sniff(path)
-    if kind not in ("torch-zip", "torch-legacy"):
-        raise UnreadableFileError(f"{path} is {kind}, not {what}.")
-    allowed: list[Any] = []
-    if not trust_pickle and kind == "torch-zip":
-        refused = []
-        for name in sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path)):
-            obj = allow(name) if allow is not None else None
-            if obj is None:
-                refused.append(name)
-            else:
-                allowed.append((obj, name))
-        if refused:
-            raise _untrusted(path, what, refused, opt_in)
+    try:
+        kind = sniff(path)
+        if kind not in ("torch-zip", "torch-legacy"):
+            raise UnreadableFileError(f"{path} is {kind}, not {what}.")
+        allowed: list[Any] = []
+        if not trust_pickle and kind == "torch-zip":
+            refused = []
+            for name in sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path)):
+                obj = allow(name) if allow is not None else None
+                if obj is None:
+                    refused.append(name)
+                else:
+                    allowed.append((obj, name))
+            if refused:
+                raise _untrusted(path, what, refused, opt_in)
+            called = _called_globals(path) & {name for _, name in allowed}
+            if called:
+                raise _untrusted(path, what, sorted(called), opt_in, called=True)
+    except UnreadableFileError:
+        raise
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        LookupError,
+        StopIteration,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as err:
+        raise UnreadableFileError(
+            f"{path} could not be read as {what}: it looks crafted, truncated or damaged "
+            f"({type(err).__name__}: {_first_line(err)})."
+        ) from None
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as err:  # the legacy format's refusals land here
         names = re.findall(r"GLOBAL ([\w.]+)", str(err))
         if not trust_pickle and names:
@@ -212,12 +243,82 @@ def load_safetensors_file(path: str | os.PathLike, *, what: str = "a weights fil
         ) from None
 
 
-def _untrusted(path: Path, what: str, names: list[str], opt_in: str) -> UntrustedFileError:
-    return UntrustedFileError(
-        f"Refusing to load {path}: besides tensors it holds pickled Python objects "
-        f"({', '.join(names[:5])}) that loading would have to run as code (loading never runs "
-        f"code from a file). If {path.name} comes from a source you trust, pass {opt_in}."
+def _untrusted(
+    path: Path, what: str, names: list[str], opt_in: str, called: bool = False
+) -> UntrustedFileError:
+    holds = (
+        f"it calls {', '.join(names[:5])} with arguments of its own, which a saved object "
+        "never needs"
+        if called
+        else f"besides tensors it holds pickled Python objects ({', '.join(names[:5])}) that "
+        "loading would have to run as code"
     )
+    return UntrustedFileError(
+        f"Refusing to load {path}: {holds} (loading never runs code from a file). If "
+        f"{path.name} comes from a source you trust, pass {opt_in}."
+    )
+
+
+class _Global(str):
+    """A ``module.name`` that a pickle pushed with GLOBAL / STACK_GLOBAL."""
+
+
+def _called_globals(path: Path) -> set[str]:
+    """Names in a torch zip's pickle that are called with pickled arguments (REDUCE, OBJ,
+    INST, NEWOBJ_EX), found by running pickle's stack machine symbolically (nothing is
+    built). Rebuilding a saved object never calls its class so: NEWOBJ (``cls.__new__``)
+    and BUILD (``__setstate__``) do not run ``__init__``."""
+    import pickletools
+
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        data = archive.read(name)
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[Any, Any] = {}
+    called: set[str] = set()
+    for op, arg, _ in pickletools.genops(data):
+        kind = op.name
+        if kind == "MARK":
+            marks.append(len(stack))
+            continue
+        if kind == "GLOBAL":
+            stack.append(_Global(str(arg).replace(" ", ".")))
+            continue
+        if kind == "INST":
+            called.add(str(arg).replace(" ", "."))
+        if kind in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            stack.append(str(arg))
+            continue
+        if kind == "STACK_GLOBAL":
+            attr, module = stack.pop(), stack.pop()
+            stack.append(_Global(f"{module}.{attr}"))
+            continue
+        if kind in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+            continue
+        if kind == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+            continue
+        if kind in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg))
+            continue
+        if kind == "REDUCE" and isinstance(stack[-2], _Global):
+            called.add(stack[-2])
+        if kind == "NEWOBJ_EX" and isinstance(stack[-3], _Global):
+            called.add(stack[-3])
+        before = op.stack_before
+        if pickletools.markobject in before:
+            start = marks.pop()
+            if kind == "OBJ" and start < len(stack) and isinstance(stack[start], _Global):
+                called.add(stack[start])
+            del stack[start:]
+            below = before.index(pickletools.markobject)
+        else:
+            below = len(before)
+        del stack[len(stack) - below :]
+        stack.extend([None] * len(op.stack_after))
+    return called
 
 
 def _first_line(err: BaseException) -> str:

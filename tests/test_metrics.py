@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
 import ftlight
+from ftlight.callbacks.feature_cache import FeatureBatch
 
 CLASSES, PER_CLASS = 8, 8
 
@@ -25,6 +26,12 @@ def _logits_with_ranks(labels: np.ndarray, ranks: np.ndarray, seed: int = 0) -> 
         order = np.insert(others, rank, label)
         logits[i, order] = np.arange(CLASSES, 0, -1, dtype=np.float32)
     return logits
+
+
+def _as_feature_batch(rows: list) -> tuple[FeatureBatch, torch.Tensor]:
+    """Rows of precomputed features: the model runs its head only."""
+    features, labels = zip(*rows, strict=True)
+    return FeatureBatch(torch.stack(features)), torch.stack(labels)
 
 
 @pytest.mark.parametrize("stage", ["validate", "test"])
@@ -50,6 +57,7 @@ def test_f1_accuracy_and_top5_on_a_class_sorted_loader_match_sklearn(
         TensorDataset(torch.from_numpy(features), torch.from_numpy(labels)),
         batch_size=PER_CLASS,
         shuffle=False,
+        collate_fn=_as_feature_batch,
     )
     trainer = L.Trainer(
         default_root_dir=tmp_path,

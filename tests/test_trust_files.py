@@ -106,6 +106,21 @@ def test_cli_predict_and_export_refuse_a_crafted_pickle(run, tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+def test_resuming_from_a_crafted_pickle_names_what_it_holds(run, tmp_path: Path) -> None:
+    """Red team: --ckpt_path was read with a bare torch.load, whose refusal advised
+    ``weights_only=False`` (that is: run the file's code)."""
+    marker = tmp_path / "marker"
+    evil = crafted_pickle(tmp_path / "evil.ckpt", marker)
+    proc = ftlight_cli(
+        "fit", "--data.root", str(run["images"]), "--ckpt_path", str(evil), cwd=tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr  # fit's exit status for a known error
+    (line,) = proc.stderr.strip().splitlines()
+    assert "Refusing to load" in line and "pathlib.Path" in line, line
+    assert "weights_only" not in line and "--model.weights" in line, line
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_weights_file_with_a_crafted_pickle_is_refused(tmp_path: Path, legacy: bool) -> None:
     marker = tmp_path / "marker"
@@ -178,6 +193,17 @@ def test_weights_of_another_depth_are_an_error_listing_the_keys(tmp_path: Path) 
         FineTuner("resnet34", 2, str(path))
 
 
+def test_a_file_with_every_weight_and_more_is_said_to_hold_more(tmp_path: Path) -> None:
+    """Red team: a superset file was said to hold "only part" of the model's weights."""
+    state = dict(timm.create_model("resnet18").state_dict(), **{"extra.weight": torch.ones(3)})
+    torch.save(state, tmp_path / "more.pth")
+    with pytest.raises(WeightsMismatchError) as err:
+        ftlight.create_backbone("resnet18", weights=str(tmp_path / "more.pth"))
+    message = str(err.value)
+    assert "holds all of this model's weights" in message and "and more" in message
+    assert "extra.weight" in message and "only part" not in message
+
+
 def test_a_renamed_or_reshaped_layer_is_an_error_but_a_replaced_classifier_is_not(
     tmp_path: Path,
 ) -> None:
@@ -241,7 +267,17 @@ BAD_FILES = {
         lambda p, ok: p.write_bytes(__import__("pickle").dumps({"a": 1}, protocol=4)),
         "plain Python pickle",
     ),
+    "entry_outside": (lambda p, ok: _entry_outside_the_archive(p, ok), "crafted or damaged zip"),
 }
+
+
+def _entry_outside_the_archive(path: Path, good: Path) -> None:
+    """A real checkpoint plus one zip entry outside its folder (red team: torch then raised
+    ``RuntimeError: [enforce fail at inline_container.cc]`` with a traceback)."""
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("elsewhere/x", b"hello")
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".PTH", ".safetensors"])
@@ -289,7 +325,7 @@ def test_a_state_dict_given_as_a_checkpoint_says_what_to_do(tmp_path: Path) -> N
         load_torch_file(tmp_path / "no_such.ckpt")
 
 
-def test_cli_names_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
+def test_cli_names_a_bad_checkpoint_in_one_line(run, tmp_path: Path) -> None:
     (tmp_path / "model.ckpt").write_bytes(b"")
     proc = ftlight_cli("export", "model.ckpt", cwd=tmp_path)
     assert proc.returncode == 2
@@ -297,6 +333,14 @@ def test_cli_names_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
         "ftlight export: error: model.ckpt is empty (0 bytes), not an ftlight checkpoint "
         "(a .ckpt written by `ftlight fit` or Trainer.save_checkpoint)."
     )
+    _entry_outside_the_archive(tmp_path / "crafted.ckpt", run["ckpt"])
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=1)
+    proc = ftlight_cli("predict", "crafted.ckpt", "imgs", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("ftlight predict: error: crafted.ckpt is a") and (
+        "crafted or damaged zip archive" in line
+    ), line
 
 
 # ---- 3. writes never lose the previous good file -------------------------------------------

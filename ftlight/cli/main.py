@@ -158,19 +158,23 @@ def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's contents, loaded without running code (``weights_only=True``)."""
-    import torch
+    """A checkpoint's contents, loaded without running code (``weights_only=True``); a file
+    that is not one is named in one line (:class:`~ftlight.files.UnreadableFileError`)."""
+    from ftlight.files import load_torch_file
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    checkpoint = load_torch_file(
+        path,
+        what="a checkpoint written by `ftlight fit` (.ckpt)",
+        opt_in="its tensors, re-saved as a state dict, to a new run as --model.weights "
+        "(resuming reads only what ftlight fit wrote)",
+        mmap=True,
+    )
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(
-            f"Cannot read the checkpoint {path} ({type(err).__name__}: {cause[:200]}); "
-            "expected a .ckpt file written by ftlight fit."
-        ) from err
+            f"{path} is a PyTorch file, but not a checkpoint (no state_dict): expected a .ckpt "
+            "written by ftlight fit."
+        )
+    return checkpoint
 
 
 # Model settings that define the network or its optimizer's state: on resume, the checkpoint's.
@@ -257,11 +261,14 @@ class ShowTrainTransforms(Callback):
         transform = datamodule.transform_for("train")
         steps = getattr(transform, "transforms", [transform])
         shown = ", ".join(" ".join(repr(t).split()) for t in steps)
-        print(
-            f"ftlight: train transforms: {shown} (--data.augment false: no random crop or "
-            "flip; --data.hflip false: no horizontal flips, e.g. for digits or text)",
-            flush=True,
-        )
+        if getattr(datamodule, "augment", True):
+            hint = (
+                "--data.augment false: no random crop or flip; --data.hflip false: no "
+                "horizontal flips, e.g. for digits or text"
+            )
+        else:
+            hint = "no augmentation; --data.augment true adds random crops and flips"
+        print(f"ftlight: train transforms: {shown} ({hint})", flush=True)
 
 
 def _lightning_cli_class() -> type:

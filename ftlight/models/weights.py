@@ -228,9 +228,19 @@ def load_state_dict_file(
             for label, keys in problems.items()
             if keys
         )
+        if problems["missing from the file"] or problems["of another shape"]:
+            verdict = (
+                f"holds only part of this model's weights ({type(model).__name__}): {listed}. "
+                "What the file lacks would stay at random initialisation."
+            )
+        else:
+            verdict = (
+                f"holds all of this model's weights ({type(model).__name__}) and more: "
+                f"{listed}; the extra entries belong to another architecture or a larger "
+                "model, so the rest may not be what you meant to load."
+            )
         raise WeightsMismatchError(
-            f"{path} holds only part of this model's weights ({type(model).__name__}): "
-            f"{listed}. What the file lacks would stay at random initialisation. Expected weights "
+            f"{path} {verdict} Expected weights "
             "saved from exactly this architecture (another depth or a renamed layer does not "
             "fit). To load the matching part anyway, pass strict=False (FineTuner: "
             "weights_strict=False; command line: --model.weights_strict false)."

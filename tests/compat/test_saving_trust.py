@@ -4,6 +4,7 @@ own files are named, and a save that fails half-way keeps the previous file."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,50 @@ def test_a_save_that_fails_half_way_keeps_the_previous_file(ck, tmp_path, kind) 
         assert ck.models.load_model(path).count_params() == small.count_params()
     else:
         ck.Sequential([ck.Input((8, 8, 3)), ck.layers.Conv2D(2, 3)]).load_weights(path)
+
+
+class _CallsWithArguments:
+    """Pickles as ``cls(*args)``: what a crafted file does to allocate or act at load time."""
+
+    def __init__(self, cls: type, *args) -> None:
+        self.cls, self.args = cls, args
+
+    def __reduce__(self):
+        return (self.cls, self.args)
+
+
+@pytest.mark.parametrize("target", ["torch.nn.Linear", "compat.layers.Dense"])
+def test_allowed_classes_are_never_called_with_the_files_arguments(ck, tmp_path, target) -> None:
+    """Red team: nn.Linear(100_000, 100_000) named in a 1.4 KB file allocated 40 GB at load.
+    Loading may rebuild these classes (``__new__`` + ``__setstate__``), never call them."""
+    cls, args = (
+        (torch.nn.Linear, (3, 5)) if target == "torch.nn.Linear" else (ck.layers.Dense, (7,))
+    )
+    payload = {
+        "format": "compat-model-v1",
+        "model": _CallsWithArguments(cls, *args),
+        "compile": None,
+        "optimizer_state": None,
+    }
+    path = tmp_path / "crafted.model"
+    torch.save(payload, path)
+    name = re.escape(f"{cls.__module__}.{cls.__qualname__}")
+    with pytest.raises(
+        UntrustedFileError, match=rf"calls {name} with arguments.*trust_pickle=True"
+    ):
+        ck.models.load_model(path)
+
+
+def test_a_compat_file_holding_something_else_than_a_model_is_refused(ck, tmp_path) -> None:
+    path = tmp_path / "linear.model"
+    torch.save(
+        {
+            "format": "compat-model-v1",
+            "model": torch.nn.Linear(2, 2),
+            "compile": None,
+            "optimizer_state": None,
+        },
+        path,
+    )
+    with pytest.raises(ValueError, match=r"linear\.model .* holds a Linear, not a compat Model"):
+        ck.models.load_model(path)
