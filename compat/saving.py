@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compat.layers.base import Layer
 from ftlight.files import atomic_path, load_torch_file
 
 FORMAT = "compat-model-v1"
@@ -135,9 +136,7 @@ def load_model(
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is a PyTorch file, but not {_MODEL_FILE}.")
     model = payload.get("model")
-    from compat.models import Model  # compat.models imports this module
-
-    if not isinstance(model, Model):
+    if not (isinstance(model, Layer) and callable(getattr(model, "fit", None))):
         raise ValueError(
             f"{path} is marked {FORMAT} but holds a {type(model).__name__}, not a compat "
             "Model: it was not written by Model.save."

@@ -109,6 +109,8 @@ def sniff(path: str | os.PathLike) -> str:
         return "a plain Python pickle (not written by torch.save)"
     if head.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer (a small text file), not the file itself (run `git lfs pull`)"
+    if b"\x00" in head:
+        return f"unrecognised binary data (starts with {head[:8].hex(' ')})"
     text = head.lstrip().lower()
     if text.startswith((b"<!doctype html", b"<html")):
         return "an HTML page (a failed download?)"

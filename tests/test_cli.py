@@ -433,7 +433,8 @@ def test_unreadable_checkpoint_is_one_line(tmp_path) -> None:
     for command in ("fit", "test"):
         proc = run_cli(command, *TINY, "--data.root=imgs", "--ckpt_path=garbage.ckpt", cwd=tmp_path)
         line = one_error_line(proc)
-        assert "Cannot read the checkpoint garbage.ckpt" in line
+        assert "garbage.ckpt is unrecognised binary data" in line, line
+        assert "not a checkpoint written by `ftlight fit`" in line, line
     proc = run_cli("validate", *TINY, "--data.root=imgs", "--ckpt_path=gone.ckpt", cwd=tmp_path)
     assert "--ckpt_path gone.ckpt: no such checkpoint file" in one_error_line(proc)
     assert no_run_folders(tmp_path / "run")
