@@ -199,6 +199,10 @@ class FineTuner(L.LightningModule):
         mode = self.hparams.get("cache_features")
         if mode is False:
             return []
+        trainer = self._trainer
+        callbacks = trainer.callbacks if trainer is not None else []
+        if any(isinstance(cb, FeatureCache) and cb.mode == mode for cb in callbacks):
+            return []  # a second fit/test on the same Trainer keeps its cache callback
         return [FeatureCache(mode)]
 
     # ---- losses and metrics -------------------------------------------------------------

@@ -193,7 +193,7 @@ def run_demo(
     test_paths = [path for path, _ in images.datasets["test"].samples]
     mistakes = worst_mistakes(test_paths, truth.tolist(), probs, images.class_names, k=16)
     checkpoint = out / "model.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    trainer.save_checkpoint(checkpoint, weights_only=False)  # resumable: with optimizer state
 
     metrics: dict[str, Any] = {
         "backbone": backbone,
