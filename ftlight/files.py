@@ -126,7 +126,8 @@ def _sniff_zip(path: Path) -> str:
     if not zipfile.is_zipfile(path):
         return "a truncated or damaged zip archive (cut short by an interrupted copy or save?)"
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+        infos = archive.infolist()
+    names = [info.filename for info in infos]
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "a TorchScript program (torch.jit.save; load it with torch.jit.load)"
     if any(n.endswith("data.pkl") for n in names):
@@ -136,6 +137,19 @@ def _sniff_zip(path: Path) -> str:
             return (
                 f"a crafted or damaged zip archive (torch.save puts every entry under one "
                 f"folder; {len(outside)} lie outside {folder}: {outside[:3]})"
+            )
+        pickles = [n for n in names if n.endswith(".pkl")]
+        if pickles != [f"{folder}data.pkl"]:
+            return (
+                f"a crafted or damaged zip archive (torch.save writes one {folder}data.pkl; "
+                f"this one holds {pickles[:4]})"
+            )
+        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+        if packed or len(set(names)) != len(names):
+            return (
+                "a crafted or damaged zip archive (torch.save stores each entry once, "
+                f"uncompressed; compressed: {packed[:3]}, repeated names: "
+                f"{len(names) - len(set(names))})"
             )
         return "torch-zip"
     if {"config.json", "metadata.json"} <= set(names):
@@ -175,6 +189,9 @@ def load_torch_file(
     import torch
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device, a pipe (or links to them)
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise UnreadableFileError(f"{path} is {kind}, not {what}.")
     if not path.is_file():
         raise FileNotFoundError(
             f"{what[0].upper()}{what[1:]} was expected at {path}: no such file."
@@ -272,9 +289,9 @@ def _called_globals(path: Path) -> set[str]:
     and BUILD (``__setstate__``) do not run ``__init__``."""
     import pickletools
 
-    with zipfile.ZipFile(path) as archive:
-        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-        data = archive.read(name)
+    with zipfile.ZipFile(path) as archive:  # the one record torch reads (see _sniff_zip)
+        folder = archive.namelist()[0].split("/", 1)[0]
+        data = archive.read(f"{folder}/data.pkl")
     stack: list[Any] = []
     marks: list[int] = []
     memo: dict[Any, Any] = {}

@@ -498,10 +498,49 @@ class FineTuner(L.LightningModule):
             )
         accepted = inspect.signature(cls.__init__).parameters
         hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
+        # The state dict holds every weight: never follow a weights path or hub name from it.
+        hparams["weights"] = None
+        _check_state_dict_fits(cls, hparams, checkpoint["state_dict"], path)
         model = cls(**hparams)
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         return model.to(map_location).eval()
+
+
+def _check_state_dict_fits(
+    cls: type[FineTuner], hparams: dict[str, Any], state_dict: Any, path: Any
+) -> None:
+    """Build the model the hyperparameters describe on the meta device (no memory) and
+    compare its tensors with the file's, so that a checkpoint whose hyperparameters ask for a
+    huge head, or whose tensors fit another model, is named in one line before anything is
+    allocated."""
+    if not isinstance(state_dict, dict):
+        raise UnreadableFileError(f"{path}: its state_dict is a {type(state_dict).__name__}.")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in cls(**hparams).state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [
+        f"{k} {found[k]} (model: {expected[k]})"
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
+    if missing or unexpected or reshaped:
+        problems = [
+            f"{len(keys)} {label}: {keys[:3]}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", reshaped),
+            )
+            if keys
+        ]
+        raise UnreadableFileError(
+            f"{path} holds tensors that do not fit the model its hyperparameters describe "
+            f"(backbone {hparams.get('backbone')!r}, {hparams.get('num_classes')} classes): "
+            f"{'; '.join(problems)}. Expected a checkpoint written by ftlight fit, unchanged."
+        )
 
 
 def _plain(value: Any) -> Any:

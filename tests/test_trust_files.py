@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -505,3 +506,50 @@ def test_no_network_uses_the_cached_hub_file_at_once(tmp_path: Path) -> None:
     assert proc.stdout.startswith("LOADED"), proc.stdout + proc.stderr[-2000:]
     assert "model.safetensors" in proc.stdout and "Retrying" not in proc.stderr
     assert float(proc.stdout.split()[-1]) == pytest.approx(float(state["conv1.weight"].sum()))
+
+
+def _rewrite_zip(good: Path, path: Path, *, extra: tuple[str, bytes] | None = None, **kw) -> None:
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", **kw) as dst:
+        if extra is not None:
+            dst.writestr(f"{src.namelist()[0].split('/')[0]}/{extra[0]}", extra[1])
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+
+
+def test_the_scanned_pickle_is_the_one_torch_loads_and_zips_never_inflate(run, tmp_path) -> None:
+    """Red team: a harmless ``adata.pkl`` placed first hid the real ``data.pkl`` from the
+    scan; a compressed ``data.pkl`` inflated 1000:1 (twice) in memory."""
+    decoy = tmp_path / "decoy.ckpt"
+    _rewrite_zip(run["ckpt"], decoy, extra=("adata.pkl", pickle.dumps({"a": 1}, protocol=2)))
+    compressed = tmp_path / "compressed.ckpt"
+    _rewrite_zip(run["ckpt"], compressed, compression=zipfile.ZIP_DEFLATED)
+    for path, says in ((decoy, "adata.pkl"), (compressed, "compressed: [")):
+        with pytest.raises(UnreadableFileError, match="crafted or damaged zip archive") as err:
+            FineTuner.from_checkpoint(path)
+        assert says in str(err.value) and str(path) in str(err.value)
+    folder = tmp_path / "folder.ckpt"
+    folder.mkdir()
+    with pytest.raises(UnreadableFileError, match=r"folder\.ckpt is a folder"):
+        FineTuner.from_checkpoint(folder)
+
+
+def test_checkpoint_hyperparameters_cannot_ask_for_a_model_its_tensors_do_not_fill(
+    run, tmp_path: Path
+) -> None:
+    """Red team: ``hidden=[16000, 16000]`` in a 1.3 KB file allocated 1.8 GB before failing
+    with a multi-thousand-character traceback; ``weights`` in the file was followed."""
+    checkpoint = torch.load(run["ckpt"], weights_only=True)
+    checkpoint["hyper_parameters"]["hidden"] = [16000, 16000]
+    checkpoint["hyper_parameters"]["weights"] = str(tmp_path / "elsewhere.pt")
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+    with pytest.raises(UnreadableFileError) as err:
+        FineTuner.from_checkpoint(crafted)
+    message = str(err.value)
+    assert "do not fit the model its hyperparameters describe" in message
+    assert "missing" in message and "\n" not in message and len(message) < 1000
+    checkpoint["hyper_parameters"]["hidden"] = torch.load(run["ckpt"], weights_only=True)[
+        "hyper_parameters"
+    ]["hidden"]
+    torch.save(checkpoint, crafted)  # only the weights path changed: never followed
+    assert FineTuner.from_checkpoint(crafted).class_names == ["cat", "dog"]
