@@ -551,6 +551,7 @@ def load_model(
 
     return saving.load_model(
         filepath,
+        model_class=Model,
         compile=compile,
         custom_objects=custom_objects,
         safe_mode=safe_mode,

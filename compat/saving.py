@@ -113,6 +113,7 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
 def load_model(
     filepath: Any,
     *,
+    model_class: type,
     compile: bool = True,
     custom_objects: Any = None,
     safe_mode: bool = True,
@@ -122,6 +123,7 @@ def load_model(
 
     ``custom_objects`` (name -> class or function) trusts the user's own layers and
     functions; ``trust_pickle=True`` (or ``safe_mode=False``) unpickles anything.
+    ``model_class`` is compat's ``Model``, passed in because compat.models imports this module.
     """
     path = os.fspath(filepath)
     payload = _load(
@@ -135,9 +137,7 @@ def load_model(
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is a PyTorch file, but not {_MODEL_FILE}.")
     model = payload.get("model")
-    from compat.models import Model  # compat.models imports this module
-
-    if not isinstance(model, Model):
+    if not isinstance(model, model_class):
         raise ValueError(
             f"{path} is marked {FORMAT} but holds a {type(model).__name__}, not a compat "
             "Model: it was not written by Model.save."
