@@ -1,7 +1,7 @@
 """``keras.models``: functional ``Model`` and ``Sequential`` as torch modules.
 
-``compile``/``fit``/``evaluate``/``predict`` keep Keras's signatures here and run through
-:mod:`compat.engine` (a LightningModule driven by ``lightning.Trainer``).
+``compile``/``fit``/``evaluate``/``predict`` keep Keras's signatures; ``Model`` inherits them
+from :class:`compat.engine.TorchTrainer` (a LightningModule driven by ``lightning.Trainer``).
 """
 
 from __future__ import annotations
@@ -9,18 +9,20 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from compat import backend
+from compat.engine import TorchTrainer
 from compat.graph import KerasTensor, map_graph
 from compat.layers.base import Layer, Shape, _as_tensor, set_modes
 from compat.layers.core import InputLayer
 
 
-class Model(Layer):
-    """Functional model ``Model(inputs, outputs)`` (``keras.Model``)."""
+class Model(TorchTrainer, Layer):
+    """Functional model ``Model(inputs, outputs)`` (``keras.Model``); ``compile`` / ``fit`` /
+    ``evaluate`` / ``predict`` come from the trainer mixins (:mod:`compat.trainer`,
+    :mod:`compat.engine`), as Keras's ``Model`` inherits its trainers."""
 
     def __init__(
         self,
@@ -40,10 +42,6 @@ class Model(Layer):
                 "functional" if type(self) is Model else backend.to_snake_case(type(self).__name__)
             )
         super().__init__(name=name, trainable=trainable, **kwargs)
-        self._compiled: dict[str, Any] | None = None
-        self.optimizer: Any = None
-        self.stop_training = False
-        self.history: Any = None
         if inputs is not None and outputs is not None:
             self._init_graph(inputs, outputs)
 
@@ -222,119 +220,6 @@ class Model(Layer):
         text = render_summary(self, line_length or 80, show_trainable)
         (print_fn or print)(text)
 
-    # ----- Keras training API --------------------------------------------------------
-    def compile(
-        self,
-        optimizer: Any = "rmsprop",
-        loss: Any = None,
-        loss_weights: Any = None,
-        metrics: Any = None,
-        weighted_metrics: Any = None,
-        run_eagerly: bool = False,
-        steps_per_execution: int = 1,
-        jit_compile: Any = "auto",
-        auto_scale_loss: bool = True,
-        *,
-        cache_features: bool = True,
-    ) -> None:
-        """Configure training; trainability changes made before take effect now (Keras).
-
-        ``run_eagerly``: compat always runs eagerly (like Keras's torch backend without
-        ``jit_compile``), so both values behave as in Keras. ``auto_scale_loss=False`` with
-        a ``mixed_float16`` policy is not supported (Lightning scales the loss).
-
-        ``cache_features`` (an ftlight extension, not in Keras): ``fit`` computes the outputs
-        of a frozen, deterministic base once and trains the head on them while that is safe
-        (see :mod:`compat.feature_cache`); ``False`` recomputes the base every step.
-        """
-        from compat import engine, mixed_precision
-
-        if not auto_scale_loss and mixed_precision.global_policy().name == "mixed_float16":
-            raise NotImplementedError("compile(auto_scale_loss=False) with mixed_float16")
-        engine.compile_model(
-            self,
-            optimizer=optimizer,
-            loss=loss,
-            loss_weights=loss_weights,
-            metrics=metrics,
-            weighted_metrics=weighted_metrics,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-            cache_features=cache_features,
-        )
-
-    def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        epochs: int = 1,
-        verbose: Any = "auto",
-        callbacks: Any = None,
-        validation_split: float = 0.0,
-        validation_data: Any = None,
-        shuffle: bool = True,
-        class_weight: Any = None,
-        sample_weight: Any = None,
-        initial_epoch: int = 0,
-        steps_per_epoch: int | None = None,
-        validation_steps: int | None = None,
-        validation_batch_size: int | None = None,
-        validation_freq: int = 1,
-    ) -> Any:
-        """Train on NumPy NHWC arrays, a dataset/iterator or a torch DataLoader; returns a
-        :class:`compat.callbacks.History` with Keras's keys."""
-        from compat import engine
-
-        return engine.fit(
-            self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
-        )
-
-    def evaluate(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        verbose: Any = "auto",
-        sample_weight: Any = None,
-        steps: int | None = None,
-        callbacks: Any = None,
-        return_dict: bool = False,
-    ) -> Any:
-        """Loss (scalar) or ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
-        from compat import engine
-
-        if callbacks:
-            raise NotImplementedError("evaluate(callbacks=...): callbacks run in fit() only")
-
-        return engine.evaluate(
-            self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
-        )
-
-    def predict(
-        self,
-        x: Any,
-        batch_size: int | None = None,
-        verbose: Any = "auto",
-        steps: int | None = None,
-        callbacks: Any = None,
-    ) -> np.ndarray:
-        """Model outputs as NumPy arrays (channels-last for images)."""
-        from compat import engine
-
-        if callbacks:
-            raise NotImplementedError("predict(callbacks=...): callbacks run in fit() only")
-
-        return engine.predict(
-            self, x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
-        )
-
-    def predict_on_batch(self, x: Any) -> np.ndarray:
-        self.eval()
-        with torch.no_grad():
-            out = self._eager_call(x, False)
-        return out.cpu().numpy()
-
     # ----- saving --------------------------------------------------------------------
     def save(
         self, filepath: Any, overwrite: bool = True, zipped: bool | None = None, **kwargs: Any
@@ -373,6 +258,8 @@ class Model(Layer):
         raise NotImplementedError("Model.to_json(): use model.save() / load_model()")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.pop("_compiled", None)  # files saved before CompileConfig held an unused dict
+        state.setdefault("_compile_config", None)
         self.__dict__.update(state)
 
     def __repr__(self) -> str:

@@ -90,23 +90,21 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     """Called by ``Model.save`` (so ``model`` is a compat Model; no import of models)."""
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
-    compiled = None
-    if model._compiled is not None:
-        keys = ("optimizer", "loss", "metrics", "cache_features")
-        compiled = {k: model._compiled[k] for k in keys if k in model._compiled}
+    config = model._compile_config
+    compiled = None if config is None else config.compile_kwargs()
     opt_state = None
     if model.optimizer is not None and model.optimizer.torch_optimizer is not None:
         opt_state = model.optimizer.torch_optimizer.state_dict()
     was_training = model.training
     model.eval()
     payload = {"format": FORMAT, "model": model, "compile": compiled, "optimizer_state": opt_state}
-    saved = model._compiled, model.optimizer
+    saved = model._compile_config, model.optimizer
     try:
-        model._compiled, model.optimizer = None, None
+        model._compile_config, model.optimizer = None, None
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     finally:
-        model._compiled, model.optimizer = saved
+        model._compile_config, model.optimizer = saved
         model.train(was_training)
 
 
