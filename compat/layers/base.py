@@ -81,7 +81,7 @@ class SeedGenerator:
     """
 
     def __init__(self, seed: int | None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and not isinstance(seed, int):  # Keras's check (bool is an int)
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
         self.seed = seed
         self._generators: dict[str, torch.Generator] = {}
