@@ -394,6 +394,8 @@ class Layer(nn.Module):
         finally:
             for m, flag in saved.items():
                 m.training = flag
+        if isinstance(out, (list, tuple)):  # a multi-output model
+            return [backend.to_keras(o) for o in out]
         return backend.to_keras(out)
 
     def forward(self, x: Any) -> Any:  # internal layout
