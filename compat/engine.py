@@ -4,6 +4,7 @@ for ``fit`` / ``evaluate`` / ``predict``. Data arrives in Keras layout (NHWC).""
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import sys
 import time
@@ -16,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from compat import backend, losses, optimizers
+from compat import backend
 from compat import callbacks as callbacks_mod
 from compat import metrics as metrics_mod
 from compat.feature_cache import StaticPrefix, static_prefix
-from compat.layers.base import inference_modules
+from compat.trainer import CompileConfig, Trainer
 from ftlight.callbacks.feature_cache import (
     CachingUnavailableError,
     FeatureBatch,
@@ -28,59 +29,10 @@ from ftlight.callbacks.feature_cache import (
     LoaderDataModule,
 )
 
-# ----- compile -------------------------------------------------------------------------
+# ----- compile state --------------------------------------------------------------------
 
 
-def compile_model(
-    model: Any,
-    *,
-    optimizer: Any,
-    loss: Any,
-    loss_weights: Any,
-    metrics: Any,
-    weighted_metrics: Any,
-    steps_per_execution: int,
-    jit_compile: Any,
-    cache_features: bool = True,
-) -> None:
-    if loss_weights is not None:
-        raise NotImplementedError("compile(loss_weights=...): multi-output losses")
-    if weighted_metrics:
-        raise NotImplementedError("compile(weighted_metrics=...)")
-    if steps_per_execution != 1:
-        raise NotImplementedError("compile(steps_per_execution > 1)")
-    if jit_compile is True:
-        raise NotImplementedError("compile(jit_compile=True)")
-    if isinstance(loss, (list, dict)):
-        raise NotImplementedError("compile(loss=list/dict): multi-output models")
-    if isinstance(metrics, dict):
-        raise NotImplementedError("compile(metrics=dict): multi-output models")
-    opt = optimizers.get(optimizer)
-    opt.torch_optimizer = None
-    loss_obj = losses.get(loss) if loss is not None else None
-    metric_objs = [metrics_mod.get(m) for m in (metrics or [])]
-    model._compiled = {
-        "optimizer": optimizer if isinstance(optimizer, str) else opt,
-        "loss": loss,
-        "metrics": list(metrics or []),
-        "loss_obj": loss_obj,
-        "metric_objs": metric_objs,
-        "cache_features": bool(cache_features),
-    }
-    model.optimizer = opt
-    apply_trainable(model)
-
-
-def apply_trainable(model: Any) -> None:
-    """Materialise ``trainable`` flags as ``requires_grad`` and list inference-mode modules."""
-    for var in model.weights:
-        value = var.value
-        if isinstance(value, torch.nn.Parameter):
-            value.requires_grad_(var.trainable)
-    model._inference_modules = inference_modules(model)
-
-
-def _check_optimizer_knows(model: Any) -> None:
+def _check_optimizer_knows(model: TorchTrainer) -> None:
     """Trainable changes after ``compile`` take effect at the next ``fit`` (Keras 3): a layer
     frozen since simply stops training; one unfrozen after the optimizer was built is an
     error, as in Keras (its optimizer has no slots for it), until ``compile`` is called."""
@@ -97,14 +49,6 @@ def _check_optimizer_knows(model: Any) -> None:
             "(they became trainable after the first fit). Call `model.compile(...)` again "
             "to train them, as in Keras."
         )
-
-
-def _require_compiled(model: Any, what: str) -> dict[str, Any]:
-    if model._compiled is None:
-        raise RuntimeError(f"You must call `compile()` before using the model ({what}).")
-    if model._compiled["loss_obj"] is None and what != "predict":
-        raise ValueError("compile() was called without a `loss`; pass one to train/evaluate.")
-    return model._compiled
 
 
 # ----- data ----------------------------------------------------------------------------
@@ -261,17 +205,14 @@ class _Tracker:
 class KerasLightningModule(L.LightningModule):
     """Runs a compiled compat model: loss (+ regularization), metrics, optimizer, BN policy."""
 
-    def __init__(self, model: Any, *, class_weight: dict | None = None) -> None:
+    def __init__(self, model: TorchTrainer, *, class_weight: dict | None = None) -> None:
         super().__init__()
         self.model = model
-        compiled = model._compiled
-        self.loss_fn = compiled["loss_obj"] if compiled else None
-        self.train_tracker = _Tracker(compiled["metric_objs"] if compiled else [])
-        self.val_tracker = _Tracker([type(m).__new__(type(m)) for m in []])
-        if compiled:
-            import copy
-
-            self.val_tracker = _Tracker([copy.deepcopy(m) for m in compiled["metric_objs"]])
+        config: CompileConfig | None = model._compile_config
+        self.loss_fn = config.loss_fn if config else None
+        metric_objs = config.metric_objs if config else []
+        self.train_tracker = _Tracker(metric_objs)
+        self.val_tracker = _Tracker([copy.deepcopy(m) for m in metric_objs])
         self.class_weight = None
         if class_weight:
             size = max(int(k) for k in class_weight) + 1
@@ -379,7 +320,12 @@ class KerasLightningModule(L.LightningModule):
 
 class _KerasBridge(L.Callback):
     def __init__(
-        self, model: Any, cbs: list[Any], initial_epoch: int, has_val: bool, source: Any = None
+        self,
+        model: TorchTrainer,
+        cbs: list[Any],
+        initial_epoch: int,
+        has_val: bool,
+        source: Any = None,
     ) -> None:
         self.model, self.cbs, self.initial_epoch, self.has_val = model, cbs, initial_epoch, has_val
         self.source = source  # a PyDataset / iterator: Keras calls its on_epoch_end
@@ -567,7 +513,7 @@ def _split(x: Any, y: Any, sw: Any, fraction: float) -> tuple:
 
 
 def fit(
-    model: Any,
+    model: TorchTrainer,
     *,
     x: Any,
     y: Any,
@@ -586,7 +532,7 @@ def fit(
     validation_batch_size: int | None,
     validation_freq: int,
 ) -> callbacks_mod.History:
-    _require_compiled(model, "fit")
+    model._require_compiled("fit")
     if x is None:
         raise ValueError("fit() needs training data `x`.")
     if validation_freq != 1:
@@ -631,7 +577,7 @@ def fit(
         cb.set_model(model)
         cb.set_params(params)
     model.stop_training = False
-    apply_trainable(model)
+    model._apply_trainable()
     _check_optimizer_knows(model)
     module = KerasLightningModule(model, class_weight=class_weight)
     bridge = _KerasBridge(model, cbs, initial_epoch, val is not None, _source(x))
@@ -656,13 +602,13 @@ def fit(
 
 
 def _feature_cache(
-    model: Any, module: KerasLightningModule, train: DataLoader, val: DataLoader | None
+    model: TorchTrainer, module: KerasLightningModule, train: DataLoader, val: DataLoader | None
 ) -> list[Any]:
     """A :class:`~ftlight.callbacks.FeatureCache` when the model has a static prefix and the
     batches are fixed samples (arrays or DataLoaders; not batch sequences such as
     ``ImageDataGenerator.flow``, which may augment). It re-checks per epoch, silently."""
     loaders = [dl for dl in (train, val) if dl is not None]
-    if not model._compiled.get("cache_features", True) or any(
+    if not model._require_compiled("fit").cache_features or any(
         isinstance(dl.dataset, _BatchSequence) for dl in loaders
     ):
         return []
@@ -673,7 +619,7 @@ def _feature_cache(
     return [FeatureCache("auto")]
 
 
-def _ensure_built(model: Any, x: Any) -> None:
+def _ensure_built(model: TorchTrainer, x: Any) -> None:
     """Build an unbuilt model from the data, or check the data against the input shape."""
     if isinstance(x, DataLoader) or _is_batch_source(x):
         return
@@ -694,7 +640,7 @@ def _ensure_built(model: Any, x: Any) -> None:
 
 
 def evaluate(
-    model: Any,
+    model: TorchTrainer,
     *,
     x: Any,
     y: Any,
@@ -705,7 +651,7 @@ def evaluate(
     callbacks: Any,
     return_dict: bool,
 ) -> Any:
-    _require_compiled(model, "evaluate")
+    model._require_compiled("evaluate")
     _ensure_built(model, x)
     loader = make_loader(x, y, sample_weight, batch_size=batch_size, shuffle=False)
     module = KerasLightningModule(model)
@@ -725,7 +671,13 @@ def evaluate(
 
 
 def predict(
-    model: Any, x: Any, *, batch_size: int | None, verbose: Any, steps: int | None, callbacks: Any
+    model: TorchTrainer,
+    x: Any,
+    *,
+    batch_size: int | None,
+    verbose: Any,
+    steps: int | None,
+    callbacks: Any,
 ) -> np.ndarray:
     _ensure_built(model, x)
     loader = make_loader(x, batch_size=batch_size, shuffle=False)
@@ -735,3 +687,74 @@ def predict(
         outs = trainer.predict(module, dataloaders=loader)
     _end_epoch(_source(x))
     return torch.cat(outs).numpy()
+
+
+# ----- the backend trainer mixin ---------------------------------------------------------
+
+
+class TorchTrainer(Trainer):
+    """``fit`` / ``evaluate`` / ``predict`` on the loop above (Keras's torch trainer);
+    ``Model`` inherits it. Data arrives in Keras layout (NHWC NumPy arrays, datasets or
+    torch DataLoaders)."""
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: Any = "auto",
+        callbacks: Any = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        class_weight: Any = None,
+        sample_weight: Any = None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq: int = 1,
+    ) -> Any:
+        """Train on NumPy NHWC arrays, a dataset/iterator or a torch DataLoader; returns a
+        :class:`compat.callbacks.History` with Keras's keys."""
+        return fit(self, **{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+    def evaluate(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        sample_weight: Any = None,
+        steps: int | None = None,
+        callbacks: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """Loss (scalar) or ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
+        if callbacks:
+            raise NotImplementedError("evaluate(callbacks=...): callbacks run in fit() only")
+        return evaluate(
+            self, **{k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        )
+
+    def predict(
+        self,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        steps: int | None = None,
+        callbacks: Any = None,
+    ) -> np.ndarray:
+        """Model outputs as NumPy arrays (channels-last for images)."""
+        if callbacks:
+            raise NotImplementedError("predict(callbacks=...): callbacks run in fit() only")
+        return predict(
+            self, x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+        )
+
+    def predict_on_batch(self, x: Any) -> np.ndarray:
+        self.eval()
+        with torch.no_grad():
+            out = self._eager_call(x, False)
+        return out.cpu().numpy()

@@ -7,8 +7,9 @@ trainable weights and are deterministic in training -- and ``fit`` then serves t
 outputs, computed once, through :class:`ftlight.callbacks.FeatureCache` (mode ``"auto"``:
 on when safe, silently off otherwise).
 
-* ``Sequential``: the leading layers, up to the first trainable or random one.
-* Functional ``Model``: the longest run of static layers at the start of the execution plan
+* Any model with a graph (functional ``Model``, and ``Sequential``, which holds one as in
+  Keras; for a stack this is the leading layers up to the first trainable or random one):
+  the longest run of static layers at the start of the execution plan
   whose only live output is one tensor (a clean cut), e.g. ``base(inputs, training=False)``
   then ``GlobalAveragePooling2D``, or the layers of a frozen base whose ``output`` feeds
   the head. Multi-input models and other shapes run uncached.
@@ -72,33 +73,9 @@ def _is_static(layer: Layer, inference: set[int]) -> bool:
 def static_prefix(model: Any, inference: list[nn.Module]) -> StaticPrefix | None:
     """The model's static prefix holding at least one frozen weight, or ``None``."""
     inference_ids = {id(m) for m in inference}
-    if isinstance(getattr(model, "_stack", None), nn.ModuleList):  # Sequential's own stack
-        return _sequential_prefix(model, inference_ids)
     if getattr(model, "_plan", None) is not None and not model._multi_in:
         return _functional_prefix(model, inference_ids)
     return None
-
-
-def _sequential_prefix(model: Any, inference: set[int]) -> StaticPrefix | None:
-    layers = list(model._stack)
-    cut = 0
-    while cut < len(layers) and _is_static(layers[cut], inference):
-        cut += 1
-    if cut == len(layers):  # nothing left to train: no head to serve features to
-        cut -= 1
-    if cut <= 0 or not any(_has_weights(layer) for layer in layers[:cut]):
-        return None
-    prefix, rest = layers[:cut], layers[cut:]
-
-    def run(stack: list[Layer]) -> Callable[[torch.Tensor], torch.Tensor]:
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            for layer in stack:
-                x = layer.forward(x)
-            return x
-
-        return forward
-
-    return StaticPrefix(nn.ModuleList(prefix), run(prefix), run(rest))
 
 
 def _functional_prefix(model: Any, inference: set[int]) -> StaticPrefix | None:

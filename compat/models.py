@@ -1,7 +1,7 @@
 """``keras.models``: functional ``Model`` and ``Sequential`` as torch modules.
 
-``compile``/``fit``/``evaluate``/``predict`` keep Keras's signatures here and run through
-:mod:`compat.engine` (a LightningModule driven by ``lightning.Trainer``).
+``compile``/``fit``/``evaluate``/``predict`` keep Keras's signatures; ``Model`` inherits them
+from :class:`compat.engine.TorchTrainer` (a LightningModule driven by ``lightning.Trainer``).
 """
 
 from __future__ import annotations
@@ -9,18 +9,20 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from compat import backend
+from compat.engine import TorchTrainer
 from compat.graph import KerasTensor, map_graph
-from compat.layers.base import Layer, Shape, _as_tensor, set_modes
+from compat.layers.base import Layer, Shape, _as_tensor, _is_shape_list, set_modes
 from compat.layers.core import InputLayer
 
 
-class Model(Layer):
-    """Functional model ``Model(inputs, outputs)`` (``keras.Model``)."""
+class Model(TorchTrainer, Layer):
+    """Functional model ``Model(inputs, outputs)`` (``keras.Model``); ``compile`` / ``fit`` /
+    ``evaluate`` / ``predict`` come from the trainer mixins (:mod:`compat.trainer`,
+    :mod:`compat.engine`), as Keras's ``Model`` inherits its trainers."""
 
     def __init__(
         self,
@@ -40,19 +42,19 @@ class Model(Layer):
                 "functional" if type(self) is Model else backend.to_snake_case(type(self).__name__)
             )
         super().__init__(name=name, trainable=trainable, **kwargs)
-        self._compiled: dict[str, Any] | None = None
-        self.optimizer: Any = None
-        self.stop_training = False
-        self.history: Any = None
         if inputs is not None and outputs is not None:
             self._init_graph(inputs, outputs)
 
     # ----- graph ---------------------------------------------------------------------
-    def _init_graph(self, inputs: Any, outputs: Any) -> None:
-        self._multi_in = isinstance(inputs, (list, tuple))
-        self._multi_out = isinstance(outputs, (list, tuple))
-        flat_in = list(inputs) if self._multi_in else [inputs]
-        flat_out = list(outputs) if self._multi_out else [outputs]
+    def _init_graph(self, inputs: Any, outputs: Any, *, register: bool = True) -> None:
+        """Map the graph from ``inputs`` to ``outputs`` into an execution plan; ``register``
+        makes its layers submodules (Sequential registers them in its own stack)."""
+        self._struct_in = isinstance(inputs, (list, tuple))
+        self._struct_out = isinstance(outputs, (list, tuple))
+        flat_in = list(inputs) if self._struct_in else [inputs]
+        flat_out = list(outputs) if self._struct_out else [outputs]
+        # Keras runs a one-element list as the tensor itself (``model.input`` stays a list)
+        self._multi_in, self._multi_out = len(flat_in) > 1, len(flat_out) > 1
         for t in flat_in + flat_out:
             if not isinstance(t, KerasTensor):
                 raise TypeError(
@@ -62,7 +64,8 @@ class Model(Layer):
         self._inputs, self._outputs = flat_in, flat_out
         nodes, layers = map_graph(flat_in, flat_out)
         self._layer_list = layers
-        self._graph_layers = nn.ModuleDict({layer.name: layer for layer in layers})
+        if register:
+            self._graph_layers = nn.ModuleDict({layer.name: layer for layer in layers})
         ids: dict[int, int] = {id(t): i for i, t in enumerate(flat_in)}
         plan = []
         for node in nodes:
@@ -100,11 +103,11 @@ class Model(Layer):
 
     @property
     def input(self) -> Any:
-        return self._inputs if self._multi_in else self._inputs[0]
+        return list(self._inputs) if self._struct_in else self._inputs[0]
 
     @property
     def output(self) -> Any:
-        return self._outputs if self._multi_out else self._outputs[0]
+        return list(self._outputs) if self._struct_out else self._outputs[0]
 
     @property
     def input_shape(self) -> Any:
@@ -117,6 +120,8 @@ class Model(Layer):
         return shapes if self._multi_out else shapes[0]
 
     def forward(self, x: Any) -> Any:
+        if not self._multi_in and isinstance(x, (list, tuple)) and len(x) == 1:
+            x = x[0]
         slots: list[Any] = [None] * self._n_slots
         xs = x if self._multi_in else [x]
         for i, value in enumerate(xs):
@@ -128,6 +133,8 @@ class Model(Layer):
         return outs if self._multi_out else outs[0]
 
     def compute_output_shape(self, input_shape: Any) -> Any:
+        if not self._multi_in and _is_shape_list(input_shape) and len(input_shape) == 1:
+            input_shape = input_shape[0]
         shapes: list[Any] = [None] * self._n_slots
         given = input_shape if self._multi_in else [input_shape]
         for i, (s, t) in enumerate(zip(given, self._inputs, strict=True)):
@@ -222,119 +229,6 @@ class Model(Layer):
         text = render_summary(self, line_length or 80, show_trainable)
         (print_fn or print)(text)
 
-    # ----- Keras training API --------------------------------------------------------
-    def compile(
-        self,
-        optimizer: Any = "rmsprop",
-        loss: Any = None,
-        loss_weights: Any = None,
-        metrics: Any = None,
-        weighted_metrics: Any = None,
-        run_eagerly: bool = False,
-        steps_per_execution: int = 1,
-        jit_compile: Any = "auto",
-        auto_scale_loss: bool = True,
-        *,
-        cache_features: bool = True,
-    ) -> None:
-        """Configure training; trainability changes made before take effect now (Keras).
-
-        ``run_eagerly``: compat always runs eagerly (like Keras's torch backend without
-        ``jit_compile``), so both values behave as in Keras. ``auto_scale_loss=False`` with
-        a ``mixed_float16`` policy is not supported (Lightning scales the loss).
-
-        ``cache_features`` (an ftlight extension, not in Keras): ``fit`` computes the outputs
-        of a frozen, deterministic base once and trains the head on them while that is safe
-        (see :mod:`compat.feature_cache`); ``False`` recomputes the base every step.
-        """
-        from compat import engine, mixed_precision
-
-        if not auto_scale_loss and mixed_precision.global_policy().name == "mixed_float16":
-            raise NotImplementedError("compile(auto_scale_loss=False) with mixed_float16")
-        engine.compile_model(
-            self,
-            optimizer=optimizer,
-            loss=loss,
-            loss_weights=loss_weights,
-            metrics=metrics,
-            weighted_metrics=weighted_metrics,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-            cache_features=cache_features,
-        )
-
-    def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        epochs: int = 1,
-        verbose: Any = "auto",
-        callbacks: Any = None,
-        validation_split: float = 0.0,
-        validation_data: Any = None,
-        shuffle: bool = True,
-        class_weight: Any = None,
-        sample_weight: Any = None,
-        initial_epoch: int = 0,
-        steps_per_epoch: int | None = None,
-        validation_steps: int | None = None,
-        validation_batch_size: int | None = None,
-        validation_freq: int = 1,
-    ) -> Any:
-        """Train on NumPy NHWC arrays, a dataset/iterator or a torch DataLoader; returns a
-        :class:`compat.callbacks.History` with Keras's keys."""
-        from compat import engine
-
-        return engine.fit(
-            self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
-        )
-
-    def evaluate(
-        self,
-        x: Any = None,
-        y: Any = None,
-        batch_size: int | None = None,
-        verbose: Any = "auto",
-        sample_weight: Any = None,
-        steps: int | None = None,
-        callbacks: Any = None,
-        return_dict: bool = False,
-    ) -> Any:
-        """Loss (scalar) or ``[loss, *metrics]``, or a dict with ``return_dict=True``."""
-        from compat import engine
-
-        if callbacks:
-            raise NotImplementedError("evaluate(callbacks=...): callbacks run in fit() only")
-
-        return engine.evaluate(
-            self, **{k: v for k, v in locals().items() if k not in ("self", "engine", "__class__")}
-        )
-
-    def predict(
-        self,
-        x: Any,
-        batch_size: int | None = None,
-        verbose: Any = "auto",
-        steps: int | None = None,
-        callbacks: Any = None,
-    ) -> np.ndarray:
-        """Model outputs as NumPy arrays (channels-last for images)."""
-        from compat import engine
-
-        if callbacks:
-            raise NotImplementedError("predict(callbacks=...): callbacks run in fit() only")
-
-        return engine.predict(
-            self, x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
-        )
-
-    def predict_on_batch(self, x: Any) -> np.ndarray:
-        self.eval()
-        with torch.no_grad():
-            out = self._eager_call(x, False)
-        return out.cpu().numpy()
-
     # ----- saving --------------------------------------------------------------------
     def save(
         self, filepath: Any, overwrite: bool = True, zipped: bool | None = None, **kwargs: Any
@@ -373,6 +267,11 @@ class Model(Layer):
         raise NotImplementedError("Model.to_json(): use model.save() / load_model()")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.pop("_compiled", None)  # files saved before CompileConfig held an unused dict
+        state.setdefault("_compile_config", None)
+        if "_multi_in" in state:  # files saved before one-element lists were unwrapped
+            state.setdefault("_struct_in", state["_multi_in"])
+            state.setdefault("_struct_out", state["_multi_out"])
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
@@ -384,15 +283,19 @@ class Functional(Model):
 
 
 class Sequential(Model):
-    """A linear stack of layers (``keras.Sequential``)."""
+    """A linear stack of layers (``keras.Sequential``). Once its input shape is known it
+    holds a functional graph of its layers, as Keras's Sequential does: calls, ``output``,
+    the layers' ``output`` and feature caching then work as for any functional model."""
 
     def __init__(
         self, layers: list[Any] | None = None, trainable: bool = True, name: str | None = None
     ) -> None:
         super().__init__(name=name, trainable=trainable)
-        self._stack = nn.ModuleList()
+        self._stack = nn.ModuleList()  # owns the layers (the graph does not register them)
         self._input_layer: InputLayer | None = None
         self._out_shape: Shape | None = None
+        self._multi_in = self._multi_out = False
+        self._plan: list[Any] | None = None
         self.built = False
         for layer in layers or []:
             self.add(layer)
@@ -424,12 +327,12 @@ class Sequential(Model):
         if self._input_layer is None and not len(self._stack) and layer._batch_input_shape:
             self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
             self._out_shape = (None, *layer._batch_input_shape[1:])
-        if self._out_shape is not None:
-            layer._maybe_build(self._out_shape)
-            out = layer.compute_output_shape(self._out_shape)
+        if self._input_layer is not None:
+            # extend the graph by one call (each layer keeps a single node, as in Keras)
+            last = self._outputs[0] if self._plan is not None else self._input_layer._output_tensor
+            out = layer(last)
             self._stack.append(layer)
-            self._out_shape = out
-            self.built = True
+            self._set_graph(out)
         else:
             self._stack.append(layer)
 
@@ -439,17 +342,24 @@ class Sequential(Model):
             raise TypeError("There are no layers in the model.")
         layer = self._stack[-1]
         del self._stack[-1]
-        self._rebuild_shapes()
+        self._rebuild_graph()
         return layer
 
-    def _rebuild_shapes(self) -> None:
+    def _set_graph(self, output: KerasTensor) -> None:
+        self._init_graph(self._input_layer._output_tensor, output, register=False)
+        self._out_shape = output.shape
+
+    def _rebuild_graph(self) -> None:
+        """Call every layer on the input again (after ``pop`` or a late ``build``)."""
         if self._input_layer is None:
             return
-        shape: Shape = (None, *self._input_layer.batch_shape[1:])
+        x = self._input_layer._output_tensor
+        self._plan = None
+        self._out_shape = (None, *self._input_layer.batch_shape[1:])
         for layer in self._stack:
-            layer._maybe_build(shape)
-            shape = layer.compute_output_shape(shape)
-        self._out_shape = shape
+            x = layer(x)
+        if len(self._stack):
+            self._set_graph(x)
         self.built = bool(len(self._stack))
 
     def build(self, input_shape: Shape | None = None) -> None:
@@ -457,7 +367,8 @@ class Sequential(Model):
             self._input_layer = InputLayer(batch_shape=tuple(input_shape))
         if self._input_layer is None:
             raise ValueError("You must provide an `input_shape` argument.")
-        self._rebuild_shapes()
+        if self._plan is None:
+            self._rebuild_graph()
         self.built = True
 
     def _maybe_build(self, input_shape: Shape) -> None:
@@ -492,10 +403,6 @@ class Sequential(Model):
         return out
 
     @property
-    def _multi_in(self) -> bool:  # type: ignore[override]
-        return False
-
-    @property
     def input_shape(self) -> Shape:
         if self._input_layer is None:
             raise AttributeError(f"Sequential model '{self.name}' has no defined input shape.")
@@ -517,14 +424,28 @@ class Sequential(Model):
 
     @property
     def output(self) -> KerasTensor:
-        raise NotImplementedError(
-            "Sequential.output: wrap the stack as Model(inputs, outputs) to reach it"
-        )
+        if self._plan is None:
+            raise AttributeError(
+                f"Sequential model '{self.name}' has no defined output yet: give it an input "
+                "shape (an Input() first, or build()) and at least one layer."
+            )
+        return self._outputs[0]
+
+    @property
+    def outputs(self) -> list[KerasTensor]:
+        return [self.output]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self._stack:
-            x = layer.forward(x)
-        return x
+        if self._plan is None:  # an input layer and no other layer yet
+            return x
+        return super().forward(x)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_plan" not in self.__dict__:  # saved before Sequential held a graph
+            self._multi_in = self._multi_out = False
+            self._plan = None
+            self._rebuild_graph()
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         self._check_input_shape(input_shape)
@@ -551,6 +472,7 @@ def load_model(
 
     return saving.load_model(
         filepath,
+        model_class=Model,
         compile=compile,
         custom_objects=custom_objects,
         safe_mode=safe_mode,

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from compat.layers.base import Layer
 from ftlight.files import atomic_path, load_torch_file
 
 FORMAT = "compat-model-v1"
@@ -91,29 +90,28 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     """Called by ``Model.save`` (so ``model`` is a compat Model; no import of models)."""
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
-    compiled = None
-    if model._compiled is not None:
-        keys = ("optimizer", "loss", "metrics", "cache_features")
-        compiled = {k: model._compiled[k] for k in keys if k in model._compiled}
+    config = model._compile_config
+    compiled = None if config is None else config.compile_kwargs()
     opt_state = None
     if model.optimizer is not None and model.optimizer.torch_optimizer is not None:
         opt_state = model.optimizer.torch_optimizer.state_dict()
     was_training = model.training
     model.eval()
     payload = {"format": FORMAT, "model": model, "compile": compiled, "optimizer_state": opt_state}
-    saved = model._compiled, model.optimizer
+    saved = model._compile_config, model.optimizer
     try:
-        model._compiled, model.optimizer = None, None
+        model._compile_config, model.optimizer = None, None
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     finally:
-        model._compiled, model.optimizer = saved
+        model._compile_config, model.optimizer = saved
         model.train(was_training)
 
 
 def load_model(
     filepath: Any,
     *,
+    model_class: type,
     compile: bool = True,
     custom_objects: Any = None,
     safe_mode: bool = True,
@@ -123,6 +121,7 @@ def load_model(
 
     ``custom_objects`` (name -> class or function) trusts the user's own layers and
     functions; ``trust_pickle=True`` (or ``safe_mode=False``) unpickles anything.
+    ``model_class`` is compat's ``Model``, passed in because compat.models imports this module.
     """
     path = os.fspath(filepath)
     payload = _load(
@@ -136,7 +135,7 @@ def load_model(
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is a PyTorch file, but not {_MODEL_FILE}.")
     model = payload.get("model")
-    if not (isinstance(model, Layer) and callable(getattr(model, "fit", None))):
+    if not isinstance(model, model_class):
         raise ValueError(
             f"{path} is marked {FORMAT} but holds a {type(model).__name__}, not a compat "
             "Model: it was not written by Model.save."

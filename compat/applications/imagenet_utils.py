@@ -17,27 +17,90 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
-_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype="float32")
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
+from compat.graph import KerasTensor
+
+# Keras's constants, as Python floats (Keras subtracts them in the array's own dtype)
+_CAFFE_MEAN_BGR = [103.939, 116.779, 123.68]
+_TORCH_MEAN = [0.485, 0.456, 0.406]
+_TORCH_STD = [0.229, 0.224, 0.225]
 
 
-def preprocess_input(x: Any, data_format: str | None = None, mode: str = "caffe") -> np.ndarray:
-    if data_format not in (None, "channels_last"):
-        raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
-    x = np.asarray(x, dtype="float32").copy()
-    if x.shape[-1] != 3:
+def preprocess_input(x: Any, data_format: str | None = None, mode: str = "caffe") -> Any:
+    """Keras's ``preprocess_input``, on NumPy arrays, torch tensors and symbolic tensors.
+
+    As in Keras, a floating NumPy array or torch tensor is written over where the dtypes
+    allow (``np.copy(x)`` avoids it) and keeps its float dtype; other arrays become float32.
+    On a symbolic ``KerasTensor`` (``keras.Input``) the preprocessing becomes one node of the
+    functional graph. Known difference: an integer *symbolic* input is cast to float32 first
+    (Keras's own graph subtracts the caffe mean in the integer dtype and wraps around).
+    """
+    if mode not in {"caffe", "tf", "torch"}:
         raise ValueError(
-            f"preprocess_input expects channels-last RGB images (..., 3). Received: shape={x.shape}"
+            f"Expected mode to be one of `caffe`, `tf` or `torch`. Received: mode={mode}"
         )
-    if mode == "caffe":
-        return x[..., ::-1] - _MEAN_BGR
+    if data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(
+            "Expected data_format to be one of `channels_first` or `channels_last`. "
+            f"Received: data_format={data_format}"
+        )
+    if data_format == "channels_first":
+        raise NotImplementedError("preprocess_input(data_format='channels_first')")
+    if isinstance(x, KerasTensor):
+        from compat.ops import _apply
+
+        def symbolic(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone() if t.is_floating_point() else t.float()
+            return _preprocess_tensor(t, mode)
+
+        return _apply("preprocess_input", symbolic, x)
+    if isinstance(x, torch.Tensor):
+        return _preprocess_tensor(x, mode)
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    return _preprocess_numpy(x, mode)
+
+
+def _preprocess_numpy(x: np.ndarray, mode: str) -> np.ndarray:
+    """Keras's ``_preprocess_numpy_input`` for channels-last arrays (in place where it can)."""
+    if not issubclass(x.dtype.type, np.floating):
+        x = x.astype("float32", copy=False)
     if mode == "tf":
-        return x / 127.5 - 1.0
+        x /= 127.5
+        x -= 1.0
+        return x
     if mode == "torch":
-        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
-    raise ValueError(f"mode must be 'caffe', 'tf' or 'torch'. Received: mode={mode!r}")
+        x /= 255.0
+        mean, std = _TORCH_MEAN, _TORCH_STD
+    else:
+        x = x[..., ::-1]
+        mean, std = _CAFFE_MEAN_BGR, None
+    for c in range(3):
+        x[..., c] -= mean[c]
+        if std is not None:
+            x[..., c] /= std[c]
+    return x
+
+
+def _preprocess_tensor(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Keras's ``_preprocess_tensor_input`` on a channels-last torch tensor (in place where
+    it can, like Keras's torch backend)."""
+    if mode == "tf":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if mode == "torch":
+        x /= 255.0
+        mean, std = _TORCH_MEAN, _TORCH_STD
+    else:
+        x = torch.stack([x[..., i] for i in (2, 1, 0)], dim=-1)
+        mean, std = _CAFFE_MEAN_BGR, None
+    shape = (1,) * (x.ndim - 1) + (3,)
+    x += torch.as_tensor(-np.array(mean), dtype=x.dtype, device=x.device).reshape(shape)
+    if std is not None:
+        x /= torch.as_tensor(np.array(std), dtype=x.dtype, device=x.device)
+    return x
 
 
 def decode_predictions(preds: Any, top: int = 5) -> list[list[tuple[str, str, float]]]:

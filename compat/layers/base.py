@@ -72,6 +72,40 @@ class Variable:
         return f"<Variable path={self.path}, shape={self.shape}, trainable={self.trainable}>"
 
 
+class SeedGenerator:
+    """The random draws of one layer. With a ``seed`` the layer owns a ``torch.Generator`` per
+    device, seeded from it: two layers built with the same seed draw the same sequence, and no
+    other random draw (``torch.manual_seed``, other layers) changes it, as Keras's seeded
+    layers. The numbers themselves are torch's, not Keras's (Keras derives them differently
+    from its seed state). ``seed=None`` draws from torch's global RNG (``set_random_seed``).
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        if seed is not None and not isinstance(seed, int):  # Keras's check (bool is an int)
+            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        key = str(device)
+        if key not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generators[key] = gen
+        return self._generators[key]
+
+    def rand(self, *size: int, device: torch.device) -> torch.Tensor:
+        """Uniform ``[0, 1)`` draws of shape ``size`` on ``device``."""
+        return torch.rand(size, generator=self.generator(device), device=device)
+
+    def randint(self, low: int, high: int) -> int:
+        """One integer in ``[low, high)`` (drawn on the CPU)."""
+        cpu = torch.device("cpu")
+        return int(torch.randint(low, high, (), generator=self.generator(cpu)))
+
+
 def conv_kernel_to_keras(w: torch.Tensor) -> torch.Tensor:
     return w.permute(2, 3, 1, 0)
 
@@ -360,6 +394,8 @@ class Layer(nn.Module):
         finally:
             for m, flag in saved.items():
                 m.training = flag
+        if isinstance(out, (list, tuple)):  # a multi-output model
+            return [backend.to_keras(o) for o in out]
         return backend.to_keras(out)
 
     def forward(self, x: Any) -> Any:  # internal layout

@@ -10,7 +10,7 @@ from torch import nn
 
 from compat import activations, regularizers
 from compat.graph import KerasTensor, Node
-from compat.layers.base import Layer, Shape, Variable
+from compat.layers.base import Layer, SeedGenerator, Shape, Variable
 
 # ----- inputs --------------------------------------------------------------------------
 
@@ -229,9 +229,17 @@ class Dropout(Layer):
             raise NotImplementedError("Dropout(noise_shape=...)")
         self.rate = float(rate)
         self.dropout = nn.Dropout(self.rate)
+        self.seed, self._rng = seed, SeedGenerator(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(x)
+        if self.seed is None or not self.training or self.rate == 0.0:
+            return self.dropout(x)
+        if self.rate == 1.0:
+            return torch.zeros_like(x)
+        # Keras's seeded torch dropout: a Bernoulli keep mask from the layer's generator
+        keep = 1.0 - self.rate
+        mask = self._rng.rand(*x.shape, device=x.device) < keep
+        return torch.where(mask, x / keep, torch.zeros_like(x))
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compat.layers.base import Layer, Shape, Variable
+from compat.layers.base import Layer, SeedGenerator, Shape, Variable
 from compat.layers.core import _expect_rank
 
 
@@ -90,6 +90,7 @@ class _RandomAffine(Layer):
             raise NotImplementedError(f"{name}(fill_mode={fill_mode!r})")
         if interpolation != "bilinear":
             raise NotImplementedError(f"{name}(interpolation={interpolation!r})")
+        self.seed, self._rng = seed, SeedGenerator(seed)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
@@ -128,16 +129,17 @@ class RandomFlip(Layer):
                 f"RandomFlip layer {self.name} received an unknown mode argument {mode!r}"
             )
         self.mode = mode
+        self.seed, self._rng = seed, SeedGenerator(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         n = x.shape[0]
         if "horizontal" in self.mode:
-            m = (torch.rand(n, device=x.device) < 0.5).view(n, 1, 1, 1)
+            m = (self._rng.rand(n, device=x.device) < 0.5).view(n, 1, 1, 1)
             x = torch.where(m, x.flip(3), x)
         if "vertical" in self.mode:
-            m = (torch.rand(n, device=x.device) < 0.5).view(n, 1, 1, 1)
+            m = (self._rng.rand(n, device=x.device) < 0.5).view(n, 1, 1, 1)
             x = torch.where(m, x.flip(2), x)
         return x
 
@@ -162,7 +164,7 @@ class RandomRotation(_RandomAffine):
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
         lo, hi = self.factor
-        angle = (torch.rand(n, device=device) * (hi - lo) + lo) * 2 * math.pi
+        angle = (self._rng.rand(n, device=device) * (hi - lo) + lo) * 2 * math.pi
         cos, sin = angle.cos(), angle.sin()
         zero = torch.zeros_like(cos)
         return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -189,12 +191,12 @@ class RandomZoom(_RandomAffine):
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
         lo, hi = self.height_factor
-        zh = 1 + torch.rand(n, device=device) * (hi - lo) + lo
+        zh = 1 + self._rng.rand(n, device=device) * (hi - lo) + lo
         if self.width_factor is None:
             zw = zh
         else:
             lo, hi = self.width_factor
-            zw = 1 + torch.rand(n, device=device) * (hi - lo) + lo
+            zw = 1 + self._rng.rand(n, device=device) * (hi - lo) + lo
         zero = torch.zeros_like(zh)
         return torch.stack([torch.stack([zw, zero, zero], 1), torch.stack([zero, zh, zero], 1)], 1)
 
@@ -219,8 +221,10 @@ def keras_factor(factor: Any, bounds: tuple[float, float], what: str = "factor")
     return lower, upper
 
 
-def _uniform(n: int, lower: float, upper: float, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, device=device) * (upper - lower) + lower
+def _uniform(
+    rng: SeedGenerator, n: int, lower: float, upper: float, device: torch.device
+) -> torch.Tensor:
+    return rng.rand(n, device=device) * (upper - lower) + lower
 
 
 def _crop_to_aspect(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -287,14 +291,15 @@ class RandomCrop(Layer):
         if data_format not in (None, "channels_last"):
             raise NotImplementedError(f"RandomCrop(data_format={data_format!r})")
         self.height, self.width, self.seed = int(height), int(width), seed
+        self._rng = SeedGenerator(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
         if not self.training:
             return x
         if h > self.height and w > self.width:
-            top = int(torch.randint(0, h - self.height + 1, ()))
-            left = int(torch.randint(0, w - self.width + 1, ()))
+            top = self._rng.randint(0, h - self.height + 1)
+            left = self._rng.randint(0, w - self.width + 1)
             return x[:, :, top : top + self.height, left : left + self.width]
         return _resize(
             _crop_to_aspect(x, self.height, self.width), self.height, self.width, "bilinear"
@@ -333,8 +338,8 @@ class RandomTranslation(_RandomAffine):
         self.width_lower, self.width_upper = _translation_factor(width_factor)
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
-        dy = _uniform(n, self.height_lower, self.height_upper, device)
-        dx = _uniform(n, self.width_lower, self.width_upper, device)
+        dy = _uniform(self._rng, n, self.height_lower, self.height_upper, device)
+        dx = _uniform(self._rng, n, self.width_lower, self.width_upper, device)
         one, zero = torch.ones_like(dx), torch.zeros_like(dx)
         # normalised coordinates span 2 per image side: a shift of f * size is -2 f
         return torch.stack(
@@ -363,11 +368,12 @@ class RandomContrast(Layer):
         super().__init__(**kwargs)
         self.factor = keras_factor(factor, (0, 1))
         self.value_range, self.seed = tuple(value_range), seed
+        self._rng = SeedGenerator(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        f = _uniform(x.shape[0], 1.0 - self.factor[0], 1.0 + self.factor[1], x.device)
+        f = _uniform(self._rng, x.shape[0], 1.0 - self.factor[0], 1.0 + self.factor[1], x.device)
         mean = x.mean(dim=(2, 3), keepdim=True)
         out = (x - mean) * f.view(-1, 1, 1, 1).to(x.dtype) + mean
         return out.clamp(self.value_range[0], self.value_range[1])
@@ -393,11 +399,12 @@ class RandomBrightness(Layer):
             )
         self.factor = keras_factor(factor, (-1, 1))
         self.value_range, self.seed = tuple(sorted(value_range)), seed
+        self._rng = SeedGenerator(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        delta = _uniform(x.shape[0], self.factor[0], self.factor[1], x.device)
+        delta = _uniform(self._rng, x.shape[0], self.factor[0], self.factor[1], x.device)
         delta = delta * (self.value_range[1] - self.value_range[0])
         out = x + delta.view(-1, 1, 1, 1).to(x.dtype)
         return out.clamp(self.value_range[0], self.value_range[1])

@@ -58,8 +58,9 @@ def test_bad_arguments_say_what_was_received(ck):
 
 def test_preprocess_and_decode(ck):
     x = np.full((1, 2, 2, 3), 255.0, dtype="float32")
-    np.testing.assert_allclose(ck.applications.inception_v3.preprocess_input(x), 1.0)
-    caffe = ck.applications.vgg16.preprocess_input(x)
+    # copies: like Keras, preprocess_input writes over a float array
+    np.testing.assert_allclose(ck.applications.inception_v3.preprocess_input(x.copy()), 1.0)
+    caffe = ck.applications.vgg16.preprocess_input(x.copy())
     np.testing.assert_allclose(
         caffe[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-6
     )

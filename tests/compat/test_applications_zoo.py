@@ -138,7 +138,7 @@ def test_keras_preprocessing_gives_timm_predictions(
     app = getattr(ck.applications, module)
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 255, size=(2, size, size, 3)).astype("float32")
-    ours = model.predict(app.preprocess_input(img), verbose=0)
+    ours = model.predict(app.preprocess_input(img.copy()), verbose=0)  # it overwrites
 
     cfg = timm.data.resolve_data_config({}, model=tm)
     mean, std = np.array(cfg["mean"], "float32"), np.array(cfg["std"], "float32")
@@ -172,7 +172,7 @@ def test_top_logits_equal_timm_with_keras_preprocessing(ck, tmp_path, fn, module
     model = getattr(ck.applications, fn)(weights=str(path), classifier_activation=None)
     size = model.input.shape[1]
     img = np.random.default_rng(1).uniform(0, 255, size=(1, size, size, 3)).astype("float32")
-    ours = model.predict(getattr(ck.applications, module).preprocess_input(img), verbose=0)
+    ours = model.predict(getattr(ck.applications, module).preprocess_input(img.copy()), verbose=0)
     cfg = timm.data.resolve_data_config({}, model=tm)
     mean, std = np.array(cfg["mean"], "float32"), np.array(cfg["std"], "float32")
     with torch.no_grad():
