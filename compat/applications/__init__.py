@@ -3,6 +3,7 @@ timm modules and weights (see each module for differences). Models take Keras's
 ``preprocess_input`` convention; the map to the timm weights' normalisation is inside."""
 
 from compat.applications import (
+    efficientnet,
     imagenet_utils,
     inception_v3,
     mobilenet_v2,
@@ -10,6 +11,16 @@ from compat.applications import (
     resnet50,
     vgg16,
     vgg19,
+)
+from compat.applications.efficientnet import (
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetB2,
+    EfficientNetB3,
+    EfficientNetB4,
+    EfficientNetB5,
+    EfficientNetB6,
+    EfficientNetB7,
 )
 from compat.applications.inception_v3 import InceptionV3
 from compat.applications.mobilenet_v2 import MobileNetV2
@@ -20,11 +31,20 @@ from compat.applications.vgg19 import VGG19
 __all__ = [
     "VGG16",
     "VGG19",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
     "InceptionV3",
     "MobileNetV2",
     "ResNet50",
     "ResNet101",
     "ResNet152",
+    "efficientnet",
     "imagenet_utils",
     "inception_v3",
     "mobilenet_v2",
