@@ -11,6 +11,7 @@ from compat.applications import (
     resnet50,
     vgg16,
     vgg19,
+    xception,
 )
 from compat.applications.efficientnet import (
     EfficientNetB0,
@@ -27,6 +28,7 @@ from compat.applications.mobilenet_v2 import MobileNetV2
 from compat.applications.resnet import ResNet50, ResNet101, ResNet152
 from compat.applications.vgg16 import VGG16
 from compat.applications.vgg19 import VGG19
+from compat.applications.xception import Xception
 
 __all__ = [
     "VGG16",
@@ -44,6 +46,7 @@ __all__ = [
     "ResNet50",
     "ResNet101",
     "ResNet152",
+    "Xception",
     "efficientnet",
     "imagenet_utils",
     "inception_v3",
@@ -52,4 +55,5 @@ __all__ = [
     "resnet50",
     "vgg16",
     "vgg19",
+    "xception",
 ]

@@ -22,6 +22,7 @@ APPS = [
     pytest.param("ResNet152", "resnet", "resnet152", 32, id="ResNet152", marks=slow),
     pytest.param("InceptionV3", "inception_v3", "inception_v3", 75, id="InceptionV3"),
     pytest.param("EfficientNetB0", "efficientnet", "tf_efficientnet_b0", 32, id="EfficientNetB0"),
+    pytest.param("Xception", "xception", "legacy_xception", 71, id="Xception"),
 ]
 
 _KERAS: dict[str, object] = {}
