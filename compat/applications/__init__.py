@@ -3,6 +3,7 @@ timm modules and weights (see each module for differences). Models take Keras's
 ``preprocess_input`` convention; the map to the timm weights' normalisation is inside."""
 
 from compat.applications import (
+    densenet,
     efficientnet,
     imagenet_utils,
     inception_v3,
@@ -13,6 +14,7 @@ from compat.applications import (
     vgg19,
     xception,
 )
+from compat.applications.densenet import DenseNet121, DenseNet169, DenseNet201
 from compat.applications.efficientnet import (
     EfficientNetB0,
     EfficientNetB1,
@@ -33,6 +35,9 @@ from compat.applications.xception import Xception
 __all__ = [
     "VGG16",
     "VGG19",
+    "DenseNet121",
+    "DenseNet169",
+    "DenseNet201",
     "EfficientNetB0",
     "EfficientNetB1",
     "EfficientNetB2",
@@ -47,6 +52,7 @@ __all__ = [
     "ResNet101",
     "ResNet152",
     "Xception",
+    "densenet",
     "efficientnet",
     "imagenet_utils",
     "inception_v3",

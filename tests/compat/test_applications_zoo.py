@@ -23,6 +23,7 @@ APPS = [
     pytest.param("InceptionV3", "inception_v3", "inception_v3", 75, id="InceptionV3"),
     pytest.param("EfficientNetB0", "efficientnet", "tf_efficientnet_b0", 32, id="EfficientNetB0"),
     pytest.param("Xception", "xception", "legacy_xception", 71, id="Xception"),
+    pytest.param("DenseNet121", "densenet", "densenet121", 32, id="DenseNet121"),
 ]
 
 _KERAS: dict[str, object] = {}
@@ -353,3 +354,18 @@ def test_reshape_multiply_and_drop_connect_as_keras(keras, ck):
     assert set(np.unique(per_sample)) <= {0.0, 2.0}
     assert (per_sample == per_sample[:, :1]).all() and 0 < per_sample[:, 0].mean() < 2
     np.testing.assert_array_equal(drop(ones).detach().numpy(), ones)
+
+
+# Keras 3.15.1's DenseNet169/201 (weights=None, with the top) as (layer count, parameter
+# count, _layer_digest); DenseNet121 is compared with live Keras in APPS.
+DENSENET_KERAS = {
+    169: (597, 14307880, "e2001af42d862c0f"),
+    201: (709, 20242984, "d67dc72b9737ad0d"),
+}
+
+
+@pytest.mark.parametrize("depth", [169, 201])
+def test_densenet169_201_structure_matches_recorded_keras(ck, depth):
+    model = getattr(ck.applications, f"DenseNet{depth}")(weights=None)
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == DENSENET_KERAS[depth]
+    assert model.name == f"densenet{depth}"
