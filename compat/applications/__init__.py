@@ -7,6 +7,7 @@ from compat.applications import (
     efficientnet,
     imagenet_utils,
     inception_v3,
+    mobilenet,
     mobilenet_v2,
     resnet,
     resnet50,
@@ -26,6 +27,7 @@ from compat.applications.efficientnet import (
     EfficientNetB7,
 )
 from compat.applications.inception_v3 import InceptionV3
+from compat.applications.mobilenet import MobileNet
 from compat.applications.mobilenet_v2 import MobileNetV2
 from compat.applications.resnet import ResNet50, ResNet101, ResNet152
 from compat.applications.vgg16 import VGG16
@@ -47,6 +49,7 @@ __all__ = [
     "EfficientNetB6",
     "EfficientNetB7",
     "InceptionV3",
+    "MobileNet",
     "MobileNetV2",
     "ResNet50",
     "ResNet101",
@@ -56,6 +59,7 @@ __all__ = [
     "efficientnet",
     "imagenet_utils",
     "inception_v3",
+    "mobilenet",
     "mobilenet_v2",
     "resnet",
     "resnet50",

@@ -24,6 +24,7 @@ APPS = [
     pytest.param("EfficientNetB0", "efficientnet", "tf_efficientnet_b0", 32, id="EfficientNetB0"),
     pytest.param("Xception", "xception", "legacy_xception", 71, id="Xception"),
     pytest.param("DenseNet121", "densenet", "densenet121", 32, id="DenseNet121"),
+    pytest.param("MobileNet", "mobilenet", "mobilenetv1_100", 32, id="MobileNet"),
 ]
 
 _KERAS: dict[str, object] = {}
@@ -183,6 +184,7 @@ def test_keras_preprocessing_gives_timm_predictions(
     ("fn", "module", "timm_name"),
     [
         pytest.param("ResNet50", "resnet50", "resnet50", id="ResNet50"),
+        pytest.param("MobileNet", "mobilenet", "mobilenetv1_100", id="MobileNet"),
         pytest.param("InceptionV3", "inception_v3", "inception_v3", id="InceptionV3", marks=slow),
     ],
 )
