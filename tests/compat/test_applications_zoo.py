@@ -371,3 +371,16 @@ def test_densenet169_201_structure_matches_recorded_keras(ck, depth):
     model = getattr(ck.applications, f"DenseNet{depth}")(weights=None)
     assert (len(model.layers), model.count_params(), _layer_digest(model)) == DENSENET_KERAS[depth]
     assert model.name == f"densenet{depth}"
+
+
+def test_separable_conv2d_equals_keras(keras, ck):
+    """The layer Xception adds to compat.layers: Keras's weights layout and results."""
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 9, 9, 4)).astype("float32")
+    for kwargs in ({"strides": 2, "padding": "same", "depth_multiplier": 2}, {}):
+        k_layer = keras.layers.SeparableConv2D(5, 3, **kwargs)
+        expected = keras.ops.convert_to_numpy(k_layer(x))
+        layer = ck.layers.SeparableConv2D(5, 3, **kwargs)
+        layer(x)
+        assert [w.shape for w in layer.get_weights()] == [tuple(w.shape) for w in k_layer.weights]
+        layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+        np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-6)
