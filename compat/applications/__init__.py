@@ -3,33 +3,67 @@ timm modules and weights (see each module for differences). Models take Keras's
 ``preprocess_input`` convention; the map to the timm weights' normalisation is inside."""
 
 from compat.applications import (
+    densenet,
+    efficientnet,
     imagenet_utils,
     inception_v3,
+    mobilenet,
     mobilenet_v2,
     resnet,
     resnet50,
     vgg16,
     vgg19,
+    xception,
+)
+from compat.applications.densenet import DenseNet121, DenseNet169, DenseNet201
+from compat.applications.efficientnet import (
+    EfficientNetB0,
+    EfficientNetB1,
+    EfficientNetB2,
+    EfficientNetB3,
+    EfficientNetB4,
+    EfficientNetB5,
+    EfficientNetB6,
+    EfficientNetB7,
 )
 from compat.applications.inception_v3 import InceptionV3
+from compat.applications.mobilenet import MobileNet
 from compat.applications.mobilenet_v2 import MobileNetV2
 from compat.applications.resnet import ResNet50, ResNet101, ResNet152
 from compat.applications.vgg16 import VGG16
 from compat.applications.vgg19 import VGG19
+from compat.applications.xception import Xception
 
 __all__ = [
     "VGG16",
     "VGG19",
+    "DenseNet121",
+    "DenseNet169",
+    "DenseNet201",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
     "InceptionV3",
+    "MobileNet",
     "MobileNetV2",
     "ResNet50",
     "ResNet101",
     "ResNet152",
+    "Xception",
+    "densenet",
+    "efficientnet",
     "imagenet_utils",
     "inception_v3",
+    "mobilenet",
     "mobilenet_v2",
     "resnet",
     "resnet50",
     "vgg16",
     "vgg19",
+    "xception",
 ]

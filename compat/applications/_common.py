@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -208,32 +209,75 @@ def map_input(layer: Any, mapping: InputMap) -> Any:
     return layer
 
 
+def variance_scaling(scale: float, mode: str, distribution: str) -> dict[str, Any]:
+    """Keras's ``VarianceScaling`` initializer as its serialised config (what Keras's
+    applications pass as ``kernel_initializer``); :func:`keras_init` draws from it."""
+    return {
+        "class_name": "VarianceScaling",
+        "config": {"scale": scale, "mode": mode, "distribution": distribution},
+    }
+
+
+def _init(weight: torch.Tensor, initializer: Any, fan_in: int, fan_out: int) -> None:
+    if not (isinstance(initializer, dict) and initializer.get("class_name") == "VarianceScaling"):
+        _init_weight(weight, initializer, fan_in, fan_out)
+        return
+    cfg = initializer["config"]
+    n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[cfg["mode"]]
+    scale = cfg["scale"] / max(1.0, n)
+    with torch.no_grad():
+        if cfg["distribution"] == "truncated_normal":  # Keras: cut at two stddevs
+            std = float(np.sqrt(scale) / 0.87962566103423978)
+            # inverse-CDF sampling (torch's trunc_normal_ resamples: slow on big kernels)
+            edge = math.erf(2.0 / math.sqrt(2.0))
+            weight.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2.0))
+            weight.clamp_(-2 * std, 2 * std)
+        elif cfg["distribution"] == "untruncated_normal":
+            weight.normal_(0.0, np.sqrt(scale))
+        elif cfg["distribution"] == "uniform":
+            limit = np.sqrt(3.0 * scale)
+            weight.uniform_(-limit, limit)
+        else:
+            raise NotImplementedError(f"VarianceScaling(distribution={cfg['distribution']!r})")
+
+
 def keras_init(model: Any) -> None:
     """Re-initialise like Keras's ``weights=None``: the layers' kernel initializers (Keras
     default glorot-uniform), zero biases, BatchNorm gamma 1, beta 0, moving mean 0, variance 1
     (timm's own init differs, e.g. zero gamma in the last BatchNorm of each ResNet block)."""
     for layer in model.layers:
-        if isinstance(layer, layers.DepthwiseConv2D):  # Keras kernel (kh, kw, in, multiplier)
-            w, mult = layer.conv.weight, layer.depth_multiplier
-            receptive = w.shape[2] * w.shape[3]
-            _init_weight(w, layer.kernel_initializer, layer.groups * receptive, mult * receptive)
-            if layer.conv.bias is not None:
-                nn.init.zeros_(layer.conv.bias)
-        elif isinstance(layer, layers.Conv2D):
-            w = layer.conv.weight
-            receptive = w.shape[2] * w.shape[3]
-            _init_weight(
-                w, layer.kernel_initializer, w.shape[1] * receptive, w.shape[0] * receptive
-            )
-            if layer.conv.bias is not None:
-                nn.init.zeros_(layer.conv.bias)
-        elif isinstance(layer, layers.Dense):
-            w = layer.linear.weight
-            _init_weight(w, layer.kernel_initializer, w.shape[1], w.shape[0])
-            if layer.linear.bias is not None:
-                nn.init.zeros_(layer.linear.bias)
-        elif isinstance(layer, layers.BatchNormalization):
-            layer.bn.reset_parameters()
+        keras_init_layer(layer)
+
+
+def keras_init_layer(layer: Any) -> None:
+    """Keras's initialisation of one (built) layer; see :func:`keras_init`."""
+    if isinstance(layer, layers.DepthwiseConv2D):  # Keras kernel (kh, kw, in, multiplier)
+        w, mult = layer.conv.weight, layer.depth_multiplier
+        receptive = w.shape[2] * w.shape[3]
+        _init(w, layer.kernel_initializer, layer.groups * receptive, mult * receptive)
+        if layer.conv.bias is not None:
+            nn.init.zeros_(layer.conv.bias)
+    elif isinstance(layer, layers.Conv2D):
+        w = layer.conv.weight
+        receptive = w.shape[2] * w.shape[3]
+        _init(w, layer.kernel_initializer, w.shape[1] * receptive, w.shape[0] * receptive)
+        if layer.conv.bias is not None:
+            nn.init.zeros_(layer.conv.bias)
+    elif isinstance(layer, layers.SeparableConv2D):
+        w, mult = layer.depthwise.weight, layer.depth_multiplier
+        receptive = w.shape[2] * w.shape[3]
+        _init(w, layer.depthwise_initializer, w.shape[0] // mult * receptive, mult * receptive)
+        w = layer.pointwise.weight
+        _init(w, layer.pointwise_initializer, w.shape[1], w.shape[0])
+        if layer.pointwise.bias is not None:
+            nn.init.zeros_(layer.pointwise.bias)
+    elif isinstance(layer, layers.Dense):
+        w = layer.linear.weight
+        _init(w, layer.kernel_initializer, w.shape[1], w.shape[0])
+        if layer.linear.bias is not None:
+            nn.init.zeros_(layer.linear.bias)
+    elif isinstance(layer, layers.BatchNormalization):
+        layer.bn.reset_parameters()
 
 
 def no_act_bn(bn: nn.Module) -> nn.Module:

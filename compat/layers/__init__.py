@@ -15,6 +15,7 @@ from compat.layers.core import (
 )
 from compat.layers.depthwise_conv import DepthwiseConv2D
 from compat.layers.merging import Add, Concatenate
+from compat.layers.multiply import Multiply
 from compat.layers.preprocessing import (
     CenterCrop,
     Normalization,
@@ -29,6 +30,8 @@ from compat.layers.preprocessing import (
     Resizing,
 )
 from compat.layers.relu import ReLU
+from compat.layers.reshaping import Reshape
+from compat.layers.separable_conv import SeparableConv2D
 
 Convolution2D = Conv2D
 MaxPool2D = MaxPooling2D
@@ -59,6 +62,7 @@ __all__ = [
     "Layer",
     "MaxPool2D",
     "MaxPooling2D",
+    "Multiply",
     "Normalization",
     "RandomBrightness",
     "RandomContrast",
@@ -69,7 +73,9 @@ __all__ = [
     "RandomZoom",
     "ReLU",
     "Rescaling",
+    "Reshape",
     "Resizing",
+    "SeparableConv2D",
     "Variable",
     "ZeroPadding2D",
 ]

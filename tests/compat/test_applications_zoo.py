@@ -5,6 +5,8 @@ weights exactly as timm's own normalisation does."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,10 @@ APPS = [
     pytest.param("ResNet101", "resnet", "resnet101", 32, id="ResNet101", marks=slow),
     pytest.param("ResNet152", "resnet", "resnet152", 32, id="ResNet152", marks=slow),
     pytest.param("InceptionV3", "inception_v3", "inception_v3", 75, id="InceptionV3"),
+    pytest.param("EfficientNetB0", "efficientnet", "tf_efficientnet_b0", 32, id="EfficientNetB0"),
+    pytest.param("Xception", "xception", "legacy_xception", 71, id="Xception"),
+    pytest.param("DenseNet121", "densenet", "densenet121", 32, id="DenseNet121"),
+    pytest.param("MobileNet", "mobilenet", "mobilenetv1_100", 32, id="MobileNet"),
 ]
 
 _KERAS: dict[str, object] = {}
@@ -65,6 +71,19 @@ def _documented_shape_mismatches(fn: str) -> set[str]:
     return set()
 
 
+def _kernel_limit(init, shape: tuple) -> float:
+    """The largest magnitude a Keras kernel initializer (a VarianceScaling, as glorot-uniform
+    is) can draw for a kernel of ``shape``."""
+    receptive = float(np.prod(shape[:-2]))
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.mode]
+    scale = init.scale / max(1.0, n)
+    if init.distribution == "uniform":
+        return float(np.sqrt(3.0 * scale)) * (1 + 1e-6)
+    assert init.distribution == "truncated_normal", init.distribution
+    return 2 * float(np.sqrt(scale)) / 0.87962566103423978 * (1 + 1e-6)
+
+
 @pytest.mark.parametrize(("fn", "module", "timm_name", "size"), APPS)
 def test_structure_and_init_match_keras(keras, ck, keras_headless, fn, module, timm_name, size):
     k_model = keras_headless(fn)
@@ -97,16 +116,23 @@ def test_structure_and_init_match_keras(keras, ck, keras_headless, fn, module, t
             np.testing.assert_array_equal(var, 1.0)
             np.testing.assert_array_equal(theirs[-2], 0.0)
             np.testing.assert_array_equal(theirs[-1], 1.0)
-        elif kind == "Conv2D":
+        elif kind in ("Conv2D", "DepthwiseConv2D"):
             kernel, k_kernel = ours[0], theirs[0]
             assert kernel.shape == k_kernel.shape
-            limit = np.sqrt(
-                6.0 / (np.prod(kernel.shape[:-1]) + np.prod(kernel.shape[:-2]) * kernel.shape[-1])
-            )
-            assert np.abs(kernel).max() <= limit * (1 + 1e-6), layer.name
+            k_layer = k_layers[layer.name]
+            init = getattr(k_layer, "depthwise_initializer", None) or k_layer.kernel_initializer
+            assert np.abs(kernel).max() <= _kernel_limit(init, kernel.shape), layer.name
             if kernel.size >= 2000:
                 assert abs(kernel.std() / k_kernel.std() - 1) < 0.1, layer.name
             for bias in ours[1:]:
+                np.testing.assert_array_equal(bias, 0.0)
+            checked += 1
+        elif kind == "SeparableConv2D":
+            k_layer = k_layers[layer.name]
+            inits = (k_layer.depthwise_initializer, k_layer.pointwise_initializer)
+            for kernel, init in zip(ours[:2], inits, strict=True):
+                assert np.abs(kernel).max() <= _kernel_limit(init, kernel.shape), layer.name
+            for bias in ours[2:]:
                 np.testing.assert_array_equal(bias, 0.0)
             checked += 1
     assert checked > 0
@@ -158,6 +184,7 @@ def test_keras_preprocessing_gives_timm_predictions(
     ("fn", "module", "timm_name"),
     [
         pytest.param("ResNet50", "resnet50", "resnet50", id="ResNet50"),
+        pytest.param("MobileNet", "mobilenet", "mobilenetv1_100", id="MobileNet"),
         pytest.param("InceptionV3", "inception_v3", "inception_v3", id="InceptionV3", marks=slow),
     ],
 )
@@ -217,3 +244,143 @@ def test_depthwise_conv_and_relu_layers_equal_keras(keras, ck):
     for kwargs in ({"max_value": 6.0}, {"max_value": 6.0, "negative_slope": 0.1, "threshold": 0.5}):
         ours = ck.layers.ReLU(**kwargs)(z).detach().numpy()
         np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(keras.layers.ReLU(**kwargs)(z)))
+
+
+def _layer_digest(model) -> str:
+    text = "\n".join(f"{la.name}:{type(la).__name__}" for la in model.layers)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_efficientnet_b1_structure_matches_keras(keras, ck):
+    """B1 against real Keras, with the top: names, classes, count, parameters, dropout rates."""
+    k_model = keras.applications.EfficientNetB1(weights=None)
+    model = ck.applications.EfficientNetB1(weights=None)
+    assert model.name == k_model.name
+    assert [(la.name, type(la).__name__) for la in model.layers] == [
+        (la.name, type(la).__name__) for la in k_model.layers
+    ]
+    # B1 and B2 have the same layers (only widths differ): checks the recorded digest below
+    assert _layer_digest(k_model) == EFFICIENTNET_KERAS[2][2]
+    assert tuple(model.input.shape) == tuple(k_model.input.shape)
+    assert model.count_params() == k_model.count_params()
+    rates = {la.name: la.rate for la in k_model.layers if type(la).__name__ == "Dropout"}
+    ours = {la.name: la.rate for la in model.layers if type(la).__name__ == "Dropout"}
+    assert ours == pytest.approx(rates)
+
+
+# Keras 3.15.1's EfficientNetB2-B7 (weights=None, with the top), recorded as (layer count,
+# parameter count, _layer_digest, input size): building them in Keras takes ~70 s, beyond
+# this suite's budget. Regenerate with the loop of test_efficientnet_b1_structure_matches_keras.
+EFFICIENTNET_KERAS = {
+    2: (342, 9177569, "7a3cf2c502198933", 260),
+    3: (387, 12320535, "c70d3834775f84d7", 300),
+    4: (477, 19466823, "6bb40b4a061dd75e", 380),
+    5: (579, 30562527, "a1368e59a74566da", 456),
+    6: (669, 43265143, "fc43e9f20a82b19c", 528),
+    7: (816, 66658687, "909a9dd2b44b0572", 600),
+}
+
+
+@pytest.mark.parametrize(
+    "b", [pytest.param(b, id=f"B{b}", marks=slow if b > 4 else ()) for b in range(2, 8)]
+)
+def test_efficientnet_b2_to_b7_structure_matches_recorded_keras(ck, b):
+    model = getattr(ck.applications, f"EfficientNetB{b}")(weights=None)
+    count, params, digest, size = EFFICIENTNET_KERAS[b]
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
+        count,
+        params,
+        digest,
+    )
+    assert tuple(model.input.shape) == (None, size, size, 3)
+
+
+def test_efficientnet_pads_odd_sizes_as_keras_built_for_them(keras, ck):
+    """TensorFlow 'same' padding from the actual size: an odd-sized input gives the shapes of
+    the Keras model built for that size (whatever size the compat model was built for)."""
+    k_model = keras.applications.EfficientNetB0(
+        weights=None, include_top=False, input_shape=(33, 33, 3)
+    )
+    model = ck.applications.EfficientNetB0(weights=None, include_top=False)
+    x = np.random.default_rng(0).uniform(0, 255, size=(1, 33, 33, 3)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (1, *k_model.output.shape[1:])
+    pads = {la.name: la.padding for la in k_model.layers if type(la).__name__ == "ZeroPadding2D"}
+    fixed = ck.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(33, 33, 3))
+    ours = {la.name: la.padding for la in fixed.layers if type(la).__name__ == "ZeroPadding2D"}
+    assert ours == {k: tuple(tuple(p) for p in v) for k, v in pads.items()}
+    assert [tuple(la.output.shape) for la in fixed.layers] == [
+        tuple(la.output.shape) for la in k_model.layers
+    ]
+
+
+def test_efficientnet_imagenet_normalization_layers_as_keras(ck):
+    """With ``weights="imagenet"`` Keras adds ``rescaling_1`` after ``normalization`` (its
+    stored variance is the std); the three layers compute timm's normalisation."""
+    import timm
+
+    from compat.applications import efficientnet
+
+    tm = timm.create_model("tf_efficientnet_b0", pretrained=False)
+    with ck.backend.canonical_names():
+        inputs = ck.Input((8, 8, 3))
+        model = ck.Model(inputs, efficientnet._normalization(inputs, tm, "imagenet"))
+    assert [(la.name, type(la).__name__) for la in model.layers] == [
+        ("input_layer", "InputLayer"),
+        ("rescaling", "Rescaling"),
+        ("normalization", "Normalization"),
+        ("rescaling_1", "Rescaling"),
+    ]
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
+    mean, std = np.array(tm.pretrained_cfg["mean"]), np.array(tm.pretrained_cfg["std"])
+    np.testing.assert_allclose(model.predict(x, verbose=0), (x / 255 - mean) / std, atol=1e-5)
+
+
+def test_reshape_multiply_and_drop_connect_as_keras(keras, ck):
+    """The layers EfficientNet adds: Reshape and Multiply compute Keras's results; its
+    ``Dropout(noise_shape=(None, 1, 1, 1))`` keeps or drops whole samples, scaled."""
+    from compat.applications import efficientnet
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(2, 5, 4, 3)).astype("float32")
+    gate = rng.uniform(0, 1, size=(2, 1, 1, 3)).astype("float32")
+    for target in ((4, 15), (-1,), (1, 1, 60)):
+        ours = ck.layers.Reshape(target)(x).detach().numpy()
+        theirs = keras.ops.convert_to_numpy(keras.layers.Reshape(target)(x))
+        np.testing.assert_array_equal(ours, theirs)
+    ours = ck.layers.Multiply()([x, gate]).detach().numpy()
+    np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(keras.layers.Multiply()([x, gate])))
+    drop = efficientnet.Dropout(0.5, name="drop")
+    ones = np.ones((64, 2, 2, 3), "float32")
+    out = drop(ones, training=True).detach().numpy()
+    per_sample = out.reshape(64, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert (per_sample == per_sample[:, :1]).all() and 0 < per_sample[:, 0].mean() < 2
+    np.testing.assert_array_equal(drop(ones).detach().numpy(), ones)
+
+
+# Keras 3.15.1's DenseNet169/201 (weights=None, with the top) as (layer count, parameter
+# count, _layer_digest); DenseNet121 is compared with live Keras in APPS.
+DENSENET_KERAS = {
+    169: (597, 14307880, "e2001af42d862c0f"),
+    201: (709, 20242984, "d67dc72b9737ad0d"),
+}
+
+
+@pytest.mark.parametrize("depth", [169, 201])
+def test_densenet169_201_structure_matches_recorded_keras(ck, depth):
+    model = getattr(ck.applications, f"DenseNet{depth}")(weights=None)
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == DENSENET_KERAS[depth]
+    assert model.name == f"densenet{depth}"
+
+
+def test_separable_conv2d_equals_keras(keras, ck):
+    """The layer Xception adds to compat.layers: Keras's weights layout and results."""
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 9, 9, 4)).astype("float32")
+    for kwargs in ({"strides": 2, "padding": "same", "depth_multiplier": 2}, {}):
+        k_layer = keras.layers.SeparableConv2D(5, 3, **kwargs)
+        expected = keras.ops.convert_to_numpy(k_layer(x))
+        layer = ck.layers.SeparableConv2D(5, 3, **kwargs)
+        layer(x)
+        assert [w.shape for w in layer.get_weights()] == [tuple(w.shape) for w in k_layer.weights]
+        layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+        np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-6)

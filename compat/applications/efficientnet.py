@@ -1,0 +1,276 @@
+"""EfficientNetB0-B7 (``keras.applications.efficientnet``) on timm's ``tf_efficientnet_b0..b7``
+modules (the ports of the TensorFlow checkpoints Keras's weights come from).
+
+Same layers (EfficientNetB0: 240 with the top, 237 without), names, order, output shapes,
+parameter counts and initialisation as Keras. As in Keras, preprocessing is part of the
+model: ``preprocess_input`` is a pass-through, inputs are RGB pixels in [0, 255], and the
+``rescaling`` (1/255) and ``normalization`` layers hold the weights' normalisation (timm's
+ImageNet mean/std; with ``weights="imagenet"`` Keras's extra ``rescaling_1`` layer is built
+too, Keras's fix for its stored variance). With ``weights=None`` the normalization is the
+identity, as Keras's un-adapted one. The stride-2 layers pad as TensorFlow's ``'same'``
+(``*_pad`` layers, computed from the actual size, as timm's ``Conv2dSame``): built without
+an input size, Keras pads as for even sizes, so on odd sizes its feature maps are one smaller
+than those of the same Keras model built for that size; compat's always match the latter.
+The drop-connect ``*_drop`` layers are Keras's ``Dropout(noise_shape=(None, 1, 1, 1))``.
+No difference is forced by the torch weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compat import backend, layers
+from compat.applications import _common
+from compat.applications.imagenet_utils import decode_predictions as _decode
+from compat.layers.base import Shape
+from compat.models import Model
+
+CONV_KERNEL_INITIALIZER = _common.variance_scaling(2.0, "fan_out", "truncated_normal")
+DENSE_KERNEL_INITIALIZER = _common.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+_DROP_CONNECT_RATE = 0.2
+
+# Keras's (width, depth, default size, dropout) per model.
+_PARAMS = {
+    0: (1.0, 1.0, 224, 0.2),
+    1: (1.0, 1.1, 240, 0.2),
+    2: (1.1, 1.2, 260, 0.3),
+    3: (1.2, 1.4, 300, 0.3),
+    4: (1.4, 1.8, 380, 0.4),
+    5: (1.6, 2.2, 456, 0.4),
+    6: (1.8, 2.6, 528, 0.5),
+    7: (2.0, 3.1, 600, 0.5),
+}
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class ZeroPadding2D(layers.ZeroPadding2D):
+    """TensorFlow ``'same'`` padding of a strided convolution, from the actual input size
+    (``padding`` reports Keras's value; for an unknown size, Keras's even-size value)."""
+
+    def __init__(self, kernel_size: int, strides: int, input_shape: Shape, **kwargs: Any) -> None:
+        pads = [
+            _same_pads(2 * kernel_size if s is None else int(s), kernel_size, strides)
+            for s in input_shape[1:3]
+        ]
+        super().__init__(padding=tuple(pads), **kwargs)
+        self.kernel_size, self.strides = kernel_size, strides
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, b = _same_pads(x.shape[2], self.kernel_size, self.strides)
+        left, r = _same_pads(x.shape[3], self.kernel_size, self.strides)
+        return F.pad(x, (left, r, t, b))
+
+
+class Dropout(layers.Dropout):
+    """Keras's ``Dropout(rate, noise_shape=(None, 1, 1, 1))``: drops whole samples of a
+    residual branch (drop-connect), scaling kept ones by ``1 / (1 - rate)``."""
+
+    def __init__(self, rate: float, **kwargs: Any) -> None:
+        super().__init__(rate, **kwargs)
+        self.noise_shape = (None, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device).bernoulli_(keep)
+        return x * mask.to(x.dtype) / keep
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "noise_shape": self.noise_shape}
+
+
+class Rescaling(layers.Rescaling):
+    """Keras's ``Rescaling`` with a per-channel ``scale``."""
+
+    def __init__(self, scale: Any, **kwargs: Any) -> None:
+        super().__init__(1.0, **kwargs)
+        self.scale = tuple(float(s) for s in scale)  # type: ignore[assignment]
+        self.register_buffer("_scale", torch.tensor(self.scale).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._scale.to(x.dtype)
+
+
+def _conv(conv: nn.Conv2d, name: str, padding: str, activation: Any = None) -> Any:
+    if type(conv) is not nn.Conv2d:  # timm's Conv2dSame: the padding is a layer of its own
+        conv.__class__ = nn.Conv2d
+    if isinstance(padding, str) and padding == "same" and conv.stride != (1, 1):
+        raise RuntimeError(f"{name}: a strided convolution must follow a padding layer")
+    cls = layers.DepthwiseConv2D if conv.groups > 1 else layers.Conv2D
+    layer = cls.from_torch(conv, name=name, padding=padding, activation=activation)
+    layer.kernel_initializer = CONV_KERNEL_INITIALIZER
+    if cls is layers.DepthwiseConv2D:
+        layer.depthwise_initializer = CONV_KERNEL_INITIALIZER
+    return layer
+
+
+def _bn_act(x: Any, bn: Any, name: str, act_name: str | None) -> Any:
+    x = layers.BatchNormalization.from_torch(_common.no_act_bn(bn), name=name)(x)
+    return x if act_name is None else layers.Activation("swish", name=act_name)(x)
+
+
+def _strided(x: Any, conv: nn.Conv2d, name: str) -> Any:
+    """``conv`` (Keras ``valid`` after a ``*_pad`` layer when strided, else ``same``)."""
+    if conv.stride == (1, 1):
+        return _conv(conv, name, "same")(x)
+    k, s = conv.kernel_size[0], conv.stride[0]
+    x = ZeroPadding2D(k, s, x.shape, name=name + "_pad")(x)
+    conv.padding = (0, 0)
+    return _conv(conv, name, "valid")(x)
+
+
+def _block(x: Any, block: Any, prefix: str, drop_rate: float) -> Any:
+    inputs = x
+    if hasattr(block, "conv_pwl"):  # InvertedResidual: expansion first
+        x = _conv(block.conv_pw, prefix + "expand_conv", "same")(x)
+        x = _bn_act(x, block.bn1, prefix + "expand_bn", prefix + "expand_activation")
+        dw, dw_bn, pw, pw_bn = block.conv_dw, block.bn2, block.conv_pwl, block.bn3
+    else:  # DepthwiseSeparableConv (expand ratio 1)
+        dw, dw_bn, pw, pw_bn = block.conv_dw, block.bn1, block.conv_pw, block.bn2
+    if dw.stride == (1, 1):
+        x = _conv(dw, prefix + "dwconv", "same")(x)
+    else:
+        x = ZeroPadding2D(dw.kernel_size[0], dw.stride[0], x.shape, name=prefix + "dwconv_pad")(x)
+        dw.padding = (0, 0)
+        x = _conv(dw, prefix + "dwconv", "valid")(x)
+    x = _bn_act(x, dw_bn, prefix + "bn", prefix + "activation")
+    se = layers.GlobalAveragePooling2D(name=prefix + "se_squeeze")(x)
+    se = layers.Reshape((1, 1, x.shape[-1]), name=prefix + "se_reshape")(se)
+    se = _conv(block.se.conv_reduce, prefix + "se_reduce", "same", "swish")(se)
+    se = _conv(block.se.conv_expand, prefix + "se_expand", "same", "sigmoid")(se)
+    x = layers.Multiply(name=prefix + "se_excite")([x, se])
+    x = _conv(pw, prefix + "project_conv", "same")(x)
+    x = _bn_act(x, pw_bn, prefix + "project_bn", None)
+    if block.has_skip:
+        if drop_rate > 0:
+            x = Dropout(drop_rate, name=prefix + "drop")(x)
+        x = layers.Add(name=prefix + "add")([x, inputs])
+    return x
+
+
+def _normalization(x: Any, tm: nn.Module, weights: Any) -> Any:
+    """Keras's ``rescaling`` + ``normalization`` (+ ``rescaling_1`` for ``"imagenet"``),
+    holding the weights' normalisation (identity for ``weights=None``)."""
+    x = layers.Rescaling(1.0 / 255.0)(x)
+    norm = layers.Normalization()
+    x = norm(x)
+    if weights is None:
+        return x
+    mean = np.asarray(tm.pretrained_cfg["mean"], "float64")
+    std = np.asarray(tm.pretrained_cfg["std"], "float64")
+    # Keras's ImageNet file stores the std as the variance and rescaling_1 divides by its root.
+    variance = std if weights == "imagenet" else std**2
+    with torch.no_grad():
+        norm.stats.mean.copy_(torch.from_numpy(mean).float())
+        norm.stats.variance.copy_(torch.from_numpy(variance).float())
+    if weights == "imagenet":
+        x = Rescaling(1.0 / np.sqrt(std))(x)
+    return x
+
+
+def build_efficientnet(
+    b: int,
+    *,
+    include_top: bool,
+    weights: Any,
+    input_tensor: Any,
+    input_shape: Any,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: Any,
+    name: str,
+) -> Model:
+    size, dropout_rate = _PARAMS[b][2], _PARAMS[b][3]
+    _common.check_pooling(pooling)
+    _common.check_input_shape(input_tensor, input_shape, size, 32, include_top, weights)
+    tm = _common.timm_model(f"tf_efficientnet_b{b}", weights, include_top, classes)
+    with backend.canonical_names():
+        inputs = _common.model_input(input_tensor, input_shape, size, 32, include_top, weights)
+        x = _normalization(inputs, tm, weights)
+        x = _strided(x, tm.conv_stem, "stem_conv")
+        x = _bn_act(x, tm.bn1, "stem_bn", "stem_activation")
+        total = sum(len(stage) for stage in tm.blocks)
+        n = 0
+        for i, stage in enumerate(tm.blocks):
+            for j, block in enumerate(stage):
+                x = _block(x, block, f"block{i + 1}{chr(j + 97)}_", _DROP_CONNECT_RATE * n / total)
+                n += 1
+        x = _conv(tm.conv_head, "top_conv", "same")(x)
+        x = _bn_act(x, tm.bn2, "top_bn", "top_activation")
+        if include_top:
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            if dropout_rate > 0:
+                x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+            head = _common.prediction_layer(tm.classifier, weights, classes, classifier_activation)
+            head.kernel_initializer = "zeros"  # built below, then drawn as Keras's
+            x = head(x)
+            head.kernel_initializer = DENSE_KERNEL_INITIALIZER
+            if head.linear is not tm.classifier:  # a new head
+                _common.keras_init_layer(head)
+        else:
+            x = _common.global_pool(x, pooling, ("avg_pool", "max_pool"))
+        model = Model(inputs, x, name=name)
+    _common.finish_weights(model, weights)
+    return model
+
+
+def _builder(b: int) -> Any:
+    def builder(
+        include_top: bool = True,
+        weights: Any = "imagenet",
+        input_tensor: Any = None,
+        input_shape: Any = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation: Any = "softmax",
+        name: str = f"efficientnetb{b}",
+    ) -> Model:
+        return build_efficientnet(
+            b,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+        )
+
+    builder.__name__ = builder.__qualname__ = f"EfficientNetB{b}"
+    builder.__doc__ = (
+        f"Keras's ``EfficientNetB{b}`` on timm's ``tf_efficientnet_b{b}`` (see module doc)."
+    )
+    return builder
+
+
+EfficientNetB0 = _builder(0)
+EfficientNetB1 = _builder(1)
+EfficientNetB2 = _builder(2)
+EfficientNetB3 = _builder(3)
+EfficientNetB4 = _builder(4)
+EfficientNetB5 = _builder(5)
+EfficientNetB6 = _builder(6)
+EfficientNetB7 = _builder(7)
+
+
+def preprocess_input(x: Any, data_format: str | None = None) -> Any:
+    """A pass-through, as Keras's: the model rescales and normalises its [0, 255] input."""
+    if data_format not in (None, "channels_last"):
+        raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
+    return x
+
+
+def decode_predictions(preds: Any, top: int = 5) -> list:
+    return _decode(preds, top=top)

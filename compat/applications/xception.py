@@ -1,0 +1,117 @@
+"""Xception (``keras.applications.xception``) on timm's ``legacy_xception`` modules.
+
+Same 132 layers (134 with the top), names (the residual branches' auto-generated
+``conv2d``/``batch_normalization``/``add`` names of a fresh Keras session), order, output
+shapes and parameter count (22,910,480 with the top) as Keras. Inputs follow Keras's ``tf``
+convention ([-1, 1]), which is also the weights' normalisation (mean = std = 0.5; the
+identity map is folded into ``block1_conv1``). Differences from Keras, kept because they belong
+to the torch weights: the stride-2 ``block*_pool`` max-pools pad one pixel on every side
+(torch's ``MaxPool2d(3, 2, padding=1)``) where Keras's ``'same'`` pads only the bottom/right of
+even sizes (same output shapes; on even sizes the windows are shifted by one pixel, as the
+weights were trained), and BatchNorm epsilon is 1e-5 (Keras 1e-3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compat import backend, layers
+from compat.applications import _common
+from compat.applications.imagenet_utils import decode_predictions as _decode
+from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.models import Model
+
+
+class MaxPooling2D(layers.MaxPooling2D):
+    """Keras's ``MaxPooling2D(3, 2, padding="same")`` shape, torch's symmetric padding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.pool_size, self.strides, padding=1)
+
+
+def _sep(x: Any, sep: nn.Module, name: str) -> Any:
+    return layers.SeparableConv2D.from_torch(sep.conv1, sep.pointwise, name=name, padding="same")(x)
+
+
+def _bn(x: Any, bn: nn.Module, name: str | None) -> Any:
+    name = name or backend.unique_name("batch_normalization")
+    return layers.BatchNormalization.from_torch(bn, name=name)(x)
+
+
+def _block(x: Any, block: nn.Module, k: int) -> Any:
+    """timm's ``block{k-1}`` as Keras's ``block{k}``: relu/sepconv/bn units, with a pool and
+    a strided 1x1 residual convolution (built first, as Keras does) where they exist. A ReLU
+    is named after the sepconv it precedes (block2's only one: ``block2_sepconv2_act``)."""
+    if block.skip is not None:
+        residual = layers.Conv2D.from_torch(
+            block.skip, name=backend.unique_name("conv2d"), padding="same"
+        )(x)
+        residual = _bn(residual, block.skipbn, None)
+    else:
+        residual = x
+    j = 1
+    for m in block.rep:
+        if isinstance(m, nn.ReLU):
+            x = layers.Activation("relu", name=f"block{k}_sepconv{j}_act")(x)
+        elif isinstance(m, nn.BatchNorm2d):
+            x = _bn(x, m, f"block{k}_sepconv{j}_bn")
+            j += 1
+        elif isinstance(m, nn.MaxPool2d):
+            x = MaxPooling2D((3, 3), strides=(2, 2), padding="same", name=f"block{k}_pool")(x)
+        else:
+            x = _sep(x, m, f"block{k}_sepconv{j}")
+    return layers.Add(name=backend.unique_name("add"))([x, residual])
+
+
+def Xception(
+    include_top: bool = True,
+    weights: Any = "imagenet",
+    input_tensor: Any = None,
+    input_shape: Any = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: Any = "softmax",
+    name: str = "xception",
+) -> Model:
+    _common.check_pooling(pooling)
+    _common.check_input_shape(input_tensor, input_shape, 299, 71, include_top, weights)
+    tm = _common.timm_model("legacy_xception", weights, include_top, classes)
+    with backend.canonical_names():
+        inputs = _common.model_input(input_tensor, input_shape, 299, 71, include_top, weights)
+        stem = layers.Conv2D.from_torch(tm.conv1, name="block1_conv1", padding="valid")
+        x = _common.map_input(stem, _common.input_map("tf", tm))(inputs)
+        x = _bn(x, tm.bn1, "block1_conv1_bn")
+        x = layers.Activation("relu", name="block1_conv1_act")(x)
+        x = layers.Conv2D.from_torch(tm.conv2, name="block1_conv2", padding="valid")(x)
+        x = _bn(x, tm.bn2, "block1_conv2_bn")
+        x = layers.Activation("relu", name="block1_conv2_act")(x)
+        for i in range(1, 13):
+            x = _block(x, getattr(tm, f"block{i}"), i + 1)
+        x = _sep(x, tm.conv3, "block14_sepconv1")
+        x = _bn(x, tm.bn3, "block14_sepconv1_bn")
+        x = layers.Activation("relu", name="block14_sepconv1_act")(x)
+        x = _sep(x, tm.conv4, "block14_sepconv2")
+        x = _bn(x, tm.bn4, "block14_sepconv2_bn")
+        x = layers.Activation("relu", name="block14_sepconv2_act")(x)
+        if include_top:
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            x = _common.prediction_layer(tm.fc, weights, classes, classifier_activation)(x)
+        else:
+            x = _common.global_pool(x, pooling, (None, None))
+        model = Model(inputs, x, name=name)
+    _common.finish_weights(model, weights)
+    return model
+
+
+def preprocess_input(x: Any, data_format: str | None = None) -> np.ndarray:
+    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
+    return _preprocess(x, data_format=data_format, mode="tf")
+
+
+def decode_predictions(preds: Any, top: int = 5) -> list:
+    return _decode(preds, top=top)
