@@ -48,6 +48,8 @@ REQUIRED = {
     "Dense": (2,),
     "Conv2D": (2, 3),
     "DepthwiseConv2D": (3,),
+    "SeparableConv2D": (2, 3),
+    "Reshape": ((4,),),
     "Convolution2D": (2, 3),
     "Dropout": (0.5,),
     "Activation": ("relu",),
