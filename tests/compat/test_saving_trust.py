@@ -4,9 +4,11 @@ own files are named, and a save that fails half-way keeps the previous file."""
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +185,139 @@ def test_a_compat_file_holding_something_else_than_a_model_is_refused(ck, tmp_pa
     )
     with pytest.raises(ValueError, match=r"linear\.model .* holds a Linear, not a compat Model"):
         ck.models.load_model(path)
+
+
+def _crafted_model_file(ck, path: Path, *, on: str, name: str, value, compiled=None) -> Path:
+    """A real compat model file whose pickled state gives the model (``on="model"``) or its
+    Dense layer (``on="layer"``) an instance attribute ``name``: what a crafted BUILD does."""
+    model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(3)])
+    target = model if on == "model" else model.layers[-1]
+    target.__dict__[name] = value  # bypasses nn.Module.__setattr__, as unpickling does
+    payload = {"format": "compat-model-v1", "model": model, "compile": compiled}
+    torch.save({**payload, "optimizer_state": None}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("on", "name", "compiled"),
+    [
+        # Red team (a2): load_model's compile(**entry) called nn.Linear(in_features=N, ...).
+        ("model", "compile", {"in_features": 3, "out_features": 3}),
+        ("model", "compile", {"optimizer": "adam", "loss": "mse"}),
+        ("model", "fit", None),
+        ("model", "__call__", None),
+        ("layer", "forward", None),
+        ("layer", "__call__", None),
+        ("model", "predict", None),
+    ],
+)
+def test_an_attribute_hiding_a_method_is_refused(ck, tmp_path, on, name, compiled) -> None:
+    path = _crafted_model_file(
+        ck,
+        tmp_path / "hides.model",
+        on=on,
+        name=name,
+        value=torch.nn.Linear(2, 2),
+        compiled=compiled,
+    )
+    for kwargs in ({}, {"compile": False}):
+        with pytest.raises(UnreadableFileError) as err:
+            ck.models.load_model(path, **kwargs)
+        message = str(err.value)
+        assert str(path) in message and f"attribute '{name}' that hides" in message, message
+        assert "\n" not in message
+
+
+def test_an_activation_function_hiding_a_layer_method_is_refused(ck, tmp_path) -> None:
+    """Allowed functions are no better than allowed classes in a method's place."""
+    path = _crafted_model_file(
+        ck, tmp_path / "fn.model", on="layer", name="build", value=ck.activations.get("relu")
+    )
+    with pytest.raises(UnreadableFileError, match=r"fn\.model .*'build' that hides Dense\.build"):
+        ck.models.load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"bogus": 1}, "hold ['bogus']"),  # red team a7: compile() got an unexpected kwarg
+        ({"optimizer": torch.nn.Linear(2, 2)}, "optimizer=Linear"),
+        ({"optimizer": "adam", "loss": torch.nn.MSELoss()}, "loss=MSELoss"),
+        ({"optimizer": "adam", "metrics": "accuracy"}, "metrics that are not a list"),
+        ({"optimizer": "adam", "cache_features": 1}, "cache_features=int"),
+        ([("optimizer", "adam")], "are a list, not a dict"),
+    ],
+)
+def test_a_compile_entry_of_other_types_is_refused(ck, tmp_path, entry, says) -> None:
+    path = _crafted_model_file(ck, tmp_path / "entry.model", on="model", name="x", value=1)
+    payload = torch.load(path, weights_only=False)
+    payload["compile"] = entry
+    torch.save(payload, path)
+    with pytest.raises(UnreadableFileError) as err:
+        ck.models.load_model(path)
+    message = str(err.value)
+    assert str(path) in message and says in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    ("entry", "state", "says"),
+    [
+        ({"optimizer": "no_such_optimizer"}, None, "NotImplementedError: Optimizer"),
+        ({"optimizer": "adam", "loss": "no_such_loss"}, None, "NotImplementedError: Loss"),
+        ({"optimizer": "adam"}, {"state": {}, "param_groups": []}, "ValueError"),
+    ],
+)
+def test_a_compile_entry_that_fails_to_compile_is_one_line(ck, tmp_path, entry, state, says):
+    path = _crafted_model_file(ck, tmp_path / "fails.model", on="model", name="x", value=1)
+    payload = torch.load(path, weights_only=False)
+    payload["compile"], payload["optimizer_state"] = entry, state
+    torch.save(payload, path)
+    with pytest.raises(UnreadableFileError) as err:
+        ck.models.load_model(path)
+    message = str(err.value)
+    assert str(path) in message and "compiling the model from its saved" in message
+    assert says in message and "compile=False" in message and "\n" not in message, message
+    assert ck.models.load_model(path, compile=False).count_params() == 15
+
+
+def test_a_model_rebuilt_without_a_modules_state_is_one_line(ck, tmp_path) -> None:
+    """Red team (a2, a7): a Sequential rebuilt from an empty state raised AttributeError
+    (``_input_layer``) with a traceback from inside torch.load."""
+    model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(3)])
+    model.save(tmp_path / "real.model")
+    with zipfile.ZipFile(tmp_path / "real.model") as src:
+        folder = src.namelist()[0].split("/")[0]
+    # {"format": ..., "model": Sequential.__new__(Sequential) with state {}, ...}: NEWOBJ, BUILD
+    empty = b"".join(
+        [
+            b"\x80\x02}(",
+            pickle.dumps("format", protocol=2)[2:-1],
+            pickle.dumps("compat-model-v1", protocol=2)[2:-1],
+            pickle.dumps("model", protocol=2)[2:-1],
+            b"ccompat.models\nSequential\n)\x81}b",
+            pickle.dumps("compile", protocol=2)[2:-1],
+            b"N",
+            pickle.dumps("optimizer_state", protocol=2)[2:-1],
+            b"Nu.",
+        ]
+    )
+    path = tmp_path / "empty_state.model"
+    with zipfile.ZipFile(path, "w") as dst:
+        dst.writestr(f"{folder}/data.pkl", empty)
+        dst.writestr(f"{folder}/version", "3\n")
+    with pytest.raises(UnreadableFileError) as err:
+        ck.models.load_model(path)
+    message = str(err.value)
+    assert str(path) in message and "crafted" in message and "\n" not in message, message
+
+
+def test_compat_writes_zip_files_only(ck, tmp_path) -> None:
+    """torch's legacy format is refused on load: compat's own writers never produce it."""
+    from ftlight.files import sniff
+
+    model = _model(ck)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "m.model")
+    model.save_weights(tmp_path / "m.weights.pt")
+    assert sniff(tmp_path / "m.model") == sniff(tmp_path / "m.weights.pt") == "torch-zip"
+    assert ck.models.load_model(tmp_path / "m.model").compiled
