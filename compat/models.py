@@ -436,8 +436,10 @@ class Sequential(Model):
         return [self.output]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._plan is None:  # an input layer and no other layer yet
-            return x
+        if self._plan is None:
+            if not len(self._stack):  # an input layer and no other layer yet
+                return x
+            self._rebuild_graph()  # never run layers as an identity: build the graph first
         return super().forward(x)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -445,7 +447,10 @@ class Sequential(Model):
         if "_plan" not in self.__dict__:  # saved before Sequential held a graph
             self._multi_in = self._multi_out = False
             self._plan = None
-            self._rebuild_graph()
+            # rebuild now only when no layer would be built: unpickling must never allocate
+            # what a file declares (an unbuilt layer builds on the first call instead)
+            if all(getattr(layer, "built", False) for layer in self._stack):
+                self._rebuild_graph()
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         self._check_input_shape(input_shape)

@@ -321,3 +321,24 @@ def test_compat_writes_zip_files_only(ck, tmp_path) -> None:
     model.save_weights(tmp_path / "m.weights.pt")
     assert sniff(tmp_path / "m.model") == sniff(tmp_path / "m.weights.pt") == "torch-zip"
     assert ck.models.load_model(tmp_path / "m.model").compiled
+
+
+def test_loading_never_builds_layers_the_file_declares(ck, tmp_path: Path) -> None:
+    """A file may say a layer is unbuilt and wide; unpickling must not allocate that width.
+    The layer builds on the first call, as any model does, and never runs as an identity."""
+    model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(3)])
+    dense = model.layers[-1]
+    del model.__dict__["_plan"]  # the shape of a file written before Sequential held a graph
+    dense.built = False
+    dense.units = 50_000_000  # 800 MB of kernel if loading built it
+    payload = {"format": "compat-model-v1", "model": model, "compile": None}
+    path = tmp_path / "wide.keras.pt"
+    torch.save(payload, path)
+    assert path.stat().st_size < 20_000
+    loaded = ck.models.load_model(path)
+    assert [tuple(w.shape) for w in loaded.weights] == [(4, 3), (3,)]  # nothing was built
+    # and the graph-less model still runs its layers (never the input passed through)
+    dense = loaded.layers[-1]
+    dense.units = 2
+    out = loaded.predict(np.ones((1, 4), "float32"), verbose=0)
+    assert out.shape == (1, 2)
