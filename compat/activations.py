@@ -16,6 +16,17 @@ def _linear(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    # a module-level function (not ``torch.sigmoid`` itself): a builtin pickles as a call of
+    # ``getattr`` on torch's C class, which safe loading rightly refuses, so saved models with
+    # sigmoid or tanh layers could not be loaded back
+    return torch.sigmoid(x)
+
+
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x)
+
+
 def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
@@ -24,9 +35,9 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": _linear,
     "relu": F.relu,
     "relu6": F.relu6,
-    "sigmoid": torch.sigmoid,
+    "sigmoid": _sigmoid,
     "softmax": _softmax,
-    "tanh": torch.tanh,
+    "tanh": _tanh,
     "elu": F.elu,
     "selu": F.selu,
     "gelu": F.gelu,

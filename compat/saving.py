@@ -47,26 +47,31 @@ def _check_overwrite(path: str, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists and overwrite=False.")
 
 
+_MODULE_PACKAGES = ("torch.nn.", "timm.layers.", "timm.models.")
+
+
 def _trusted(name: str, custom_objects: dict[str, Any]) -> Any:
     """The object a compat file may name (``module.qualname``), or ``None`` to refuse it.
 
-    Allowed: classes of compat and torch.nn (built, never called with the file's code), and
+    Allowed: classes of compat, and modules of torch.nn and timm (the layers compat's
+    applications are made of; built, never called with the file's code), and
     compat's activation, loss and metric functions; ``custom_objects`` adds the user's own.
-    Only compat and torch modules are ever imported to find out.
+    Only compat, torch and timm modules are ever imported to find out.
     """
     short = name.rpartition(".")[2]
     for key in (name, short):
         if key in custom_objects:
             return custom_objects[key]
     module, _, attr = name.rpartition(".")
-    if module.split(".")[0] not in ("compat", "torch"):
+    if module.split(".")[0] not in ("compat", "torch", "timm"):
         return None
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         return None
     if isinstance(obj, type):
-        is_module = issubclass(obj, nn.Module) and module.startswith("torch.nn.")
+        # timm's layers: compat's applications hold timm modules (BatchNormAct2d, ...)
+        is_module = issubclass(obj, nn.Module) and module.startswith(_MODULE_PACKAGES)
         return obj if module.startswith("compat.") or is_module else None
     from compat.activations import _ACTIVATIONS
 

@@ -342,3 +342,33 @@ def test_loading_never_builds_layers_the_file_declares(ck, tmp_path: Path) -> No
     dense.units = 2
     out = loaded.predict(np.ones((1, 4), "float32"), verbose=0)
     assert out.shape == (1, 2)
+
+
+def test_saved_applications_load_back_in_safe_mode(ck, tmp_path: Path) -> None:
+    """Keras's everyday loop, fit -> save -> load_model, with the default safe_mode: the
+    applications built on timm modules (BatchNormAct2d, ...) were refused as untrusted.
+    EfficientNetB0 holds both timm's BatchNormAct2d and sigmoid-gated convolutions (the
+    MobileNets, DenseNets and InceptionV3 hold BatchNormAct2d too; checked by hand, slower)."""
+    name, size = "EfficientNetB0", 32
+    model = getattr(ck.applications, name)(
+        weights=None, include_top=False, input_shape=(size, size, 3), pooling="avg"
+    )
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = ck.models.load_model(path)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "softmax", "relu", "hard_sigmoid"])
+def test_a_saved_head_with_any_activation_loads_back(ck, tmp_path: Path, activation) -> None:
+    """Dense(1, activation="sigmoid") is the binary head of every cats-vs-dogs tutorial;
+    torch.sigmoid pickled as getattr on torch's C class and safe loading refused the file."""
+    model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(3, activation=activation)])
+    path = tmp_path / "head.keras"
+    model.save(path)
+    x = np.linspace(-2, 2, 8, dtype="float32").reshape(2, 4)
+    loaded = ck.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
