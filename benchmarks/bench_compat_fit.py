@@ -203,7 +203,16 @@ def main() -> None:
         help="run the contenders this many times, alternating, and report median ratios",
     )
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras 3 contender")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every contender (1 keeps a shared, loaded machine from "
+        "stalling intra-op threads; default: torch's choice)",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_start = os.getloadavg()
     contenders = (
