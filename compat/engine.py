@@ -1,11 +1,13 @@
 """The backend loop: a LightningModule around a compat model, driven by ``lightning.Trainer``
-for ``fit`` / ``evaluate`` / ``predict``. Data arrives in Keras layout (NHWC)."""
+for ``fit`` / ``evaluate`` / ``predict``. Data arrives in Keras layout (NHWC), turned into
+batches by :mod:`compat.data_adapters`."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
+import math
 import sys
 import time
 import warnings
@@ -15,9 +17,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from compat import backend
+from compat import backend, data_adapters
 from compat import callbacks as callbacks_mod
 from compat import metrics as metrics_mod
 from compat.feature_cache import StaticPrefix, static_prefix
@@ -51,36 +52,7 @@ def _check_optimizer_knows(model: TorchTrainer) -> None:
         )
 
 
-# ----- data ----------------------------------------------------------------------------
-
-
-def _tensor(x: Any, what: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    try:
-        arr = np.asarray(x)
-    except Exception as err:  # pragma: no cover - defensive
-        raise TypeError(f"{what} must be array-like. Received: {type(x)}") from err
-    if arr.dtype == object:
-        raise TypeError(
-            f"{what} must be a numeric array. Received dtype=object with shape {arr.shape}"
-        )
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    """NaN or Inf in the data is an error (Keras would train on it and report ``loss: nan``)."""
-    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
-        return
-    bad = (~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero().flatten().tolist()
-    kinds = [k for k, f in (("NaN", torch.isnan), ("Inf", torch.isinf)) if bool(f(t).any())]
-    raise ValueError(
-        f"`{what}` contains {' and '.join(kinds)} values in {len(bad)} of {len(t)} samples "
-        f"(indices {bad[:10]}{'...' if len(bad) > 10 else ''}). Remove or repair those samples, "
-        f"e.g. keep = np.isfinite({what}).reshape(len({what}), -1).all(1)."
-    )
+# ----- data (the adapters live in compat.data_adapters) -------------------------------------
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -89,94 +61,7 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_floating_point() else x.float()
 
 
-class _ArrayBatches(Dataset):
-    """Whole-batch indexing of in-memory tensors (one gather per batch, no collate)."""
-
-    def __init__(self, *tensors: torch.Tensor | None) -> None:
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(self.tensors[0])
-
-    def __getitem__(self, idx: list[int]) -> tuple:
-        index = torch.as_tensor(idx)
-        return tuple(None if t is None else t[index] for t in self.tensors)
-
-
-class _BatchSequence(Dataset):
-    """Wraps a Keras-style batch sequence (``__len__`` + ``__getitem__`` -> a batch)."""
-
-    def __init__(self, seq: Any) -> None:
-        self.seq = seq
-
-    def __len__(self) -> int:
-        return len(self.seq)
-
-    def __getitem__(self, i: int) -> tuple:
-        item = self.seq[i]
-        if not isinstance(item, tuple):
-            item = (item,)
-        return tuple(_tensor(v, "batch") for v in item)
-
-
-def _is_batch_source(x: Any) -> bool:
-    return isinstance(x, DataLoader) or (
-        hasattr(x, "__getitem__")
-        and hasattr(x, "__len__")
-        and not isinstance(x, (np.ndarray, torch.Tensor, list, tuple))
-        and getattr(x, "_compat_batches", False)
-    )
-
-
-def make_loader(
-    x: Any,
-    y: Any = None,
-    sample_weight: Any = None,
-    *,
-    batch_size: int | None,
-    shuffle: bool,
-    what: str = "x",
-) -> DataLoader:
-    if isinstance(x, DataLoader):
-        return x
-    if _is_batch_source(x):
-        if y is not None:
-            raise ValueError(
-                f"`y` must not be given when `{what}` is a dataset/iterator that "
-                "yields (x, y) batches."
-            )
-        return DataLoader(_BatchSequence(x), batch_size=None, shuffle=shuffle)
-    if isinstance(x, dict) or (
-        isinstance(x, list) and x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1
-    ):
-        raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
-    xt = _tensor(x, what)
-    _check_finite(xt, what)
-    yt = None if y is None else _tensor(y, "y")
-    if yt is not None:
-        _check_finite(yt, "y")
-    if yt is not None and len(yt) != len(xt):
-        raise ValueError(
-            f"Data cardinality is ambiguous: x sizes: {len(xt)}, y sizes: {len(yt)}. Make sure "
-            "all arrays contain the same number of samples."
-        )
-    swt = None if sample_weight is None else _tensor(sample_weight, "sample_weight").float()
-    bs = batch_size or 32
-    sampler = RandomSampler(range(len(xt))) if shuffle else SequentialSampler(range(len(xt)))
-    return DataLoader(
-        _ArrayBatches(xt, yt, swt),
-        batch_size=None,
-        sampler=BatchSampler(sampler, bs, drop_last=False),
-    )
-
-
-def _unpack(batch: Any) -> tuple[torch.Tensor, Any, Any]:
-    if isinstance(batch, (list, tuple)):
-        x = batch[0]
-        y = batch[1] if len(batch) > 1 else None
-        sw = batch[2] if len(batch) > 2 else None
-        return x, y, sw
-    return batch, None, None
+_unpack = data_adapters.unpack_x_y_sample_weight
 
 
 # ----- the LightningModule -------------------------------------------------------------
@@ -222,6 +107,7 @@ class KerasLightningModule(L.LightningModule):
             self.class_weight = table
         self._inference = list(getattr(model, "_inference_modules", []))
         self._prefix: StaticPrefix | None = None
+        self.val_steps = 0
 
     def train(self, mode: bool = True) -> KerasLightningModule:
         """Switch modes, keeping frozen / ``training=False`` parts in inference mode."""
@@ -309,6 +195,7 @@ class KerasLightningModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, self.val_tracker, False)
+        self.val_steps = batch_idx + 1
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, _, _ = _unpack(batch)
@@ -324,12 +211,11 @@ class _KerasBridge(L.Callback):
         model: TorchTrainer,
         cbs: list[Any],
         initial_epoch: int,
-        has_val: bool,
-        source: Any = None,
+        train: data_adapters.DataAdapter,
+        val: data_adapters.DataAdapter | None = None,
     ) -> None:
-        self.model, self.cbs, self.initial_epoch, self.has_val = model, cbs, initial_epoch, has_val
-        self.source = source  # a PyDataset / iterator: Keras calls its on_epoch_end
-        self.val_source: Any = None
+        self.model, self.cbs, self.initial_epoch = model, cbs, initial_epoch
+        self.train, self.val, self.has_val = train, val, val is not None
         self.needs_batch_logs = any(
             type(cb).on_train_batch_end is not callbacks_mod.Callback.on_train_batch_end
             for cb in cbs
@@ -344,8 +230,7 @@ class _KerasBridge(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module.train_tracker.reset()
-        if self.source is not None and hasattr(self.source, "on_epoch_begin"):
-            self.source.on_epoch_begin()
+        self.train.on_epoch_begin()
         for cb in self.cbs:
             cb.on_epoch_begin(self._epoch(trainer), {})
 
@@ -361,14 +246,15 @@ class _KerasBridge(L.Callback):
         pl_module.val_tracker.reset()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        _end_epoch(self.val_source)
+        if self.val is not None:
+            self.val.on_epoch_end()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         logs = pl_module.train_tracker.logs()
         if self.has_val:
             logs.update(pl_module.val_tracker.logs("val_"))
         pl_module._last_logs = logs
-        _end_epoch(self.source)
+        self.train.on_epoch_end()
         for cb in self.cbs:
             cb.on_epoch_end(self._epoch(trainer), logs)
         if self.model.stop_training:
@@ -377,16 +263,6 @@ class _KerasBridge(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         for cb in self.cbs:
             cb.on_train_end(getattr(pl_module, "_last_logs", {}))
-
-
-def _source(x: Any) -> Any:
-    """``x`` when it is a PyDataset-like batch source (Keras ends its epochs), else None."""
-    return x if _is_batch_source(x) and not isinstance(x, DataLoader) else None
-
-
-def _end_epoch(source: Any) -> None:
-    if source is not None and hasattr(source, "on_epoch_end"):
-        source.on_epoch_end()
 
 
 def _fmt_logs(logs: dict[str, float]) -> str:
@@ -405,19 +281,22 @@ class _Progress(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.start = time.perf_counter()
-        self.total = trainer.num_training_batches
+        total = trainer.num_training_batches  # inf for a generator
+        self.total: int | None = int(total) if math.isfinite(total) else None
+        self.done = 0
         print(f"Epoch {self.initial_epoch + trainer.current_epoch + 1}/{self.epochs}")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.done = done = batch_idx + 1
         if self.verbose != 1:
             return
-        done = batch_idx + 1
         elapsed = time.perf_counter() - self.start
-        bar = "━" * int(20 * done / max(self.total, 1))
+        total = "Unknown" if self.total is None else self.total
+        bar = "━" * int(20 * done / max(self.total or done, 1))
         line = (
-            f"\r{done}/{self.total} {bar:<20} {_fmt_time(elapsed)} "
+            f"\r{done}/{total} {bar:<20} {_fmt_time(elapsed)} "
             f"{_fmt_time(elapsed / done)}/step - {_fmt_logs(pl_module.train_tracker.logs())}"
         )
         sys.stdout.write(line)
@@ -426,6 +305,8 @@ class _Progress(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         elapsed = time.perf_counter() - self.start
         logs = getattr(pl_module, "_last_logs", pl_module.train_tracker.logs())
+        if self.total is None:  # a generator: the steps it gave
+            self.total = self.done
         step = _fmt_time(elapsed / max(self.total, 1))
         if self.verbose == 1:
             bar = "━" * 20
@@ -491,27 +372,6 @@ def _verbose(verbose: Any) -> int:
     return int(verbose)
 
 
-def _split(x: Any, y: Any, sw: Any, fraction: float) -> tuple:
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation_split must be in (0, 1). Received: {fraction}")
-    if _is_batch_source(x) or isinstance(x, DataLoader):
-        raise ValueError("validation_split is only supported for array inputs (as in Keras).")
-    n = len(x)
-    cut = int(n * (1.0 - fraction))
-    if cut in (0, n):
-        raise ValueError(
-            f"validation_split={fraction} leaves no training or no validation samples out of {n}."
-        )
-
-    def take(a, s):
-        return None if a is None else a[s]
-
-    return (
-        (take(x, slice(0, cut)), take(y, slice(0, cut)), take(sw, slice(0, cut))),
-        (take(x, slice(cut, n)), take(y, slice(cut, n)), take(sw, slice(cut, n))),
-    )
-
-
 def fit(
     model: TorchTrainer,
     *,
@@ -539,9 +399,19 @@ def fit(
         raise NotImplementedError("fit(validation_freq != 1)")
     verbose = _verbose(verbose)
     if validation_split and validation_data is None:
-        (x, y, sample_weight), validation_data = _split(x, y, sample_weight, validation_split)
+        (x, y, sample_weight), validation_data = data_adapters.train_validation_split(
+            (x, y, sample_weight), validation_split
+        )
     _ensure_built(model, x)
-    train = make_loader(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle)
+    train = data_adapters.get_data_adapter(
+        x,
+        y,
+        sample_weight,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=shuffle,
+        class_weight=class_weight,
+    )
     val = None
     if validation_data is not None:
         if isinstance(validation_data, tuple):
@@ -551,19 +421,16 @@ def fit(
                     f"val_sample_weight), or a dataset. Received a tuple of "
                     f"{len(validation_data)} items."
                 )
-            val = make_loader(
-                *validation_data,
-                batch_size=validation_batch_size or batch_size,
-                shuffle=False,
-                what="validation_data",
-            )
+            val_args = validation_data
         else:
-            val = make_loader(
-                validation_data,
-                batch_size=validation_batch_size or batch_size,
-                shuffle=False,
-                what="validation_data",
-            )
+            val_args = (validation_data,)
+        val = data_adapters.get_data_adapter(
+            *val_args,
+            batch_size=validation_batch_size or batch_size,
+            steps_per_epoch=validation_steps,
+            shuffle=False,
+            what="validation_data",
+        )
     history = callbacks_mod.History()
     user_cbs = list(callbacks or [])
     for cb in user_cbs:
@@ -572,7 +439,7 @@ def fit(
                 f"callbacks must be compat.callbacks.Callback instances. Received: {cb!r}"
             )
     cbs = [*user_cbs, history]
-    params = {"epochs": epochs, "verbose": verbose, "steps": steps_per_epoch or len(train)}
+    params = {"epochs": epochs, "verbose": verbose, "steps": steps_per_epoch or train.num_batches}
     for cb in cbs:
         cb.set_model(model)
         cb.set_params(params)
@@ -580,8 +447,7 @@ def fit(
     model._apply_trainable()
     _check_optimizer_knows(model)
     module = KerasLightningModule(model, class_weight=class_weight)
-    bridge = _KerasBridge(model, cbs, initial_epoch, val is not None, _source(x))
-    bridge.val_source = _source(validation_data)
+    bridge = _KerasBridge(model, cbs, initial_epoch, train, val)
     lcbs: list[L.Callback] = [bridge]
     lcbs += _feature_cache(model, module, train, val)
     if verbose:
@@ -596,20 +462,28 @@ def fit(
                 limit_val_batches=validation_steps or 1.0,
             )
             # A data module: FeatureCache serves cached rows through its hooks.
-            trainer.fit(module, datamodule=LoaderDataModule(train, val))
+            trainer.fit(
+                module,
+                datamodule=LoaderDataModule(
+                    train.get_torch_dataloader(), val and val.get_torch_dataloader()
+                ),
+            )
     model.history = history
     return history
 
 
 def _feature_cache(
-    model: TorchTrainer, module: KerasLightningModule, train: DataLoader, val: DataLoader | None
+    model: TorchTrainer,
+    module: KerasLightningModule,
+    train: data_adapters.DataAdapter,
+    val: data_adapters.DataAdapter | None,
 ) -> list[Any]:
     """A :class:`~ftlight.callbacks.FeatureCache` when the model has a static prefix and the
     batches are fixed samples (arrays or DataLoaders; not batch sequences such as
     ``ImageDataGenerator.flow``, which may augment). It re-checks per epoch, silently."""
-    loaders = [dl for dl in (train, val) if dl is not None]
-    if not model._require_compiled("fit").cache_features or any(
-        isinstance(dl.dataset, _BatchSequence) for dl in loaders
+    adapters = [a for a in (train, val) if a is not None]
+    if not model._require_compiled("fit").cache_features or not all(
+        a.fixed_samples for a in adapters
     ):
         return []
     prefix = static_prefix(model, module._inference)
@@ -621,7 +495,7 @@ def _feature_cache(
 
 def _ensure_built(model: TorchTrainer, x: Any) -> None:
     """Build an unbuilt model from the data, or check the data against the input shape."""
-    if isinstance(x, DataLoader) or _is_batch_source(x):
+    if not data_adapters.is_array_like(x):
         return
     shape = (None, *np.shape(x)[1:])
     channels_first = len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3, 4)
@@ -653,17 +527,21 @@ def evaluate(
 ) -> Any:
     model._require_compiled("evaluate")
     _ensure_built(model, x)
-    loader = make_loader(x, y, sample_weight, batch_size=batch_size, shuffle=False)
+    adapter = data_adapters.get_data_adapter(
+        x, y, sample_weight, batch_size=batch_size, steps_per_epoch=steps, shuffle=False
+    )
+    loader = adapter.get_torch_dataloader()
     module = KerasLightningModule(model)
     with _quiet():
         trainer = make_trainer(limit_val_batches=steps or 1.0)
         module.val_tracker.reset()
         trainer.validate(module, dataloaders=loader, verbose=False)
-    _end_epoch(_source(x))
+    adapter.on_epoch_end()
     logs = module.val_tracker.logs()
     ordered = {"loss": logs.pop("loss"), **logs}
     if _verbose(verbose):
-        print(f"{len(loader)}/{len(loader)} - {_fmt_logs(ordered)}")
+        done = module.val_steps
+        print(f"{done}/{done} - {_fmt_logs(ordered)}")
     if return_dict:
         return ordered
     values = list(ordered.values())
@@ -680,12 +558,14 @@ def predict(
     callbacks: Any,
 ) -> np.ndarray:
     _ensure_built(model, x)
-    loader = make_loader(x, batch_size=batch_size, shuffle=False)
+    adapter = data_adapters.get_data_adapter(
+        x, batch_size=batch_size, steps_per_epoch=steps, shuffle=False
+    )
     module = KerasLightningModule(model)
     with _quiet():
         trainer = make_trainer(limit_predict_batches=steps or 1.0)
-        outs = trainer.predict(module, dataloaders=loader)
-    _end_epoch(_source(x))
+        outs = trainer.predict(module, dataloaders=adapter.get_torch_dataloader())
+    adapter.on_epoch_end()
     return torch.cat(outs).numpy()
 
 

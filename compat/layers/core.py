@@ -244,6 +244,9 @@ class Dropout(Layer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed, "noise_shape": None}
+
 
 class Activation(Layer):
     def __init__(self, activation: Any, **kwargs: Any) -> None:

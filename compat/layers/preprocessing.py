@@ -90,7 +90,18 @@ class _RandomAffine(Layer):
             raise NotImplementedError(f"{name}(fill_mode={fill_mode!r})")
         if interpolation != "bilinear":
             raise NotImplementedError(f"{name}(interpolation={interpolation!r})")
+        self.fill_mode, self.interpolation, self.fill_value = fill_mode, interpolation, fill_value
         self.seed, self._rng = seed, SeedGenerator(seed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "data_format": "channels_last",
+            "fill_mode": self.fill_mode,
+            "fill_value": self.fill_value,
+            "interpolation": self.interpolation,
+            "seed": self.seed,
+        }
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
@@ -146,6 +157,14 @@ class RandomFlip(Layer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
 
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "data_format": "channels_last",
+            "seed": self.seed,
+            "mode": self.mode,
+        }
+
 
 class RandomRotation(_RandomAffine):
     """``factor`` is a fraction of a full turn (0.1 -> up to 36 degrees), as in Keras."""
@@ -161,6 +180,9 @@ class RandomRotation(_RandomAffine):
     ) -> None:
         super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
         self.factor = _factor_range(factor, "factor")
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "factor": self.factor}
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
         lo, hi = self.factor

@@ -1,0 +1,441 @@
+"""Data adapters (Keras's ``keras/src/trainers/data_adapters``): every kind of input that
+``fit`` / ``evaluate`` / ``predict`` accept becomes batches of Keras-layout tensors in a torch
+``DataLoader``, one adapter per input kind, chosen by :func:`get_data_adapter`, which also
+raises Keras's errors for combinations Keras refuses (``y`` with a dataset, ...).
+
+Input kinds: in-memory arrays (NumPy arrays, torch tensors, nested lists of numbers),
+``PyDataset`` / ``Sequence`` and ``ImageDataGenerator`` iterators, datasets from
+``image_dataset_from_directory`` (Keras gives a ``tf.data.Dataset`` there), torch
+``DataLoader`` s and Python generators.
+
+Import order: ``engine`` -> ``data_adapters`` (which imports nothing from compat).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import types
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
+
+# ----- conversions -----------------------------------------------------------------------
+
+
+def to_tensor(x: Any, what: str) -> torch.Tensor:
+    """An array-like -> a tensor (float64 -> float32, as Keras's default float type)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # pragma: no cover - defensive
+        raise TypeError(f"{what} must be array-like. Received: {type(x)}") from err
+    if arr.dtype == object:
+        raise TypeError(
+            f"{what} must be a numeric array. Received dtype=object with shape {arr.shape}"
+        )
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """NaN or Inf in the data is an error (Keras would train on it and report ``loss: nan``)."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return
+    bad = (~torch.isfinite(t)).reshape(len(t), -1).any(1).nonzero().flatten().tolist()
+    kinds = [k for k, f in (("NaN", torch.isnan), ("Inf", torch.isinf)) if bool(f(t).any())]
+    raise ValueError(
+        f"`{what}` contains {' and '.join(kinds)} values in {len(bad)} of {len(t)} samples "
+        f"(indices {bad[:10]}{'...' if len(bad) > 10 else ''}). Remove or repair those samples, "
+        f"e.g. keep = np.isfinite({what}).reshape(len({what}), -1).all(1)."
+    )
+
+
+def unpack_x_y_sample_weight(batch: Any) -> tuple[Any, Any, Any]:
+    """A batch -> ``(x, y, sample_weight)`` (Keras's ``data_adapter_utils``)."""
+    if isinstance(batch, (list, tuple)):
+        x = batch[0]
+        y = batch[1] if len(batch) > 1 else None
+        sw = batch[2] if len(batch) > 2 else None
+        return x, y, sw
+    return batch, None, None
+
+
+# ----- input kinds -----------------------------------------------------------------------
+
+
+def is_py_dataset(x: Any) -> bool:
+    """A ``PyDataset``-like batch source: ``PyDataset`` / ``Sequence``, ``ImageDataGenerator``
+    iterators and ``image_dataset_from_directory`` datasets."""
+    return (
+        hasattr(x, "__getitem__")
+        and hasattr(x, "__len__")
+        and not isinstance(x, (np.ndarray, torch.Tensor, list, tuple))
+        and getattr(x, "_compat_batches", False)
+    )
+
+
+def is_image_dataset(x: Any) -> bool:
+    """compat's stand-in for the ``tf.data.Dataset`` that ``image_dataset_from_directory``
+    returns in Keras (named so in errors; shuffled by the dataset itself, not by ``fit``)."""
+    return is_py_dataset(x) and hasattr(x, "class_names") and hasattr(x, "file_paths")
+
+
+def is_torch_dataloader(x: Any) -> bool:
+    return isinstance(x, DataLoader)
+
+
+def is_generator(x: Any) -> bool:
+    return isinstance(x, types.GeneratorType)
+
+
+def is_array_like(x: Any) -> bool:
+    """In-memory arrays (Keras's ``can_slice_array``): NumPy arrays, tensors, lists of
+    numbers and anything with ``__array__``."""
+    return isinstance(x, (np.ndarray, torch.Tensor, list, tuple, int, float)) or (
+        hasattr(x, "__array__") and not is_py_dataset(x)
+    )
+
+
+def raise_unsupported_arg(arg_name: str, arg_description: str, input_type: str) -> None:
+    """Keras's error for an argument that belongs inside the dataset."""
+    raise ValueError(
+        f"When providing `x` as a {input_type}, `{arg_name}` "
+        f"should not be passed. Instead, {arg_description} should "
+        f"be included as part of the {input_type}."
+    )
+
+
+# ----- adapters --------------------------------------------------------------------------
+
+
+class DataAdapter:
+    """One input, as a torch ``DataLoader`` of Keras-layout batches."""
+
+    #: the batches are the same samples every epoch (a feature cache may serve them)
+    fixed_samples = True
+
+    def get_torch_dataloader(self) -> DataLoader:
+        raise NotImplementedError
+
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per epoch, or ``None`` when unknown (a generator)."""
+        return len(self.get_torch_dataloader())
+
+    def on_epoch_begin(self) -> None:
+        """Called before each training epoch."""
+
+    def on_epoch_end(self) -> None:
+        """Called after each epoch (Keras calls ``PyDataset.on_epoch_end`` here)."""
+
+
+class _ArrayBatches(Dataset):
+    """Whole-batch indexing of in-memory tensors (one gather per batch, no collate)."""
+
+    def __init__(self, *tensors: torch.Tensor | None) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, idx: list[int]) -> tuple:
+        index = torch.as_tensor(idx)
+        return tuple(None if t is None else t[index] for t in self.tensors)
+
+
+class ArrayDataAdapter(DataAdapter):
+    """NumPy arrays / torch tensors in memory, batched (and shuffled) by index."""
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        shuffle: bool = False,
+        class_weight: Any = None,
+        what: str = "x",
+    ) -> None:
+        if sample_weight is not None and class_weight is not None:
+            raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
+        if isinstance(x, dict) or (
+            isinstance(x, list) and x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1
+        ):
+            raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
+        self.x = to_tensor(x, what)
+        check_finite(self.x, what)
+        self.y = None if y is None else to_tensor(y, "y")
+        if self.y is not None:
+            check_finite(self.y, "y")
+        self.sample_weight = (
+            None if sample_weight is None else to_tensor(sample_weight, "sample_weight").float()
+        )
+        for label, t in (("y", self.y), ("sample_weight", self.sample_weight)):
+            if t is not None and len(t) != len(self.x):  # Keras: ValueError too
+                raise ValueError(
+                    f"Data cardinality is ambiguous: x sizes: {len(self.x)}, {label} sizes: "
+                    f"{len(t)}. Make sure all arrays contain the same number of samples."
+                )
+        n = len(self.x)
+        # as Keras: without batch_size, steps decide it; else 32
+        if not batch_size:
+            batch_size = math.ceil(n / steps) if steps else 32
+        self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
+        order = RandomSampler(range(n)) if self.shuffle else SequentialSampler(range(n))
+        sampler = BatchSampler(order, self.batch_size, drop_last=False)
+        self._loader = DataLoader(
+            _ArrayBatches(self.x, self.y, self.sample_weight), batch_size=None, sampler=sampler
+        )
+
+    def get_torch_dataloader(self) -> DataLoader:
+        return self._loader
+
+
+class _BatchSequence(Dataset):
+    """A Keras-style batch sequence (``__len__`` + ``__getitem__`` -> a batch) as tensors."""
+
+    def __init__(self, seq: Any) -> None:
+        self.seq = seq
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def __getitem__(self, i: int) -> tuple:
+        item = self.seq[i]
+        if not isinstance(item, tuple):
+            item = (item,)
+        return tuple(to_tensor(v, "batch") for v in item)
+
+
+class PyDatasetAdapter(DataAdapter):
+    """``PyDataset`` / ``Sequence`` and ``ImageDataGenerator`` iterators: ``dataset[i]`` for
+    each batch index (in a shuffled order with ``shuffle=True``, as Keras), ``on_epoch_end``
+    after each epoch. They may augment, so their batches are never cached."""
+
+    fixed_samples = False
+
+    def __init__(self, x: Any, shuffle: bool = False) -> None:
+        self.py_dataset, self.shuffle = x, bool(shuffle)
+        self._loader = DataLoader(_BatchSequence(x), batch_size=None, shuffle=self.shuffle)
+
+    def get_torch_dataloader(self) -> DataLoader:
+        return self._loader
+
+    def on_epoch_begin(self) -> None:
+        if hasattr(self.py_dataset, "on_epoch_begin"):
+            self.py_dataset.on_epoch_begin()
+
+    def on_epoch_end(self) -> None:
+        if hasattr(self.py_dataset, "on_epoch_end"):
+            self.py_dataset.on_epoch_end()
+
+
+class ImageDatasetAdapter(PyDatasetAdapter):
+    """``image_dataset_from_directory``'s dataset: in its own order (it reshuffles its files
+    each epoch when made with ``shuffle=True``); ``fit(shuffle=...)`` does not reorder it,
+    as Keras does not reorder a ``tf.data.Dataset``."""
+
+    def __init__(self, x: Any) -> None:
+        super().__init__(x, shuffle=False)
+
+
+class TorchDataLoaderAdapter(DataAdapter):
+    """A torch ``DataLoader``, used as it is."""
+
+    def __init__(self, dataloader: DataLoader) -> None:
+        self.dataloader = dataloader
+
+    def get_torch_dataloader(self) -> DataLoader:
+        return self.dataloader
+
+
+#: batches Keras reads ahead from a generator (and replays at the start of every epoch)
+NUM_BATCHES_FOR_TENSOR_SPEC = 2
+
+
+class _GeneratorBatches(IterableDataset):
+    def __init__(self, first_batches: list[tuple], generator: Iterator[Any]) -> None:
+        self.first_batches, self.generator = first_batches, generator
+
+    def __iter__(self) -> Iterator[tuple]:
+        for item in itertools.chain(self.first_batches, self.generator):
+            yield tuple(to_tensor(v, "batch") for v in item)
+
+
+class GeneratorDataAdapter(DataAdapter):
+    """A Python generator of ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` tuples, read
+    once. As in Keras, the first two batches are read ahead and every epoch starts with them,
+    then continues the generator where the last epoch stopped (give ``steps_per_epoch`` to
+    spread an endless generator over epochs)."""
+
+    fixed_samples = False
+
+    def __init__(self, generator: Iterator[Any]) -> None:
+        first_batches = list(itertools.islice(generator, NUM_BATCHES_FOR_TENSOR_SPEC))
+        if not first_batches:
+            raise ValueError(
+                "When passing a Python generator to a Keras model, "
+                "the generator must yield at least one batch. "
+                "Received an empty generator."
+            )
+        if not isinstance(first_batches[0], tuple):
+            raise ValueError(
+                "When passing a Python generator to a Keras model, "
+                "the generator must return a tuple, either "
+                "(input,) or (inputs, targets) or "
+                "(inputs, targets, sample_weights). "
+                f"Received: {first_batches[0]}"
+            )
+        self.generator = generator
+        self._loader = DataLoader(_GeneratorBatches(first_batches, generator), batch_size=None)
+
+    def get_torch_dataloader(self) -> DataLoader:
+        return self._loader
+
+    @property
+    def num_batches(self) -> int | None:
+        return None
+
+
+# ----- the entry point -------------------------------------------------------------------
+
+
+def get_data_adapter(
+    x: Any,
+    y: Any = None,
+    sample_weight: Any = None,
+    batch_size: int | None = None,
+    steps_per_epoch: int | None = None,
+    shuffle: bool = False,
+    class_weight: Any = None,
+    what: str = "x",
+) -> DataAdapter:
+    """The adapter for ``x`` (Keras's ``get_data_adapter``), with Keras's errors for
+    arguments that a dataset must carry itself. ``batch_size`` is ignored for datasets, as
+    in Keras (their batches are already made)."""
+    if isinstance(x, DataAdapter):
+        return x
+    if is_py_dataset(x):
+        kind = "tf.data.Dataset" if is_image_dataset(x) else "PyDataset"
+        if y is not None:
+            raise_unsupported_arg("y", "the targets", kind)
+        if sample_weight is not None:
+            raise_unsupported_arg("sample_weights", "the sample weights", kind)
+        if is_image_dataset(x):
+            if shuffle:
+                warnings.warn(
+                    "`shuffle=True` was passed, but will be ignored since the "
+                    "data `x` was provided as a tf.data.Dataset. The Dataset is "
+                    "expected to already be shuffled "
+                    "(via `.shuffle(buffer_size)`).",
+                    stacklevel=2,
+                )
+            return ImageDatasetAdapter(x)
+        return PyDatasetAdapter(x, shuffle=shuffle)
+    if is_torch_dataloader(x):
+        if y is not None:
+            raise_unsupported_arg("y", "the targets", "torch DataLoader")
+        if sample_weight is not None:
+            raise_unsupported_arg("sample_weights", "the sample weights", "torch DataLoader")
+        if class_weight is not None:
+            raise ValueError(
+                "Argument `class_weight` is not supported for torch "
+                f"DataLoader inputs. You can modify your `__getitem__ ` method"
+                " to return input tensor, label and class_weight. "
+                "Alternatively, use a custom training loop. See the User Guide "
+                "https://keras.io/guides/custom_train_step_in_torch/"
+                "#supporting-sampleweight-amp-classweight for more details. "
+                f"Received: class_weight={class_weight}"
+            )
+        if shuffle:
+            warnings.warn(
+                "`shuffle=True` was passed, but will be ignored since the "
+                "data `x` was provided as a torch DataLoader. The DataLoader "
+                "is expected to already be shuffled.",
+                stacklevel=2,
+            )
+        return TorchDataLoaderAdapter(x)
+    if is_generator(x):
+        if y is not None:
+            raise_unsupported_arg("y", "the targets", "generator")
+        if sample_weight is not None:
+            raise_unsupported_arg("sample_weights", "the sample weights", "generator")
+        if class_weight is not None:
+            raise ValueError(
+                "Argument `class_weight` is not supported for Python "
+                f"generator inputs. Received: class_weight={class_weight}"
+            )
+        if shuffle:
+            warnings.warn(
+                "`shuffle=True` was passed, but will be ignored since the "
+                "data `x` was provided as a generator. The generator "
+                "is expected to yield already-shuffled data.",
+                stacklevel=2,
+            )
+        return GeneratorDataAdapter(x)
+    if isinstance(x, dict):
+        raise NotImplementedError(f"{what} as a dict of arrays: multi-input models")
+    if not is_array_like(x):
+        raise ValueError(f"Unrecognized data type: x={x} (of type {type(x)})")
+    return ArrayDataAdapter(
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=batch_size,
+        steps=steps_per_epoch,
+        shuffle=shuffle,
+        class_weight=class_weight,
+        what=what,
+    )
+
+
+def train_validation_split(arrays: tuple, validation_split: float) -> tuple[tuple, tuple]:
+    """``(x, y, sample_weight)`` -> the head for training and the tail for validation, as
+    Keras's ``validation_split`` (arrays only)."""
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1). Received: {validation_split}")
+    unsplitable = [type(a) for a in arrays if a is not None and not is_array_like(a)]
+    if unsplitable:
+        raise ValueError(
+            "Argument `validation_split` is only supported "
+            "for tensors or NumPy arrays."
+            f"Found incompatible type in the input: {unsplitable}"
+        )
+    n = len(arrays[0])
+    cut = int(n * (1.0 - validation_split))
+    if cut in (0, n):
+        raise ValueError(
+            f"validation_split={validation_split} leaves no training or no validation samples "
+            f"out of {n}."
+        )
+    train = tuple(None if a is None else a[:cut] for a in arrays)
+    val = tuple(None if a is None else a[cut:] for a in arrays)
+    return train, val
+
+
+__all__ = [
+    "ArrayDataAdapter",
+    "DataAdapter",
+    "GeneratorDataAdapter",
+    "ImageDatasetAdapter",
+    "PyDatasetAdapter",
+    "TorchDataLoaderAdapter",
+    "get_data_adapter",
+    "train_validation_split",
+    "unpack_x_y_sample_weight",
+]
