@@ -51,13 +51,14 @@ USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
   validate   evaluate a checkpoint on the validation split (LightningCLI)
   test       evaluate a checkpoint on the test split (LightningCLI)
   predict    top-k predictions for a folder or files -> CSV
-  export     TorchScript / ONNX export with preprocessing and class names
+  export     torch.export / ONNX (or TorchScript) with preprocessing and class names
   demo       offline transfer-learning demo
   report     summarise a run directory (or the newest run under a default_root_dir)
 
 Bundled configs: {configs}
-Run `ftlight <command> --help` for the options of a command. Errors print one line;
-`--debug` (or FTLIGHT_DEBUG=1) shows the full traceback.
+Run `ftlight <command> --help` for the options of a command. Every command ends a known
+error with one `ftlight: error: ...` line and exit code 1 (`--debug` or FTLIGHT_DEBUG=1 shows
+the traceback); a command-line mistake prints the usage and exits with 2.
 """
 
 
