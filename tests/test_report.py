@@ -186,7 +186,7 @@ def test_curves_of_one_epoch_have_integer_ticks_and_milestones_are_marked() -> N
     for ax in one.axes:
         low, high = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if low <= t <= high]
-        assert ticks == [1.0], ticks
+        assert ticks == [0.0], ticks  # epochs count from 0, as in Lightning
     rows = [
         {
             "phase": "fit",
@@ -199,8 +199,52 @@ def test_curves_of_one_epoch_have_integer_ticks_and_milestones_are_marked() -> N
     staged = learning_curves_figure(rows)
     for ax in staged.axes:
         dashed = sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--")
-        assert dashed == [3.5, 5.5]  # before epochs 4 and 6 (1-based), where phases 1 and 2 start
+        assert dashed == [2.5, 4.5]  # before epochs 3 and 5, where phases 1 and 2 start
         assert [t.get_text() for t in ax.texts] == ["unfreeze: phase 1", "unfreeze: phase 2"]
+
+
+def test_staged_unfreeze_log_and_report_name_the_same_epoch(tmp_path: Path, caplog) -> None:
+    """One convention (0-based, Lightning's ``Epoch 0``): the milestone StagedUnfreeze
+    announces is the epoch the report and its learning curves mark."""
+    import re
+
+    import lightning as L
+
+    from ftlight.callbacks.staged import Milestone, StagedUnfreeze
+    from ftlight.cli.report import MetricsHistory, epoch_numbers, learning_curves_figure
+    from tests.test_staged import make_data, make_model
+
+    history = MetricsHistory()
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[StagedUnfreeze([Milestone(epoch=2, groups=["stage4"])]), history],
+    )
+    with caplog.at_level("INFO"):
+        trainer.fit(make_model(), make_data())
+    (logged,) = re.findall(r"stage4 from epoch (\d+) \(epochs count from 0", caplog.text)
+    assert [row["epoch"] for row in history.epochs] == [0, 1, 2]
+    assert [row["staged_phase"] for row in history.epochs] == [0.0, 0.0, 1.0]
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": history.epochs}))
+    report = write_report(tmp_path).read_text()
+    (reported,) = re.findall(r"- from epoch (\d+) \(dashed line\): unfreeze: phase 1", report)
+    assert logged == reported == "2"
+    assert "Epochs count from 0" in report
+    figure = learning_curves_figure(history.epochs)
+    dashed = [line.get_xdata()[0] for line in figure.axes[0].lines if line.get_linestyle() == "--"]
+    assert dashed == [1.5]  # between epochs 1 and 2
+    # Rows of two trainers (the demo's phases) are numbered on; the report gives both numbers.
+    rows = [{"phase": "head", "epoch": e} for e in range(2)] + [{"phase": "fine-tune", "epoch": 0}]
+    assert epoch_numbers(rows) == [0, 1, 2]
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": rows}))
+    assert "- from epoch 2 (fine-tune epoch 0) (dashed line): fine-tune" in (
+        write_report(tmp_path).read_text()
+    )
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ def test_cli_predict_and_export_refuse_a_crafted_pickle(run, tmp_path: Path) -> 
     evil = crafted_pickle(tmp_path / "evil.ckpt", marker)
     for command in (["predict", str(evil), str(run["images"])], ["export", str(evil)]):
         proc = ftlight_cli(*command, "-o", str(tmp_path / "out"), cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 1, proc.stderr
         assert "Refusing to load" in proc.stderr and "--trust-pickle" in proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not marker.exists()
@@ -235,7 +235,7 @@ def test_trust_pickle_is_the_explicit_opt_in(run, tmp_path: Path) -> None:
     model = FineTuner.from_checkpoint(legacy, trust_pickle=True)
     assert model.class_names == ["cat", "dog"]
     out = tmp_path / "p.csv"
-    assert predict.main([str(legacy), str(run["images"]), "-o", str(out)]) == 2
+    assert predict.main([str(legacy), str(run["images"]), "-o", str(out)]) == 1
     assert predict.main([str(legacy), str(run["images"]), "-o", str(out), "--trust-pickle"]) == 0
     assert out.is_file()
 
@@ -420,17 +420,17 @@ def test_a_state_dict_given_as_a_checkpoint_says_what_to_do(tmp_path: Path) -> N
 def test_cli_names_a_bad_checkpoint_in_one_line(run, tmp_path: Path) -> None:
     (tmp_path / "model.ckpt").write_bytes(b"")
     proc = ftlight_cli("export", "model.ckpt", cwd=tmp_path)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        "ftlight export: error: model.ckpt is empty (0 bytes), not an ftlight checkpoint "
+        "ftlight: error: model.ckpt is empty (0 bytes), not an ftlight checkpoint "
         "(a .ckpt written by `ftlight fit` or Trainer.save_checkpoint)."
     )
     _entry_outside_the_archive(tmp_path / "crafted.ckpt", run["ckpt"])
     make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=1)
     proc = ftlight_cli("predict", "crafted.ckpt", "imgs", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("ftlight predict: error: crafted.ckpt is a") and (
+    assert line.startswith("ftlight: error: crafted.ckpt is a") and (
         "crafted or damaged zip archive" in line
     ), line
 
@@ -483,7 +483,7 @@ def test_predict_output_refuses_a_checkpoint_warns_on_a_csv_and_writes_stdout(
     victim = tmp_path / "precious.ckpt"
     victim.write_bytes(ckpt.read_bytes())
     proc = ftlight_cli("predict", str(ckpt), images, "-o", str(victim), cwd=tmp_path)
-    assert proc.returncode == 2 and "Refusing to overwrite" in proc.stderr
+    assert proc.returncode == 1 and "Refusing to overwrite" in proc.stderr
     assert victim.read_bytes() == ckpt.read_bytes()
 
     proc = ftlight_cli("predict", str(ckpt), images, "-o", "-", cwd=tmp_path)
@@ -513,7 +513,7 @@ def test_predict_skip_corrupt(run, tmp_path: Path, capsys) -> None:
     folder = make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2, size=32)
     (folder / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     out = tmp_path / "p.csv"
-    assert predict.main([str(run["ckpt"]), str(folder), "-o", str(out)]) == 2
+    assert predict.main([str(run["ckpt"]), str(folder), "-o", str(out)]) == 1
     assert "broken.png" in capsys.readouterr().err and not out.exists()
     assert predict.main([str(run["ckpt"]), str(folder), "-o", str(out), "--skip-corrupt"]) == 0
     assert "skipped 1 unreadable image" in capsys.readouterr().err
@@ -538,7 +538,7 @@ def test_demo_data_folder_is_never_a_mix_of_two_seeds(tmp_path: Path) -> None:
     foreign = tmp_path / "mine" / "data"
     (foreign / "cats").mkdir(parents=True)
     proc = ftlight_cli("demo", "--out", str(tmp_path / "mine"), cwd=tmp_path)
-    assert proc.returncode == 2 and "was not written by ftlight demo" in proc.stderr
+    assert proc.returncode == 1 and "was not written by ftlight demo" in proc.stderr
     assert list(foreign.iterdir()) == [foreign / "cats"]
 
 

@@ -193,7 +193,8 @@ class StagedUnfreeze(Callback):
         )
         return (
             f"StagedUnfreeze: {count:,} of the parameters counted as trainable are gated (not "
-            f"updated) until their milestone: {when}."
+            f"updated) until their milestone: {when} (epochs count from 0, as in Lightning's "
+            "progress bar)."
         )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from ftlight.callbacks.feature_cache import cache_features
 from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossGuard
+from ftlight.cli.errors import debug_enabled, print_error
 from ftlight.cli.report import METRICS_FILE, MetricsHistory, worst_mistakes, write_report
 from ftlight.data import ImageDataModule, stratified_split
 from ftlight.files import atomic_path, atomic_write
@@ -264,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             progress=not args.no_progress,
         )
-    except (WeightsUnavailableError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (WeightsUnavailableError, OSError) as err:  # one line (FTLIGHT_DEBUG=1: traceback)
+        if debug_enabled():
+            raise
+        return print_error(err)
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftlight.cli.errors import debug_enabled, print_error
 from ftlight.files import atomic_path, atomic_write
 from ftlight.finetuner import FineTuner
 
@@ -49,6 +50,10 @@ class ProbabilityModel(nn.Module):
         if self.task == "binary":
             return torch.cat([1 - probs, probs], dim=1)
         return probs
+
+
+class ExportCheckError(RuntimeError):
+    """An exported program's outputs deviate from the checkpoint's by more than ``atol``."""
 
 
 def metadata(model: FineTuner) -> dict[str, Any]:
@@ -174,7 +179,7 @@ def export(
             WRITERS[fmt](wrapper, example, tmp)
             diff = float((RUNNERS[fmt](tmp, check) - expected).abs().max())
             if diff > atol:
-                raise RuntimeError(
+                raise ExportCheckError(
                     f"{fmt} export deviates from the checkpoint by {diff:.2e} (> atol={atol}); "
                     f"{path} was not written."
                 )
@@ -215,11 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             atol=args.atol,
             trust_pickle=args.trust_pickle,
         )
-    except (OSError, ValueError) as err:  # known errors: one line (FTLIGHT_DEBUG=1: traceback)
-        if os.environ.get("FTLIGHT_DEBUG"):
+    except (OSError, ValueError, ExportCheckError) as err:  # known: one line (or FTLIGHT_DEBUG)
+        if debug_enabled():
             raise
-        print(f"ftlight export: error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err)
     for fmt, path in result["files"].items():
         diff = result["max_abs_diff"].get(fmt)
         note = f" (max |diff| vs checkpoint {diff:.1e})" if diff is not None else ""

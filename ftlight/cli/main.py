@@ -11,8 +11,10 @@ Each run writes its own folder, ``<default_root_dir>/logs/version_N/`` (Lightnin
 ``config.yaml``. ``--ckpt_path last`` resumes from the ``last.ckpt`` of the highest-numbered
 run that has one; the resumed run gets a new ``version_N``.
 
-Known errors (bad data, missing files, unavailable weights, other classes, ...) end with one
-line and exit code 1; ``--debug`` (or ``FTLIGHT_DEBUG=1``) shows the traceback instead.
+Every subcommand ends the same way (:mod:`ftlight.cli.errors`): known errors (bad data,
+missing files, unavailable weights, other classes, ...) print one ``ftlight: error: ...`` line
+and exit with code 1, command-line usage mistakes exit with code 2; ``--debug`` (or
+``FTLIGHT_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from ftlight.cli.errors import EXIT_USAGE, debug_enabled, print_error, summary
+from ftlight.data.io import DataFolderNotFoundError
+
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 OWN_SUBCOMMANDS = {
@@ -46,13 +51,14 @@ USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
   validate   evaluate a checkpoint on the validation split (LightningCLI)
   test       evaluate a checkpoint on the test split (LightningCLI)
   predict    top-k predictions for a folder or files -> CSV
-  export     TorchScript / ONNX export with preprocessing and class names
+  export     torch.export / ONNX (or TorchScript) with preprocessing and class names
   demo       offline transfer-learning demo
   report     summarise a run directory (or the newest run under a default_root_dir)
 
 Bundled configs: {configs}
-Run `ftlight <command> --help` for the options of a command. Errors print one line;
-`--debug` (or FTLIGHT_DEBUG=1) shows the full traceback.
+Run `ftlight <command> --help` for the options of a command. Every command ends a known
+error with one `ftlight: error: ...` line and exit code 1 (`--debug` or FTLIGHT_DEBUG=1 shows
+the traceback); a command-line mistake prints the usage and exits with 2.
 """
 
 
@@ -679,15 +685,24 @@ def describe_error(err: BaseException) -> str | None:
         if not (isinstance(err, ValueError) and _raised_by_ftlight(err)):
             return None
         hint = ""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
+    if isinstance(err, DataFolderNotFoundError):
+        return data_folder_message(err)
+    if not str(err).strip():
         return f"{type(err).__name__}. {hint}".strip()
-    summary = lines[0]
-    if summary.endswith(":") and len(lines) > 1:  # "3 unreadable files:" + the first of them
-        summary += f" {lines[1]}" + (" ..." if len(lines) > 2 else "")
+    line = summary(err)
     if hint:
-        summary = summary.split(" Fix:", 1)[0]
-    return f"{summary} {hint}".strip()
+        line = line.split(" Fix:", 1)[0]
+    return f"{line} {hint}".strip()
+
+
+def data_folder_message(err: DataFolderNotFoundError) -> str:
+    """A missing data folder in command-line terms: the flag that set it and the path received."""
+    flag = f"--data.{err.argument}"
+    return (
+        f"{flag} {err.path}: {err.problem} (resolved to {err.resolved}). Expected a folder of "
+        f"images with one sub-folder per class; fix the path given to {flag} (on the command "
+        "line or in the --config file)."
+    )
 
 
 def run_lightning(argv: Sequence[str]) -> int:
@@ -726,25 +741,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["FTLIGHT_DEBUG"] = "1"  # also for DDP child processes
     if not args or args[0] in ("-h", "--help"):
         print(USAGE.format(configs=", ".join(bundled_configs())))
-        return 0 if args else 2
+        return 0 if args else EXIT_USAGE
     command, rest = args[0], args[1:]
     if command not in OWN_SUBCOMMANDS and command not in LIGHTNING_SUBCOMMANDS:
-        print(f"ftlight: unknown command {command!r}.\n")
-        print(USAGE.format(configs=", ".join(bundled_configs())))
-        return 2
+        print(USAGE.format(configs=", ".join(bundled_configs())), file=sys.stderr)
+        print(f"ftlight: error: unknown command {command!r}.", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if command in OWN_SUBCOMMANDS:
             module = importlib.import_module(OWN_SUBCOMMANDS[command])
             return int(module.main(rest) or 0)
         return run_lightning(args)
     except Exception as err:
-        line = (
-            None if os.environ.get("FTLIGHT_DEBUG", "0") not in ("", "0") else describe_error(err)
-        )
+        line = None if debug_enabled() else describe_error(err)
         if line is None:
             raise
-        print(f"ftlight: error: {line}", file=sys.stderr, flush=True)
-        return 1
+        return print_error(line)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import TextIO
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ftlight.cli.errors import EXIT_CLASS_MISMATCH, debug_enabled, print_error, summary
 from ftlight.data import IMG_EXTENSIONS, CorruptImageError, load_rgb, scan_class_folder
 from ftlight.data.config import DataConfig
 from ftlight.data.transforms import eval_transform
@@ -63,7 +64,10 @@ def collect_inputs(sources: Sequence[str | os.PathLike]) -> Inputs:
             paths.append(str(src))
             labels.append(None)
         else:
-            raise FileNotFoundError(f"No such image, folder or file list: {src}")
+            raise FileNotFoundError(
+                f"input {os.fspath(source)}: no such image, folder or file list (resolved to "
+                f"{src.absolute()})."
+            )
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} listed image(s) not found, e.g. {missing[:3]}")
@@ -255,15 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (OSError, ValueError) as err:  # known errors: one line (FTLIGHT_DEBUG=1: traceback)
-        if os.environ.get("FTLIGHT_DEBUG"):
+        if debug_enabled():
             raise
-        hint = (
-            " (--skip-corrupt skips unreadable images)"
-            if isinstance(err, CorruptImageError)
-            else ""
-        )
-        print(f"ftlight predict: error: {err}{hint}", file=sys.stderr)
-        return 2
+        hint = " (--skip-corrupt skips unreadable images)"
+        return print_error(f"{summary(err)}{hint if isinstance(err, CorruptImageError) else ''}")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -278,8 +277,7 @@ def _predict(args: argparse.Namespace) -> int:
         class_names = [str(i) for i in range(n_outputs)]
     mismatch = class_name_mismatch(class_names, inputs.folder_classes)
     if mismatch and args.strict:
-        print(f"ftlight predict: error: {mismatch}. Nothing written (--strict).", file=sys.stderr)
-        return 3
+        return print_error(f"{mismatch}. Nothing written (--strict).", EXIT_CLASS_MISMATCH)
     if mismatch:
         print(f"ftlight predict: WARNING: {mismatch}", file=sys.stderr)
     skipped: list[str] | None = [] if args.skip_corrupt else None

@@ -9,7 +9,9 @@ atomically (a kill never leaves half a file).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
+from ftlight.cli.errors import debug_enabled, print_error
 from ftlight.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.json"
@@ -68,6 +71,19 @@ def summary_metrics(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def epoch_numbers(epochs: Sequence[dict[str, Any]]) -> list[int]:
+    """The epoch number of each row, counted from 0 as Lightning does (its progress bar's
+    ``Epoch 0``, checkpoint names ``epoch=0``, ``StagedUnfreeze`` milestones).
+
+    A single run's rows carry Lightning's own ``epoch`` (also after a resume); rows of several
+    trainers (the demo's head and fine-tune phases) are numbered on, from 0, in order.
+    """
+    own = [row.get("epoch") for row in epochs]
+    if all(isinstance(e, int) for e in own) and all(a < b for a, b in itertools.pairwise(own)):
+        return [int(e) for e in own]  # type: ignore[arg-type]
+    return list(range(len(epochs)))
+
+
 def _milestones(epochs: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
     """``(i, label)``: epoch row ``i`` starts a new phase or staged-unfreezing milestone."""
     marks = []
@@ -99,19 +115,19 @@ def learning_curves_figure(epochs: Sequence[dict[str, Any]]) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    x = np.arange(1, len(epochs) + 1)
-    marks = _milestones(epochs)
+    x = np.array(epoch_numbers(epochs))
+    marks = [(int(x[i]), label) for i, label in _milestones(epochs)]
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             key = f"{split}_{metric}"
             ys = np.array([e.get(key, np.nan) for e in epochs], dtype=float)
             if not np.all(np.isnan(ys)):
                 ax.plot(x, ys, style, label=key, markersize=4 if len(x) > 30 else 6)
-        for i, label in marks:  # between the last epoch before and the first one after
-            ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
+        for first, label in marks:  # between the last epoch before and the first one after
+            ax.axvline(first - 0.5, color="grey", linestyle="--", linewidth=1)
             ax.annotate(
                 label,
-                (i + 0.5, 1.0),
+                (first - 0.5, 1.0),
                 xycoords=("data", "axes fraction"),
                 xytext=(3, -3),
                 textcoords="offset points",
@@ -120,9 +136,9 @@ def learning_curves_figure(epochs: Sequence[dict[str, Any]]) -> Any:
                 fontsize=8,
                 color="dimgrey",
             )
-        ax.set_xlim(0.5, len(epochs) + 0.5)
+        ax.set_xlim(x[0] - 0.5, x[-1] + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (from 0)")
         ax.set_title("accuracy" if metric == "acc" else "loss")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -427,8 +443,16 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
         marks = _milestones(epochs)
         if marks:
-            lines.append("")
-            lines += [f"- from epoch {i + 1} (dashed line): {label}" for i, label in marks]
+            numbers = epoch_numbers(epochs)
+            lines += ["", "Epochs count from 0, as in Lightning's progress bar and checkpoints."]
+            for i, label in marks:
+                own = epochs[i].get("epoch")
+                phase_epoch = (
+                    f" ({epochs[i].get('phase')} epoch {own})"
+                    if own is not None and own != numbers[i]
+                    else ""
+                )
+                lines.append(f"- from epoch {numbers[i]}{phase_epoch} (dashed line): {label}")
     tag, evaluated = _evaluated(metrics)
     if evaluated:
         lines += ["", "## Which weights", "", *evaluated]
@@ -453,7 +477,25 @@ def main(argv: list[str] | None = None) -> int:
         "(its newest logs/version_N)",
     )
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
+    try:
+        report = write_report(find_run(args.run_dir))
+    except (OSError, ValueError) as err:  # one line (FTLIGHT_DEBUG=1: traceback)
+        if debug_enabled():
+            raise
+        return print_error(err)
+    print(f"Report: {report}")
+    return 0
+
+
+def find_run(given: str | os.PathLike) -> Path:
+    """The run folder for ``ftlight report RUN_DIR``: ``RUN_DIR`` itself when it holds
+    ``metrics.json``, else its newest ``logs/version_N`` that does."""
+    run_dir = Path(given)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"RUN_DIR {os.fspath(given)}: no such folder (resolved to {run_dir.absolute()}). "
+            "Expected a folder written by `ftlight demo` or a fit's --trainer.default_root_dir."
+        )
     if not (run_dir / METRICS_FILE).is_file():
         # A fit's default_root_dir: its runs are logs/version_N; take the newest with metrics.
         found = {
@@ -465,6 +507,4 @@ def main(argv: list[str] | None = None) -> int:
             if len(runs) > 1:
                 print(f"{len(runs)} runs in {run_dir / 'logs'}: {', '.join(p.name for p in runs)}")
             run_dir = runs[-1]
-    report = write_report(run_dir)
-    print(f"Report: {report}")
-    return 0
+    return run_dir

@@ -37,6 +37,7 @@ from ftlight.data.io import (
     IMG_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     CorruptImageError,
+    DataFolderNotFoundError,
     load_rgb,
     scan_class_folder,
     split_folders,
@@ -109,6 +110,7 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(root) if root is not None else None
+        self._root_given = root
         self.batch_size = batch_size
         self.val_split = val_split
         self.test_split = test_split
@@ -299,6 +301,8 @@ class ImageDataModule(L.LightningDataModule):
         """The folder of each split (looked at, and warned about, once)."""
         if self._folders is None:
             assert self.root is not None
+            if not self.root.is_dir():  # named as given: the CLI says which flag set it
+                raise DataFolderNotFoundError(self._root_given, "root")
             self._folders = split_folders(self.root)
         return self._folders
 

@@ -28,6 +28,29 @@ class CorruptImageError(ValueError):
     """One or more image files cannot be decoded (or exceed the pixel budget)."""
 
 
+class DataFolderNotFoundError(FileNotFoundError):
+    """A data folder that does not exist (or is a file).
+
+    ``argument`` names the setting that gave it (``root``: ``ImageDataModule(root=...)``,
+    ``--data.root`` on the command line), ``path`` is the value as received and ``resolved``
+    the absolute path it was looked for at.
+    """
+
+    def __init__(self, path: str | os.PathLike, argument: str = "root") -> None:
+        self.path = os.fspath(path)
+        self.argument = argument
+        target = Path(self.path)
+        self.resolved = str(target.absolute())
+        self.problem = "is a file, not a folder" if target.exists() else "no such folder"
+        super().__init__(
+            f"Image folder not found: {argument}={self.path!r}: {self.problem} (resolved to "
+            f"{self.resolved}). Expected a folder of images with one sub-folder per class."
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles (DDP) with its fields
+        return type(self), (self.path, self.argument)
+
+
 def _bit_depth(img: Image.Image) -> int:
     """Bits per sample of an integer-mode image, from the mode or the file's header."""
     if img.mode.startswith("I;16"):
@@ -111,7 +134,7 @@ def is_hidden(path: Path, root: Path) -> bool:
 def scan_class_folder(root: Path) -> tuple[list[tuple[str, int]], list[str], list[str]]:
     """``root/<class>/<image>`` -> (samples, class names, ignored non-image files)."""
     if not root.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {root}")
+        raise DataFolderNotFoundError(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(
@@ -140,7 +163,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     reserved names.
     """
     if not root.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {root}")
+        raise DataFolderNotFoundError(root)
     subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     train = root / "train"
     if train.is_dir() and not any(
