@@ -11,6 +11,7 @@ from compat.applications import (
     mobilenet_v2,
     resnet,
     resnet50,
+    resnet_v2,
     vgg16,
     vgg19,
     xception,
@@ -30,6 +31,7 @@ from compat.applications.inception_v3 import InceptionV3
 from compat.applications.mobilenet import MobileNet
 from compat.applications.mobilenet_v2 import MobileNetV2
 from compat.applications.resnet import ResNet50, ResNet101, ResNet152
+from compat.applications.resnet_v2 import ResNet50V2, ResNet101V2, ResNet152V2
 from compat.applications.vgg16 import VGG16
 from compat.applications.vgg19 import VGG19
 from compat.applications.xception import Xception
@@ -52,8 +54,11 @@ __all__ = [
     "MobileNet",
     "MobileNetV2",
     "ResNet50",
+    "ResNet50V2",
     "ResNet101",
+    "ResNet101V2",
     "ResNet152",
+    "ResNet152V2",
     "Xception",
     "densenet",
     "efficientnet",
@@ -63,6 +68,7 @@ __all__ = [
     "mobilenet_v2",
     "resnet",
     "resnet50",
+    "resnet_v2",
     "vgg16",
     "vgg19",
     "xception",
