@@ -26,6 +26,9 @@ APPS = [
     pytest.param("DenseNet121", "densenet", "densenet121", 32, id="DenseNet121"),
     pytest.param("MobileNet", "mobilenet", "mobilenetv1_100", 32, id="MobileNet"),
     pytest.param("ResNet50V2", "resnet_v2", "resnetv2_50", 32, id="ResNet50V2"),
+    pytest.param(
+        "MobileNetV3Small", "mobilenet_v3", "tf_mobilenetv3_small_100", 32, id="MobileNetV3Small"
+    ),
 ]
 
 _KERAS: dict[str, object] = {}
@@ -432,3 +435,36 @@ def test_resnet101v2_152v2_structure_matches_recorded_keras(ck, depth):
     # documented: no conv biases (Keras's conv1_conv, *_0_conv and *_3_conv have them)
     biased = [la for la in model.layers if la.name.endswith(("conv1_conv", "_0_conv", "_3_conv"))]
     assert model.count_params() == params - sum(la.filters for la in biased)
+
+
+def test_mobilenet_v3_large_structure_matches_recorded_keras(ck):
+    """Keras 3.15.1's MobileNetV3Large (weights=None, with the top): (layer count, parameter
+    count, _layer_digest); MobileNetV3Small is compared with live Keras in APPS."""
+    model = ck.applications.MobileNetV3Large(weights=None)
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
+        194,
+        5507432,
+        "ffb32e30d88b2273",
+    )
+    assert model.name == "MobileNetV3Large"
+
+
+def test_mobilenet_v3_top_takes_any_size_and_hard_activations_equal_keras(keras, ck):
+    """As Keras's, MobileNetV3 with its top takes any image size; its hard-sigmoid ``re_lu``
+    layer computes Keras's ``ReLU(6.0)(x + 3.0) * (1 / 6)`` and its ``Activation`` layers
+    Keras's ``hard_swish``."""
+    from compat.applications import mobilenet_v3
+
+    model = ck.applications.MobileNetV3Small(weights=None, classes=7)
+    assert tuple(model.input.shape) == (None, None, None, 3)
+    rng = np.random.default_rng(0)
+    for size in (32, 48):
+        x = rng.uniform(0, 255, size=(1, size, size, 3)).astype("float32")
+        out = model.predict(mobilenet_v3.preprocess_input(x), verbose=0)
+        assert out.shape == (1, 7)
+        np.testing.assert_allclose(out.sum(), 1.0, rtol=1e-5)
+    z = rng.uniform(-8, 8, size=(2, 3, 3, 4)).astype("float32")
+    theirs = keras.ops.convert_to_numpy(keras.layers.ReLU(6.0)(z + 3.0) * (1.0 / 6.0))
+    np.testing.assert_allclose(mobilenet_v3.ReLU()(z).detach().numpy(), theirs, atol=1e-6)
+    theirs = keras.ops.convert_to_numpy(keras.layers.Activation("hard_swish")(z))
+    np.testing.assert_allclose(mobilenet_v3.Activation()(z).detach().numpy(), theirs, atol=1e-6)
