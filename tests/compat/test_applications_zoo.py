@@ -468,3 +468,21 @@ def test_mobilenet_v3_top_takes_any_size_and_hard_activations_equal_keras(keras,
     np.testing.assert_allclose(mobilenet_v3.ReLU()(z).detach().numpy(), theirs, atol=1e-6)
     theirs = keras.ops.convert_to_numpy(keras.layers.Activation("hard_swish")(z))
     np.testing.assert_allclose(mobilenet_v3.Activation()(z).detach().numpy(), theirs, atol=1e-6)
+
+
+def test_preprocess_input_and_decode_predictions_are_typed(ck):
+    """Every application module's wrappers declare what they return (an array, tensor or
+    graph node like their input; Keras's ``(wnid, short_name, score)`` lists)."""
+    import typing
+
+    from compat.applications import imagenet_utils
+
+    modules = [m for m in ck.applications.__all__ if m.islower() and m != "imagenet_utils"]
+    assert len(modules) >= 12
+    for name in modules:
+        module = getattr(ck.applications, name)
+        for fn, expected in (
+            (module.preprocess_input, imagenet_utils.Preprocessed),
+            (module.decode_predictions, imagenet_utils.Decoded),
+        ):
+            assert typing.get_type_hints(fn)["return"] == expected, (name, fn.__name__)
