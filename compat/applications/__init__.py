@@ -9,8 +9,10 @@ from compat.applications import (
     inception_v3,
     mobilenet,
     mobilenet_v2,
+    mobilenet_v3,
     resnet,
     resnet50,
+    resnet_v2,
     vgg16,
     vgg19,
     xception,
@@ -29,7 +31,9 @@ from compat.applications.efficientnet import (
 from compat.applications.inception_v3 import InceptionV3
 from compat.applications.mobilenet import MobileNet
 from compat.applications.mobilenet_v2 import MobileNetV2
+from compat.applications.mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
 from compat.applications.resnet import ResNet50, ResNet101, ResNet152
+from compat.applications.resnet_v2 import ResNet50V2, ResNet101V2, ResNet152V2
 from compat.applications.vgg16 import VGG16
 from compat.applications.vgg19 import VGG19
 from compat.applications.xception import Xception
@@ -51,9 +55,14 @@ __all__ = [
     "InceptionV3",
     "MobileNet",
     "MobileNetV2",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
     "ResNet50",
+    "ResNet50V2",
     "ResNet101",
+    "ResNet101V2",
     "ResNet152",
+    "ResNet152V2",
     "Xception",
     "densenet",
     "efficientnet",
@@ -61,8 +70,10 @@ __all__ = [
     "inception_v3",
     "mobilenet",
     "mobilenet_v2",
+    "mobilenet_v3",
     "resnet",
     "resnet50",
+    "resnet_v2",
     "vgg16",
     "vgg19",
     "xception",

@@ -27,6 +27,7 @@ from torch import nn
 
 from compat import backend, layers
 from compat.applications import _common
+from compat.applications.imagenet_utils import Decoded, Preprocessed
 from compat.applications.imagenet_utils import decode_predictions as _decode
 from compat.layers.base import Shape
 from compat.models import Model
@@ -265,12 +266,13 @@ EfficientNetB6 = _builder(6)
 EfficientNetB7 = _builder(7)
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> Any:
+def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
     """A pass-through, as Keras's: the model rescales and normalises its [0, 255] input."""
     if data_format not in (None, "channels_last"):
         raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
     return x
 
 
-def decode_predictions(preds: Any, top: int = 5) -> list:
+def decode_predictions(preds: Any, top: int = 5) -> Decoded:
+    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
     return _decode(preds, top=top)

@@ -27,7 +27,14 @@ _TORCH_MEAN = [0.485, 0.456, 0.406]
 _TORCH_STD = [0.229, 0.224, 0.225]
 
 
-def preprocess_input(x: Any, data_format: str | None = None, mode: str = "caffe") -> Any:
+# What ``preprocess_input`` returns: the input's kind (a NumPy array, a torch tensor, or a node of
+# the functional graph for a symbolic input); ``decode_predictions``: per sample, the top
+# ``(wnid, short_name, score)``.
+Preprocessed = np.ndarray | torch.Tensor | KerasTensor
+Decoded = list[list[tuple[str, str, float]]]
+
+
+def preprocess_input(x: Any, data_format: str | None = None, mode: str = "caffe") -> Preprocessed:
     """Keras's ``preprocess_input``, on NumPy arrays, torch tensors and symbolic tensors.
 
     As in Keras, a floating NumPy array or torch tensor is written over where the dtypes
@@ -103,7 +110,7 @@ def _preprocess_tensor(x: torch.Tensor, mode: str) -> torch.Tensor:
     return x
 
 
-def decode_predictions(preds: Any, top: int = 5) -> list[list[tuple[str, str, float]]]:
+def decode_predictions(preds: Any, top: int = 5) -> Decoded:
     """Top classes as Keras's ``(wnid, short_name, score)``, best first, for each sample."""
     preds = np.asarray(preds)
     if preds.ndim != 2 or preds.shape[1] != 1000:

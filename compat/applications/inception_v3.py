@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from compat import backend, layers
 from compat.applications import _common
+from compat.applications.imagenet_utils import Decoded, Preprocessed
 from compat.applications.imagenet_utils import decode_predictions as _decode
 from compat.applications.imagenet_utils import preprocess_input as _preprocess
 from compat.models import Model
@@ -140,10 +140,11 @@ def InceptionV3(
     return model
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> np.ndarray:
+def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
     """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
     return _preprocess(x, data_format=data_format, mode="tf")
 
 
-def decode_predictions(preds: Any, top: int = 5) -> list:
+def decode_predictions(preds: Any, top: int = 5) -> Decoded:
+    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
     return _decode(preds, top=top)

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from compat import backend, layers
 from compat.applications import _common
+from compat.applications.imagenet_utils import Decoded, Preprocessed
 from compat.applications.imagenet_utils import decode_predictions as _decode
 from compat.applications.imagenet_utils import preprocess_input as _preprocess
 from compat.models import Model
@@ -119,10 +118,11 @@ ResNet101 = _builder(101)
 ResNet152 = _builder(152)
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> np.ndarray:
+def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
     """Keras's ``caffe`` convention (RGB->BGR, ImageNet mean subtracted, no scaling)."""
     return _preprocess(x, data_format=data_format, mode="caffe")
 
 
-def decode_predictions(preds: Any, top: int = 5) -> list:
+def decode_predictions(preds: Any, top: int = 5) -> Decoded:
+    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
     return _decode(preds, top=top)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from compat.applications._vgg import build_vgg
+from compat.applications.imagenet_utils import Decoded, Preprocessed
 from compat.applications.imagenet_utils import decode_predictions as _decode
 from compat.applications.imagenet_utils import preprocess_input as _preprocess
 from compat.models import Model
@@ -36,10 +35,11 @@ def VGG16(
     )
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> np.ndarray:
+def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
     """Keras's ``caffe`` convention (RGB->BGR, ImageNet mean subtracted, no scaling)."""
     return _preprocess(x, data_format=data_format, mode="caffe")
 
 
-def decode_predictions(preds: Any, top: int = 5) -> list:
+def decode_predictions(preds: Any, top: int = 5) -> Decoded:
+    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
     return _decode(preds, top=top)

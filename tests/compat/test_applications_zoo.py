@@ -25,6 +25,10 @@ APPS = [
     pytest.param("Xception", "xception", "legacy_xception", 71, id="Xception"),
     pytest.param("DenseNet121", "densenet", "densenet121", 32, id="DenseNet121"),
     pytest.param("MobileNet", "mobilenet", "mobilenetv1_100", 32, id="MobileNet"),
+    pytest.param("ResNet50V2", "resnet_v2", "resnetv2_50", 32, id="ResNet50V2"),
+    pytest.param(
+        "MobileNetV3Small", "mobilenet_v3", "tf_mobilenetv3_small_100", 32, id="MobileNetV3Small"
+    ),
 ]
 
 _KERAS: dict[str, object] = {}
@@ -55,7 +59,9 @@ def _keras_layer_shapes(keras, k_model, size: int) -> dict[str, list]:
 def _documented_param_deviation(fn: str, k_model) -> int:
     """compat minus Keras parameters, as each module's docstring documents."""
     if fn.startswith("ResNet"):  # torch ResNets' convolutions have no bias
-        return -sum(la.filters for la in k_model.layers if type(la).__name__ == "Conv2D")
+        return -sum(
+            la.filters for la in k_model.layers if type(la).__name__ == "Conv2D" and la.use_bias
+        )
     if fn == "InceptionV3":  # torch BatchNorm has a scale (Keras: scale=False)
         return sum(
             la.gamma is None and la.moving_mean.shape[0]
@@ -66,9 +72,32 @@ def _documented_param_deviation(fn: str, k_model) -> int:
 
 
 def _documented_shape_mismatches(fn: str) -> set[str]:
+    if fn in RESNET_V2_BLOCKS:  # stride in the first block of the next stage, not the last
+        return _resnet_v2_shape_mismatches(RESNET_V2_BLOCKS[fn])
     if fn.startswith("ResNet"):  # stride on the 3x3 conv (v1.5)
         return {f"conv{s}_block1_1_{k}" for s in (3, 4, 5) for k in ("conv", "bn", "relu")}
     return set()
+
+
+RESNET_V2_BLOCKS = {
+    "ResNet50V2": (3, 4, 6, 3),
+    "ResNet101V2": (3, 4, 23, 3),
+    "ResNet152V2": (3, 8, 36, 3),
+}
+
+
+def _resnet_v2_shape_mismatches(blocks: tuple[int, ...]) -> set[str]:
+    """The layers between Keras's stride (last block of conv2-4) and timm's (first block of
+    conv3-5), as compat.applications.resnet_v2 documents."""
+    out = set()
+    for i, (stage, n) in enumerate(zip((2, 3, 4), blocks, strict=False)):
+        last = f"conv{stage}_block{n}"
+        out |= {f"{last}_{k}" for k in ("2_conv", "2_bn", "2_relu", "3_conv", "out")}
+        out.add("max_pooling2d" + (f"_{i}" if i else ""))
+        first = f"conv{stage + 1}_block1"
+        out |= {f"{first}_{k}" for k in ("preact_bn", "preact_relu", "1_conv", "1_bn")}
+        out |= {f"{first}_{k}" for k in ("1_relu", "2_pad")}
+    return out
 
 
 def _kernel_limit(init, shape: tuple) -> float:
@@ -384,3 +413,76 @@ def test_separable_conv2d_equals_keras(keras, ck):
         assert [w.shape for w in layer.get_weights()] == [tuple(w.shape) for w in k_layer.weights]
         layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
         np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-6)
+
+
+# Keras 3.15.1's ResNet101V2/152V2 (weights=None, with the top) as (layer count, parameter
+# count, _layer_digest); ResNet50V2 is compared with live Keras in APPS.
+RESNET_V2_KERAS = {
+    101: (379, 44675560, "517e5473fff33784"),
+    152: (566, 60380648, "bc57a854f6c73c90"),
+}
+
+
+@pytest.mark.parametrize("depth", [101, 152])
+def test_resnet101v2_152v2_structure_matches_recorded_keras(ck, depth):
+    model = getattr(ck.applications, f"ResNet{depth}V2")(weights=None)
+    count, params, digest = RESNET_V2_KERAS[depth]
+    assert (len(model.layers), _layer_digest(model), model.name) == (
+        count,
+        digest,
+        f"resnet{depth}v2",
+    )
+    # documented: no conv biases (Keras's conv1_conv, *_0_conv and *_3_conv have them)
+    biased = [la for la in model.layers if la.name.endswith(("conv1_conv", "_0_conv", "_3_conv"))]
+    assert model.count_params() == params - sum(la.filters for la in biased)
+
+
+def test_mobilenet_v3_large_structure_matches_recorded_keras(ck):
+    """Keras 3.15.1's MobileNetV3Large (weights=None, with the top): (layer count, parameter
+    count, _layer_digest); MobileNetV3Small is compared with live Keras in APPS."""
+    model = ck.applications.MobileNetV3Large(weights=None)
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
+        194,
+        5507432,
+        "ffb32e30d88b2273",
+    )
+    assert model.name == "MobileNetV3Large"
+
+
+def test_mobilenet_v3_top_takes_any_size_and_hard_activations_equal_keras(keras, ck):
+    """As Keras's, MobileNetV3 with its top takes any image size; its hard-sigmoid ``re_lu``
+    layer computes Keras's ``ReLU(6.0)(x + 3.0) * (1 / 6)`` and its ``Activation`` layers
+    Keras's ``hard_swish``."""
+    from compat.applications import mobilenet_v3
+
+    model = ck.applications.MobileNetV3Small(weights=None, classes=7)
+    assert tuple(model.input.shape) == (None, None, None, 3)
+    rng = np.random.default_rng(0)
+    for size in (32, 48):
+        x = rng.uniform(0, 255, size=(1, size, size, 3)).astype("float32")
+        out = model.predict(mobilenet_v3.preprocess_input(x), verbose=0)
+        assert out.shape == (1, 7)
+        np.testing.assert_allclose(out.sum(), 1.0, rtol=1e-5)
+    z = rng.uniform(-8, 8, size=(2, 3, 3, 4)).astype("float32")
+    theirs = keras.ops.convert_to_numpy(keras.layers.ReLU(6.0)(z + 3.0) * (1.0 / 6.0))
+    np.testing.assert_allclose(mobilenet_v3.ReLU()(z).detach().numpy(), theirs, atol=1e-6)
+    theirs = keras.ops.convert_to_numpy(keras.layers.Activation("hard_swish")(z))
+    np.testing.assert_allclose(mobilenet_v3.Activation()(z).detach().numpy(), theirs, atol=1e-6)
+
+
+def test_preprocess_input_and_decode_predictions_are_typed(ck):
+    """Every application module's wrappers declare what they return (an array, tensor or
+    graph node like their input; Keras's ``(wnid, short_name, score)`` lists)."""
+    import typing
+
+    from compat.applications import imagenet_utils
+
+    modules = [m for m in ck.applications.__all__ if m.islower() and m != "imagenet_utils"]
+    assert len(modules) >= 12
+    for name in modules:
+        module = getattr(ck.applications, name)
+        for fn, expected in (
+            (module.preprocess_input, imagenet_utils.Preprocessed),
+            (module.decode_predictions, imagenet_utils.Decoded),
+        ):
+            assert typing.get_type_hints(fn)["return"] == expected, (name, fn.__name__)
