@@ -424,7 +424,7 @@ def test_missing_data_folder_is_one_line_and_debug_shows_the_traceback(tmp_path)
         extra = [] if how else ["--debug"]
         proc = run_cli("fit", *TINY, "--data.root=nowhere", *extra, cwd=tmp_path, env=how)
         assert proc.returncode != 0
-        assert "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+        assert "Traceback" in proc.stderr and "DataFolderNotFoundError" in proc.stderr
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path) -> None:
