@@ -98,19 +98,23 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     _check_overwrite(path, overwrite)
     config = model._compile_config
     compiled = None if config is None else config.compile_kwargs()
+    optimizer = model.__dict__.get("optimizer")  # set by compile() only, as in Keras
     opt_state = None
-    if model.optimizer is not None and model.optimizer.torch_optimizer is not None:
-        opt_state = model.optimizer.torch_optimizer.state_dict()
+    if optimizer is not None and optimizer.torch_optimizer is not None:
+        opt_state = optimizer.torch_optimizer.state_dict()
     was_training = model.training
     model.eval()
     payload = {"format": FORMAT, "model": model, "compile": compiled, "optimizer_state": opt_state}
-    saved = model._compile_config, model.optimizer
-    try:
-        model._compile_config, model.optimizer = None, None
+    had_optimizer = "optimizer" in model.__dict__
+    try:  # the model is pickled without its compile state (saved apart as plain arguments)
+        model._compile_config = None
+        model.__dict__.pop("optimizer", None)
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     finally:
-        model._compile_config, model.optimizer = saved
+        model._compile_config = config
+        if had_optimizer:
+            model.optimizer = optimizer
         model.train(was_training)
 
 

@@ -45,7 +45,7 @@ class Trainer:
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._compile_config: CompileConfig | None = None
-        self.optimizer: Any = None
+        # no ``optimizer`` until compile(): Keras raises AttributeError before it too
         self.stop_training = False
         self.history: Any = None
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from compat.engine import TorchTrainer
 from compat.trainer import CompileConfig, Trainer
@@ -36,6 +37,20 @@ def test_compiled_flag_and_optimizer_like_keras(keras, ck):
         "metrics": ["accuracy"],
         "cache_features": True,
     }
+
+
+def test_no_optimizer_before_compile_as_in_keras(keras, ck, tmp_path):
+    seen = []
+    for K in (keras, ck):
+        m = _model(K)
+        with pytest.raises(AttributeError) as err:
+            m.optimizer  # noqa: B018
+        seen.append((hasattr(m, "optimizer"), str(err.value)))
+    assert seen[1] == seen[0]
+    m = _model(ck)
+    m.save(tmp_path / "uncompiled.keras")  # saving an uncompiled model needs no optimizer
+    assert not hasattr(m, "optimizer")
+    assert not hasattr(ck.models.load_model(tmp_path / "uncompiled.keras"), "optimizer")
 
 
 def test_saved_compile_config_is_restored(ck, tmp_path):
