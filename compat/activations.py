@@ -27,6 +27,10 @@ def _tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x)
 
 
+def _hard_swish(x: torch.Tensor) -> torch.Tensor:
+    return F.hardswish(x)
+
+
 def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
@@ -47,6 +51,8 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softsign": F.softsign,
     "leaky_relu": _leaky_relu,
     "hard_sigmoid": F.hardsigmoid,
+    "hard_swish": _hard_swish,
+    "hard_silu": _hard_swish,
     "mish": F.mish,
 }
 

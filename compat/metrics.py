@@ -170,11 +170,15 @@ class _TorchMetric(Metric):
                 f"{type(self).__name__} on multi-class outputs {tuple(y_pred.shape)}: compat "
                 "supports the binary case (one output unit)"
             )
+        if self._tm is None:  # loaded from a file: built on first use (see __setstate__)
+            self._tm = self._make()
         if self._tm.device != y_pred.device:
             self._tm = self._tm.to(y_pred.device)
         self._tm.update(y_pred.reshape(-1).float(), y_true.reshape(-1).long())
 
     def result(self) -> torch.Tensor:
+        if self._tm is None:
+            self._tm = self._make()
         return self._tm.compute()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -183,8 +187,10 @@ class _TorchMetric(Metric):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickling only sets state: the torchmetrics object (whose size a file's
+        # thresholds would choose) is made on first use, never while a file is read
         self.__dict__.update(state)
-        self._tm = self._make()
+        self._tm = None
 
 
 class AUC(_TorchMetric):

@@ -50,6 +50,14 @@ def _check_overwrite(path: str, overwrite: bool) -> None:
 _MODULE_PACKAGES = ("torch.nn.", "timm.layers.", "timm.models.")
 
 
+def _rebuilds_as_a_module(cls: type) -> bool:
+    """Whether unpickling ``cls`` only sets its state: a ``__setstate__`` of its own may run
+    code on the file's values (torch's quantized convolutions prepack them)."""
+    from torch.nn.modules.conv import _ConvNd
+
+    return cls.__setstate__ in (nn.Module.__setstate__, _ConvNd.__setstate__)
+
+
 def _trusted(name: str, custom_objects: dict[str, Any]) -> Any:
     """The object a compat file may name (``module.qualname``), or ``None`` to refuse it.
 
@@ -71,7 +79,12 @@ def _trusted(name: str, custom_objects: dict[str, Any]) -> Any:
         return None
     if isinstance(obj, type):
         # timm's layers: compat's applications hold timm modules (BatchNormAct2d, ...)
-        is_module = issubclass(obj, nn.Module) and module.startswith(_MODULE_PACKAGES)
+        is_module = (
+            issubclass(obj, nn.Module)
+            and module.startswith(_MODULE_PACKAGES)
+            and obj.__module__.startswith(_MODULE_PACKAGES)  # not an alias (torch.ao's)
+            and _rebuilds_as_a_module(obj)
+        )
         return obj if module.startswith("compat.") or is_module else None
     from compat.activations import _ACTIVATIONS
 
@@ -234,14 +247,14 @@ def _check_rebuilt_objects(path: str, roots: list[Any]) -> None:
         for key in state:
             if not isinstance(key, str) or _hides_a_method(cls, key):
                 raise UnreadableFileError(
-                    f"{path} is a crafted {_MODEL_FILE}: it gives a {cls.__name__} an "
-                    f"attribute {key!r} that hides {cls.__name__}.{key} (calling it would "
-                    "call what the file chose)."
+                    f"{path} is crafted or damaged, not {_MODEL_FILE}: it gives a "
+                    f"{cls.__name__} an attribute {key!r} that hides {cls.__name__}.{key} "
+                    "(calling it would call what the file chose)."
                 )
         if isinstance(obj, nn.Module) and not all(k in state for k in _MODULE_STATE):
             missing = [k for k in _MODULE_STATE if k not in state]
             raise UnreadableFileError(
-                f"{path} is a crafted or damaged {_MODEL_FILE}: it holds a {cls.__name__} "
+                f"{path} is crafted or damaged, not {_MODEL_FILE}: it holds a {cls.__name__} "
                 f"without a module's state ({', '.join(missing)})."
             )
         stack.extend(state.values())

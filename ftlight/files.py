@@ -229,7 +229,9 @@ def load_torch_file(
                     allowed.append((obj, name))
             if refused:
                 raise _untrusted(path, what, refused, opt_in)
-            called = _called_globals(path) & {name for _, name in allowed}
+            calls = _called_globals(path)
+            called = {n for n in calls if n.startswith(_NEW_WITH_ARGUMENTS)}
+            called |= calls & {name for _, name in allowed}
             if called:
                 raise _untrusted(path, what, sorted(called), opt_in, called=True)
     except UnreadableFileError:
@@ -300,11 +302,17 @@ class _Global(str):
     """A ``module.name`` that a pickle pushed with GLOBAL / STACK_GLOBAL."""
 
 
+_NO_ARGUMENTS = object()  # an EMPTY_TUPLE on the symbolic stack
+_NEW_WITH_ARGUMENTS = "__new__ of "  # marks a class whose __new__ gets the file's arguments
+
+
 def _called_globals(path: Path) -> set[str]:
     """Names in a torch zip's pickle that are called with pickled arguments (REDUCE, OBJ,
-    INST, NEWOBJ_EX), found by running pickle's stack machine symbolically (nothing is
-    built). Rebuilding a saved object never calls its class so: NEWOBJ (``cls.__new__``)
-    and BUILD (``__setstate__``) do not run ``__init__``."""
+    INST, NEWOBJ_EX, and NEWOBJ with a non-empty tuple), found by running pickle's stack
+    machine symbolically (nothing is built). Rebuilding a saved object never calls its class
+    so: it is ``cls.__new__(cls)`` with no arguments (NEWOBJ on an empty tuple), then BUILD
+    (``__setstate__``); ``__new__`` with arguments is a call (``ndarray.__new__(cls, shape)``
+    allocates the file's shape)."""
     import pickletools
 
     with zipfile.ZipFile(path) as archive:  # the one record torch reads (see _sniff_zip)
@@ -340,8 +348,14 @@ def _called_globals(path: Path) -> set[str]:
         if kind in ("GET", "BINGET", "LONG_BINGET"):
             stack.append(memo.get(arg))
             continue
+        if kind == "EMPTY_TUPLE":
+            stack.append(_NO_ARGUMENTS)
+            continue
         if kind == "REDUCE" and isinstance(stack[-2], _Global):
             called.add(stack[-2])
+        if kind == "NEWOBJ" and isinstance(stack[-2], _Global) and stack[-1] is not _NO_ARGUMENTS:
+            # cls.__new__(cls, *args): ndarray/Tensor take a shape; no saved object needs it
+            called.add(_Global(_NEW_WITH_ARGUMENTS + stack[-2]))
         if kind == "NEWOBJ_EX" and isinstance(stack[-3], _Global):
             called.add(stack[-3])
         before = op.stack_before

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compat import backend, layers
+from compat import activations, backend, layers
 from compat.applications import _common
 from compat.applications.efficientnet import ZeroPadding2D
 from compat.applications.imagenet_utils import Decoded, Preprocessed
@@ -41,7 +41,7 @@ class Activation(layers.Activation):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("linear", **kwargs)
         self.activation = "hard_swish"
-        self._act = F.hardswish
+        self._act = activations.get("hard_swish")  # a compat function: saved files load
 
 
 class ReLU(layers.ReLU):
