@@ -107,3 +107,14 @@ def test_a_missing_data_folder_names_the_setting_and_the_path_received(tmp_path:
         assert f"root={str(tmp_path / given)!r}: {problem}" in str(err)
     with pytest.raises(DataFolderNotFoundError, match="root='relative/path'"):
         _ = ImageDataModule("relative/path").class_names
+
+
+def test_an_unknown_config_name_is_a_known_error_in_the_convention(tmp_path, monkeypatch) -> None:
+    from ftlight.cli.main import bundled_configs, resolve_config
+
+    monkeypatch.chdir(tmp_path)  # nothing named like the config here
+    with pytest.raises(SystemExit) as info:
+        resolve_config("nosuchconfig")
+    message = str(info.value.code)
+    assert message.startswith(f"{PREFIX} --config nosuchconfig: neither a file nor a bundled")
+    assert len(message.splitlines()) == 1 and str(bundled_configs()) in message

@@ -75,8 +75,8 @@ def resolve_config(value: str) -> str:
     if candidate.exists():
         return str(candidate)
     raise SystemExit(
-        f"ftlight: config {value!r} is neither a file nor a bundled config. "
-        f"Bundled configs: {bundled_configs()}"
+        f"ftlight: error: --config {value}: neither a file nor a bundled config "
+        f"(resolved to {Path(value).absolute()}). Bundled configs: {bundled_configs()}"
     )
 
 
