@@ -193,6 +193,11 @@ def test_validate_and_test_from_checkpoint(fitted) -> None:
         # It names the checkpoint it evaluated, and no checkpoint folder it never wrote.
         assert f"checkpoint: {fitted['last']}" in proc.stdout
         assert "checkpoints:" not in proc.stdout
+        assert "without --ckpt_path" not in proc.stderr
+    # Without a checkpoint the untrained head is scored: said, not silent.
+    proc = ftlight("validate", "--config", config, "--trainer.logger", "false", cwd=fitted["work"])
+    warning = [line for line in proc.stderr.splitlines() if "without --ckpt_path" in line]
+    assert len(warning) == 1 and "untrained" in warning[0], proc.stderr
 
 
 @pytest.mark.slow

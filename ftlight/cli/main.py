@@ -358,6 +358,14 @@ def _lightning_cli_class() -> type:
                     file=sys.stderr,
                     flush=True,
                 )
+            elif self.subcommand in ("validate", "test") and not config.get("ckpt_path"):
+                print(
+                    f"ftlight: warning: {self.subcommand} without --ckpt_path scores the model "
+                    "as built (its new head is untrained); pass --ckpt_path CKPT (or last) to "
+                    "score a trained run.",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         def _resolve_ckpt_path(self, config: Any, subcommand: str) -> Path | None:
             """``--ckpt_path``: ``last`` -> the newest run's ``last.ckpt``; a missing file is an
