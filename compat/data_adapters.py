@@ -64,6 +64,18 @@ def check_finite(t: torch.Tensor, what: str) -> None:
     )
 
 
+def class_weight_to_sample_weights(y: Any, class_weight: dict) -> torch.Tensor:
+    """Per-sample weights from ``class_weight`` (Keras's ``data_adapter_utils``): one-hot
+    labels by argmax, others rounded (``np.round``, so soft binary labels 0.6 -> class 1);
+    classes missing from ``class_weight`` weigh 1.0. Keras applies them while training only,
+    so ``val_loss`` stays unweighted."""
+    labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if labels.ndim > 1:
+        labels = np.argmax(labels, axis=-1) if labels.shape[-1] != 1 else labels[..., 0]
+    labels = np.round(labels).astype("int64").reshape(len(labels), -1)[:, 0]
+    return torch.tensor([float(class_weight.get(int(c), 1.0)) for c in labels])
+
+
 def unpack_x_y_sample_weight(batch: Any) -> tuple[Any, Any, Any]:
     """A batch -> ``(x, y, sample_weight)`` (Keras's ``data_adapter_utils``)."""
     if isinstance(batch, (list, tuple)):
@@ -185,6 +197,10 @@ class ArrayDataAdapter(DataAdapter):
         self.sample_weight = (
             None if sample_weight is None else to_tensor(sample_weight, "sample_weight").float()
         )
+        if class_weight is not None:
+            if self.y is None:
+                raise ValueError("`class_weight` needs targets `y` to weigh. Received y=None.")
+            self.sample_weight = class_weight_to_sample_weights(self.y, class_weight)
         for label, t in (("y", self.y), ("sample_weight", self.sample_weight)):
             if t is not None and len(t) != len(self.x):  # Keras: ValueError too
                 raise ValueError(
@@ -209,17 +225,27 @@ class ArrayDataAdapter(DataAdapter):
 class _BatchSequence(Dataset):
     """A Keras-style batch sequence (``__len__`` + ``__getitem__`` -> a batch) as tensors."""
 
-    def __init__(self, seq: Any) -> None:
-        self.seq = seq
+    def __init__(self, seq: Any, class_weight: dict | None = None) -> None:
+        self.seq, self.class_weight = seq, class_weight
 
     def __len__(self) -> int:
         return len(self.seq)
 
     def __getitem__(self, i: int) -> tuple:
         item = self.seq[i]
+        if isinstance(item, list):
+            item = tuple(item)
         if not isinstance(item, tuple):
             item = (item,)
-        return tuple(to_tensor(v, "batch") for v in item)
+        batch = tuple(to_tensor(v, "batch") for v in item)
+        if self.class_weight is not None:  # as Keras's PyDatasetAdapter, per batch
+            if len(batch) == 3:
+                raise ValueError(
+                    "You cannot specify `class_weight` and `sample_weight` at the same time."
+                )
+            if len(batch) == 2:
+                batch = (*batch, class_weight_to_sample_weights(batch[1], self.class_weight))
+        return batch
 
 
 class PyDatasetAdapter(DataAdapter):
@@ -229,9 +255,11 @@ class PyDatasetAdapter(DataAdapter):
 
     fixed_samples = False
 
-    def __init__(self, x: Any, shuffle: bool = False) -> None:
+    def __init__(self, x: Any, shuffle: bool = False, class_weight: dict | None = None) -> None:
         self.py_dataset, self.shuffle = x, bool(shuffle)
-        self._loader = DataLoader(_BatchSequence(x), batch_size=None, shuffle=self.shuffle)
+        self._loader = DataLoader(
+            _BatchSequence(x, class_weight), batch_size=None, shuffle=self.shuffle
+        )
 
     def get_torch_dataloader(self) -> DataLoader:
         return self._loader
@@ -250,8 +278,8 @@ class ImageDatasetAdapter(PyDatasetAdapter):
     each epoch when made with ``shuffle=True``); ``fit(shuffle=...)`` does not reorder it,
     as Keras does not reorder a ``tf.data.Dataset``."""
 
-    def __init__(self, x: Any) -> None:
-        super().__init__(x, shuffle=False)
+    def __init__(self, x: Any, class_weight: dict | None = None) -> None:
+        super().__init__(x, shuffle=False, class_weight=class_weight)
 
 
 class TorchDataLoaderAdapter(DataAdapter):
@@ -345,8 +373,8 @@ def get_data_adapter(
                     "(via `.shuffle(buffer_size)`).",
                     stacklevel=2,
                 )
-            return ImageDatasetAdapter(x)
-        return PyDatasetAdapter(x, shuffle=shuffle)
+            return ImageDatasetAdapter(x, class_weight=class_weight)
+        return PyDatasetAdapter(x, shuffle=shuffle, class_weight=class_weight)
     if is_torch_dataloader(x):
         if y is not None:
             raise_unsupported_arg("y", "the targets", "torch DataLoader")
