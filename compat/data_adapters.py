@@ -307,9 +307,10 @@ class _GeneratorBatches(IterableDataset):
 
 class GeneratorDataAdapter(DataAdapter):
     """A Python generator of ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` tuples, read
-    once. As in Keras, the first two batches are read ahead and every epoch starts with them,
-    then continues the generator where the last epoch stopped (give ``steps_per_epoch`` to
-    spread an endless generator over epochs)."""
+    once. As in Keras, the first two batches are read ahead and, without ``steps_per_epoch``,
+    every epoch starts with them, then continues the generator where the last epoch stopped;
+    with ``steps_per_epoch`` one pass runs on across epochs (no replay) until the generator
+    ends (see :func:`steps_per_epoch_loader`)."""
 
     fixed_samples = False
 
@@ -338,6 +339,61 @@ class GeneratorDataAdapter(DataAdapter):
     @property
     def num_batches(self) -> int | None:
         return None
+
+
+# ----- steps_per_epoch ---------------------------------------------------------------------
+
+
+def _interrupted_warning() -> None:
+    warnings.warn(
+        "Your input ran out of data; interrupting training. "
+        "Make sure that your dataset or generator can generate "
+        "at least `steps_per_epoch * epochs` batches. "
+        "You may need to use the `.repeat()` "
+        "function when building your dataset.",
+        stacklevel=2,
+    )
+
+
+class _StepsPerEpoch(IterableDataset):
+    """Keras's ``EpochIterator`` with ``steps_per_epoch``: one iterator over the data runs on
+    across epochs, ``steps`` batches an epoch (10 samples, batch 2, 2 steps: epochs of 2, 2, 1
+    batches, then a fresh pass); a pass that ends early cuts the epoch short with Keras's
+    warning. A generator is never restarted while it still yields."""
+
+    def __init__(self, loader: Any, steps: int, num_batches: int | None) -> None:
+        self.loader, self.steps, self.num_batches = loader, int(steps), num_batches
+        self._iterator: Iterator[Any] | None = None
+        self._seen = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._iterator is None:
+            self._iterator, self._seen = iter(self.loader), 0
+        for _ in range(self.steps):
+            if self.num_batches and self._seen >= self.num_batches:
+                _interrupted_warning()
+                break
+            self._seen += 1
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                if self.num_batches is None:  # as Keras: counts the step that found no data
+                    self.num_batches = self._seen
+                _interrupted_warning()
+                self._iterator = None
+                return
+            yield batch
+        if self.num_batches and self._seen >= self.num_batches:
+            self._iterator = None  # the next epoch starts a new pass (a new shuffle order)
+
+
+def steps_per_epoch_loader(loader: Any, steps: int, num_batches: int | None) -> DataLoader:
+    """``loader`` cut into epochs of ``steps`` batches that continue one another, as Keras's
+    ``fit(steps_per_epoch=...)`` (Lightning would restart the loader every epoch)."""
+    return DataLoader(_StepsPerEpoch(loader, steps, num_batches), batch_size=None)
 
 
 # ----- the entry point -------------------------------------------------------------------

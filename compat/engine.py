@@ -339,6 +339,7 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start.*")
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
         try:
             yield
         finally:
@@ -449,7 +450,15 @@ def fit(
     module = KerasLightningModule(model)
     bridge = _KerasBridge(model, cbs, initial_epoch, train, val)
     lcbs: list[L.Callback] = [bridge]
-    lcbs += _feature_cache(model, module, train, val)
+    train_loader = train.get_torch_dataloader()
+    num_batches = _num_batches(train)
+    if steps_per_epoch and (num_batches is None or steps_per_epoch < num_batches):
+        # Keras runs one pass on across epochs; such epochs are not fixed samples to cache
+        train_loader = data_adapters.steps_per_epoch_loader(
+            train_loader, steps_per_epoch, num_batches
+        )
+    else:
+        lcbs += _feature_cache(model, module, train, val)
     if verbose:
         lcbs.append(_Progress(verbose, epochs, initial_epoch))
     remaining = epochs - initial_epoch
@@ -464,12 +473,18 @@ def fit(
             # A data module: FeatureCache serves cached rows through its hooks.
             trainer.fit(
                 module,
-                datamodule=LoaderDataModule(
-                    train.get_torch_dataloader(), val and val.get_torch_dataloader()
-                ),
+                datamodule=LoaderDataModule(train_loader, val and val.get_torch_dataloader()),
             )
     model.history = history
     return history
+
+
+def _num_batches(adapter: data_adapters.DataAdapter) -> int | None:
+    """Batches per pass, or ``None`` when unknown (a generator, an unsized DataLoader)."""
+    try:
+        return adapter.num_batches
+    except TypeError:
+        return None
 
 
 def _feature_cache(

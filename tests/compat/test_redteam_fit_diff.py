@@ -149,3 +149,63 @@ def test_frozen_after_compile_trains_nothing_like_keras(keras, ck) -> None:
     ours = _frozen_after_compile(ck)
     assert ours == _frozen_after_compile(keras)
     assert ours[1] and ours[3]
+
+
+def _steps_run(mod, kind: str) -> tuple:
+    """Batches per epoch, per-epoch losses, PyDataset indices fetched and "ran out of data"
+    warnings for ``fit(steps_per_epoch=2, epochs=3)`` on 5 batches, unshuffled."""
+    fetched: list[int] = []
+    counts: list[int] = []
+
+    class Count(mod.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            counts.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            counts[-1] += 1
+
+    class Batches(mod.utils.PyDataset):
+        def __len__(self) -> int:
+            return 5
+
+        def __getitem__(self, i: int):
+            fetched.append(i)
+            return X[i * 2 : i * 2 + 2], Y[i * 2 : i * 2 + 2]
+
+    def generator(n: int):
+        for i in range(n):
+            yield X[i * 2 % 10 : i * 2 % 10 + 2], Y[i * 2 % 10 : i * 2 % 10 + 2]
+
+    data = {
+        "arrays": lambda: (X, Y),
+        "pydataset": lambda: (Batches(),),
+        "generator": lambda: (generator(100),),
+        "short_generator": lambda: (generator(5),),
+    }[kind]()
+    m = _model(mod)
+    m.compile(optimizer=mod.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = m.fit(
+            *data,
+            batch_size=2,
+            steps_per_epoch=2,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[Count()],
+        )
+    ran_out = sum("ran out of data" in str(w.message) for w in caught)
+    return counts, _history(h), fetched, ran_out
+
+
+@pytest.mark.parametrize("kind", ["arrays", "pydataset", "generator", "short_generator"])
+def test_steps_per_epoch_continues_the_data_like_keras(keras, ck, kind) -> None:
+    """Keras runs one pass of the data on across epochs: 5 batches at 2 steps an epoch are
+    epochs of 2, 2, 1 (warned) and then a new pass; a generator is not restarted (compat
+    used to restart every epoch, and replayed a generator's first two batches)."""
+    ours, theirs = _steps_run(ck, kind), _steps_run(keras, kind)
+    if kind == "pydataset":  # Keras first reads batch 0 once more to build its metrics
+        assert theirs[2][0] == 0
+        theirs = (*theirs[:2], theirs[2][1:], theirs[3])
+    assert ours == theirs
