@@ -64,6 +64,18 @@ def check_finite(t: torch.Tensor, what: str) -> None:
     )
 
 
+def class_weight_to_sample_weights(y: Any, class_weight: dict) -> torch.Tensor:
+    """Per-sample weights from ``class_weight`` (Keras's ``data_adapter_utils``): one-hot
+    labels by argmax, others rounded (``np.round``, so soft binary labels 0.6 -> class 1);
+    classes missing from ``class_weight`` weigh 1.0. Keras applies them while training only,
+    so ``val_loss`` stays unweighted."""
+    labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if labels.ndim > 1:
+        labels = np.argmax(labels, axis=-1) if labels.shape[-1] != 1 else labels[..., 0]
+    labels = np.round(labels).astype("int64").reshape(len(labels), -1)[:, 0]
+    return torch.tensor([float(class_weight.get(int(c), 1.0)) for c in labels])
+
+
 def unpack_x_y_sample_weight(batch: Any) -> tuple[Any, Any, Any]:
     """A batch -> ``(x, y, sample_weight)`` (Keras's ``data_adapter_utils``)."""
     if isinstance(batch, (list, tuple)):
@@ -185,6 +197,10 @@ class ArrayDataAdapter(DataAdapter):
         self.sample_weight = (
             None if sample_weight is None else to_tensor(sample_weight, "sample_weight").float()
         )
+        if class_weight is not None:
+            if self.y is None:
+                raise ValueError("`class_weight` needs targets `y` to weigh. Received y=None.")
+            self.sample_weight = class_weight_to_sample_weights(self.y, class_weight)
         for label, t in (("y", self.y), ("sample_weight", self.sample_weight)):
             if t is not None and len(t) != len(self.x):  # Keras: ValueError too
                 raise ValueError(
@@ -209,17 +225,27 @@ class ArrayDataAdapter(DataAdapter):
 class _BatchSequence(Dataset):
     """A Keras-style batch sequence (``__len__`` + ``__getitem__`` -> a batch) as tensors."""
 
-    def __init__(self, seq: Any) -> None:
-        self.seq = seq
+    def __init__(self, seq: Any, class_weight: dict | None = None) -> None:
+        self.seq, self.class_weight = seq, class_weight
 
     def __len__(self) -> int:
         return len(self.seq)
 
     def __getitem__(self, i: int) -> tuple:
         item = self.seq[i]
+        if isinstance(item, list):
+            item = tuple(item)
         if not isinstance(item, tuple):
             item = (item,)
-        return tuple(to_tensor(v, "batch") for v in item)
+        batch = tuple(to_tensor(v, "batch") for v in item)
+        if self.class_weight is not None:  # as Keras's PyDatasetAdapter, per batch
+            if len(batch) == 3:
+                raise ValueError(
+                    "You cannot specify `class_weight` and `sample_weight` at the same time."
+                )
+            if len(batch) == 2:
+                batch = (*batch, class_weight_to_sample_weights(batch[1], self.class_weight))
+        return batch
 
 
 class PyDatasetAdapter(DataAdapter):
@@ -229,9 +255,11 @@ class PyDatasetAdapter(DataAdapter):
 
     fixed_samples = False
 
-    def __init__(self, x: Any, shuffle: bool = False) -> None:
+    def __init__(self, x: Any, shuffle: bool = False, class_weight: dict | None = None) -> None:
         self.py_dataset, self.shuffle = x, bool(shuffle)
-        self._loader = DataLoader(_BatchSequence(x), batch_size=None, shuffle=self.shuffle)
+        self._loader = DataLoader(
+            _BatchSequence(x, class_weight), batch_size=None, shuffle=self.shuffle
+        )
 
     def get_torch_dataloader(self) -> DataLoader:
         return self._loader
@@ -250,8 +278,8 @@ class ImageDatasetAdapter(PyDatasetAdapter):
     each epoch when made with ``shuffle=True``); ``fit(shuffle=...)`` does not reorder it,
     as Keras does not reorder a ``tf.data.Dataset``."""
 
-    def __init__(self, x: Any) -> None:
-        super().__init__(x, shuffle=False)
+    def __init__(self, x: Any, class_weight: dict | None = None) -> None:
+        super().__init__(x, shuffle=False, class_weight=class_weight)
 
 
 class TorchDataLoaderAdapter(DataAdapter):
@@ -279,9 +307,10 @@ class _GeneratorBatches(IterableDataset):
 
 class GeneratorDataAdapter(DataAdapter):
     """A Python generator of ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` tuples, read
-    once. As in Keras, the first two batches are read ahead and every epoch starts with them,
-    then continues the generator where the last epoch stopped (give ``steps_per_epoch`` to
-    spread an endless generator over epochs)."""
+    once. As in Keras, the first two batches are read ahead and, without ``steps_per_epoch``,
+    every epoch starts with them, then continues the generator where the last epoch stopped;
+    with ``steps_per_epoch`` one pass runs on across epochs (no replay) until the generator
+    ends (see :func:`steps_per_epoch_loader`)."""
 
     fixed_samples = False
 
@@ -310,6 +339,61 @@ class GeneratorDataAdapter(DataAdapter):
     @property
     def num_batches(self) -> int | None:
         return None
+
+
+# ----- steps_per_epoch ---------------------------------------------------------------------
+
+
+def _interrupted_warning() -> None:
+    warnings.warn(
+        "Your input ran out of data; interrupting training. "
+        "Make sure that your dataset or generator can generate "
+        "at least `steps_per_epoch * epochs` batches. "
+        "You may need to use the `.repeat()` "
+        "function when building your dataset.",
+        stacklevel=2,
+    )
+
+
+class _StepsPerEpoch(IterableDataset):
+    """Keras's ``EpochIterator`` with ``steps_per_epoch``: one iterator over the data runs on
+    across epochs, ``steps`` batches an epoch (10 samples, batch 2, 2 steps: epochs of 2, 2, 1
+    batches, then a fresh pass); a pass that ends early cuts the epoch short with Keras's
+    warning. A generator is never restarted while it still yields."""
+
+    def __init__(self, loader: Any, steps: int, num_batches: int | None) -> None:
+        self.loader, self.steps, self.num_batches = loader, int(steps), num_batches
+        self._iterator: Iterator[Any] | None = None
+        self._seen = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._iterator is None:
+            self._iterator, self._seen = iter(self.loader), 0
+        for _ in range(self.steps):
+            if self.num_batches and self._seen >= self.num_batches:
+                _interrupted_warning()
+                break
+            self._seen += 1
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                if self.num_batches is None:  # as Keras: counts the step that found no data
+                    self.num_batches = self._seen
+                _interrupted_warning()
+                self._iterator = None
+                return
+            yield batch
+        if self.num_batches and self._seen >= self.num_batches:
+            self._iterator = None  # the next epoch starts a new pass (a new shuffle order)
+
+
+def steps_per_epoch_loader(loader: Any, steps: int, num_batches: int | None) -> DataLoader:
+    """``loader`` cut into epochs of ``steps`` batches that continue one another, as Keras's
+    ``fit(steps_per_epoch=...)`` (Lightning would restart the loader every epoch)."""
+    return DataLoader(_StepsPerEpoch(loader, steps, num_batches), batch_size=None)
 
 
 # ----- the entry point -------------------------------------------------------------------
@@ -345,8 +429,8 @@ def get_data_adapter(
                     "(via `.shuffle(buffer_size)`).",
                     stacklevel=2,
                 )
-            return ImageDatasetAdapter(x)
-        return PyDatasetAdapter(x, shuffle=shuffle)
+            return ImageDatasetAdapter(x, class_weight=class_weight)
+        return PyDatasetAdapter(x, shuffle=shuffle, class_weight=class_weight)
     if is_torch_dataloader(x):
         if y is not None:
             raise_unsupported_arg("y", "the targets", "torch DataLoader")

@@ -56,9 +56,10 @@ def _check_optimizer_knows(model: TorchTrainer) -> None:
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """Integer / uint8 images -> float32, as Keras casts inputs to the model's float dtype
-    (arrays stay uint8 in memory until their batch is used)."""
-    return x if x.is_floating_point() else x.float()
+    """Integer / uint8 / float64 / float16 inputs -> float32, as Keras casts inputs to the
+    model's float dtype (arrays stay uint8 in memory until their batch is used; mixed
+    precision casts further under autocast)."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 _unpack = data_adapters.unpack_x_y_sample_weight
@@ -90,7 +91,7 @@ class _Tracker:
 class KerasLightningModule(L.LightningModule):
     """Runs a compiled compat model: loss (+ regularization), metrics, optimizer, BN policy."""
 
-    def __init__(self, model: TorchTrainer, *, class_weight: dict | None = None) -> None:
+    def __init__(self, model: TorchTrainer) -> None:
         super().__init__()
         self.model = model
         config: CompileConfig | None = model._compile_config
@@ -98,13 +99,10 @@ class KerasLightningModule(L.LightningModule):
         metric_objs = config.metric_objs if config else []
         self.train_tracker = _Tracker(metric_objs)
         self.val_tracker = _Tracker([copy.deepcopy(m) for m in metric_objs])
-        self.class_weight = None
-        if class_weight:
-            size = max(int(k) for k in class_weight) + 1
-            table = torch.ones(size)
-            for k, v in class_weight.items():
-                table[int(k)] = float(v)
-            self.class_weight = table
+        # Keras with no trainable weights (model.trainable = False after compile): every
+        # step computes the loss and metrics, updates nothing, and warns.
+        self._frozen = not model.trainable_weights
+        self.automatic_optimization = not self._frozen
         self._inference = list(getattr(model, "_inference_modules", []))
         self._prefix: StaticPrefix | None = None
         self.val_steps = 0
@@ -147,7 +145,9 @@ class KerasLightningModule(L.LightningModule):
         x = _as_float(x)
         return backend.to_keras(self.model.forward(backend.to_internal(x)))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        if self._frozen:  # the optimizer stays unbuilt, as Keras's never applies
+            return None
         opt = self.model.optimizer
         if opt.torch_optimizer is None:
             opt.build(self.model.parameters())
@@ -165,10 +165,6 @@ class KerasLightningModule(L.LightningModule):
 
     def _loss(self, y: torch.Tensor, y_pred: torch.Tensor, sw: Any) -> torch.Tensor:
         per = self.loss_fn.per_sample(y, y_pred)
-        if self.class_weight is not None:
-            labels = y.argmax(-1) if y.ndim == y_pred.ndim and y.shape[-1] > 1 else y.reshape(-1)
-            w = self.class_weight.to(per.device)[labels.long()]
-            sw = w if sw is None else sw * w
         if sw is not None:
             per = per * sw.to(per.dtype).reshape(per.shape)
         return per.mean()
@@ -191,6 +187,10 @@ class KerasLightningModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self._frozen:
+            warnings.warn("The model does not have any trainable weights.", stacklevel=2)
+            with torch.no_grad():
+                return self._step(batch, self.train_tracker, True)
         return self._step(batch, self.train_tracker, True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -339,6 +339,7 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start.*")
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", ".*`IterableDataset` has `__len__` defined.*")
         try:
             yield
         finally:
@@ -446,10 +447,18 @@ def fit(
     model.stop_training = False
     model._apply_trainable()
     _check_optimizer_knows(model)
-    module = KerasLightningModule(model, class_weight=class_weight)
+    module = KerasLightningModule(model)
     bridge = _KerasBridge(model, cbs, initial_epoch, train, val)
     lcbs: list[L.Callback] = [bridge]
-    lcbs += _feature_cache(model, module, train, val)
+    train_loader = train.get_torch_dataloader()
+    num_batches = _num_batches(train)
+    if steps_per_epoch and (num_batches is None or steps_per_epoch < num_batches):
+        # Keras runs one pass on across epochs; such epochs are not fixed samples to cache
+        train_loader = data_adapters.steps_per_epoch_loader(
+            train_loader, steps_per_epoch, num_batches
+        )
+    else:
+        lcbs += _feature_cache(model, module, train, val)
     if verbose:
         lcbs.append(_Progress(verbose, epochs, initial_epoch))
     remaining = epochs - initial_epoch
@@ -464,12 +473,18 @@ def fit(
             # A data module: FeatureCache serves cached rows through its hooks.
             trainer.fit(
                 module,
-                datamodule=LoaderDataModule(
-                    train.get_torch_dataloader(), val and val.get_torch_dataloader()
-                ),
+                datamodule=LoaderDataModule(train_loader, val and val.get_torch_dataloader()),
             )
     model.history = history
     return history
+
+
+def _num_batches(adapter: data_adapters.DataAdapter) -> int | None:
+    """Batches per pass, or ``None`` when unknown (a generator, an unsized DataLoader)."""
+    try:
+        return adapter.num_batches
+    except TypeError:
+        return None
 
 
 def _feature_cache(
