@@ -136,9 +136,9 @@ def _history_and_steps(mod, weights, *data, **kw) -> tuple[list[float], list[int
 )
 def test_batching_matches_keras(keras, ck, case) -> None:
     """Same batches -> same steps and losses. Arrays with ``steps_per_epoch`` and no
-    ``batch_size`` are cut into ``ceil(n / steps)``-sample batches; a generator's first two
-    batches start every epoch again (Keras reads them ahead); ``batch_size`` is ignored for a
-    PyDataset."""
+    ``batch_size`` are cut into ``ceil(n / steps)``-sample batches; without ``steps_per_epoch``
+    a generator's first two batches start every epoch again (Keras reads them ahead; with it,
+    one pass runs on across epochs); ``batch_size`` is ignored for a PyDataset."""
     weights = _model(keras).get_weights()
 
     def args(mod):
