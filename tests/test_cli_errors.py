@@ -118,3 +118,20 @@ def test_an_unknown_config_name_is_a_known_error_in_the_convention(tmp_path, mon
     message = str(info.value.code)
     assert message.startswith(f"{PREFIX} --config nosuchconfig: neither a file nor a bundled")
     assert len(message.splitlines()) == 1 and str(bundled_configs()) in message
+
+
+def test_resuming_with_other_parameter_groups_is_one_line_naming_the_flags() -> None:
+    """Resuming with changed --staged.milestones ended in torch's optimizer traceback; the
+    error torch really raises (this installed version's words) becomes the CLI's one line."""
+    import torch
+
+    from ftlight.cli.main import describe_error
+
+    weights = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    saved = torch.optim.SGD([{"params": weights[:1]}, {"params": weights[1:]}], lr=0.1)
+    resumed = torch.optim.SGD([{"params": weights[:2]}, {"params": weights[2:]}], lr=0.1)
+    with pytest.raises(ValueError) as info:
+        resumed.load_state_dict(saved.state_dict())
+    line = describe_error(info.value)
+    assert line is not None and "\n" not in line
+    assert "--staged.milestones" in line and "--model.weights CKPT" in line

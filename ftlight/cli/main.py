@@ -685,9 +685,20 @@ def _raised_by_ftlight(err: BaseException) -> bool:
     return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("ftlight")
 
 
+# torch.optim.Optimizer.load_state_dict's words when a resumed run's groups differ
+_OPTIMIZER_GROUPS_MISMATCH = "parameter group that doesn't match the size of optimizer's group"
+
+
 def describe_error(err: BaseException) -> str | None:
     """One line for a known error (its message up to any Python-spelled fix, then the CLI fix);
     ``None`` for an unexpected one (a bug: show the traceback)."""
+    if isinstance(err, ValueError) and _OPTIMIZER_GROUPS_MISMATCH in str(err):
+        return (
+            "--ckpt_path: the checkpoint's optimizer holds other parameter groups than this run "
+            "builds (--staged.milestones, the backbone or the frozen layers differ from the run "
+            "being resumed). Resume with the run's own settings (its config.yaml), or start a "
+            "new run from its weights: --model.weights CKPT without --ckpt_path."
+        )
     hint = next((h for cls, h in known_errors().items() if isinstance(err, cls)), None)
     if hint is None:
         if not (isinstance(err, ValueError) and _raised_by_ftlight(err)):
