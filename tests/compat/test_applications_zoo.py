@@ -13,12 +13,11 @@ import pytest
 slow = pytest.mark.slow
 
 # (Keras builder, keras.applications module, timm architecture, small input size). Deeper
-# variants of a family (ResNet101/152, DenseNet169/201, ...) share its code path and are
-# checked against recorded Keras values below: building them in Keras costs seconds each.
+# variants of a family (VGG19, ResNet101/152, DenseNet169/201, ...) share its code path and
+# are checked against recorded Keras values below: building them costs seconds each.
 APPS = [
     pytest.param("MobileNetV2", "mobilenet_v2", "mobilenetv2_100", 32, id="MobileNetV2"),
     pytest.param("VGG16", "vgg16", "vgg16", 32, id="VGG16"),
-    pytest.param("VGG19", "vgg19", "vgg19", 32, id="VGG19"),
     pytest.param("ResNet50", "resnet50", "resnet50", 32, id="ResNet50"),
     pytest.param("InceptionV3", "inception_v3", "inception_v3", 75, id="InceptionV3"),
     pytest.param("EfficientNetB0", "efficientnet", "tf_efficientnet_b0", 32, id="EfficientNetB0"),
@@ -208,47 +207,50 @@ def _shape_digest(shapes: dict[str, list], skip: set[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Keras 3.15.1's headless ResNet101/152 (weights=None, include_top=False) as (layer count,
-# parameter count, _layer_digest, _shape_digest of the layers' output shapes at 32x32 but
-# for the documented v1.5 stride layers); ResNet50 is compared with live Keras in APPS.
-RESNET_KERAS = {
-    101: (345, 42658176, "17031faa594384ec", "f50fb027eff0f4c8"),
-    152: (515, 58370944, "7bced78a00f4d834", "32cb0e995daa174d"),
+# Keras 3.15.1's headless applications (weights=None, include_top=False) whose family's code
+# is checked against live Keras and timm in APPS, as (layer count, parameter count,
+# _layers_digest, _shape_digest of the output shapes at 32x32 but for the documented v1.5
+# stride layers), with the module whose preprocess_input theirs equals.
+RECORDED_KERAS = {
+    "ResNet101": (345, 42658176, "17031faa594384ec", "f50fb027eff0f4c8", "resnet", "resnet50"),
+    "ResNet152": (515, 58370944, "7bced78a00f4d834", "32cb0e995daa174d", "resnet", "resnet50"),
+    "VGG19": (22, 20024384, "155a5018eb0752ae", "01c24185cf4d9856", "vgg19", "vgg16"),
 }
 
 
-@pytest.mark.parametrize("depth", [101, 152])
-def test_resnet101_152_match_recorded_keras(ck, depth):
-    """ResNet101/152 share ResNet50's code (checked against live Keras and timm above): their
-    layers, shapes, parameters, Keras initialisation, input_tensor and pooling against
-    recorded Keras values; ``resnet.preprocess_input`` is ``resnet50``'s."""
-    fn = f"ResNet{depth}"
+@pytest.mark.parametrize("fn", list(RECORDED_KERAS))
+def test_deeper_variants_match_recorded_keras(ck, fn):
+    """ResNet101/152 and VGG19 share ResNet50's and VGG16's code (checked against live Keras
+    and timm above): their layers, shapes, parameters, Keras initialisation, input_tensor
+    and pooling against recorded Keras values, and their family's ``preprocess_input``."""
+    import keras
+
+    count, params, digest, shape_digest, module, same_as = RECORDED_KERAS[fn]
     tensor = ck.Input(shape=(32, 32, 3))
     pooled = getattr(ck.applications, fn)(
-        weights=None, include_top=False, input_tensor=tensor, pooling="avg"
+        weights=None, include_top=False, input_tensor=tensor, pooling=_pooling(fn)
     )
     assert pooled.inputs[0] is tensor
     assert (pooled.layers[-1].name, type(pooled.layers[-1]).__name__) == KERAS_POOLING[fn]
-    assert tuple(pooled.output.shape) == (None, 2048)
     layers = pooled.layers[:-1]  # the headless application
-    count, params, digest, shape_digest = RESNET_KERAS[depth]
     assert (len(layers), _layers_digest(layers)) == (count, digest)
+    assert tuple(pooled.output.shape) == (None, layers[-1].output.shape[-1])
     shapes = {la.name: list(la.output.shape) for la in layers}
-    assert _shape_digest(shapes, _documented_shape_mismatches(fn)) == shape_digest
-    for name in _documented_shape_mismatches(fn):  # Keras's stride is one conv earlier:
-        stage = int(name[4])  # these have twice Keras's 4, 2 and 1
+    documented = _documented_shape_mismatches(fn)
+    assert _shape_digest(shapes, documented) == shape_digest
+    for name in documented:  # ResNets: Keras's stride is one conv earlier, so these have
+        stage = int(name[4])  # twice Keras's 4, 2 and 1
         assert shapes[name][1:3] == [32 // 2 ** (stage - 1)] * 2, name
-    # documented: no conv biases (Keras's convolutions all have them)
     convs = [la for la in layers if type(la).__name__ == "Conv2D"]
-    assert pooled.count_params() == params - sum(la.filters for la in convs)
-    import keras
-
-    glorot = keras.initializers.GlorotUniform()  # Keras's ResNets keep Conv2D's default
+    if fn.startswith("ResNet"):  # documented: no conv biases (Keras's convolutions have them)
+        params -= sum(la.filters for la in convs)
+    assert pooled.count_params() == params
+    glorot = keras.initializers.GlorotUniform()  # both families keep Conv2D's default
     _assert_keras_init(layers, lambda layer: (glorot,))
     x = np.random.default_rng(0).uniform(0, 255, size=(1, 4, 4, 3)).astype("float32")
     np.testing.assert_array_equal(
-        ck.applications.resnet.preprocess_input(x.copy()),
-        ck.applications.resnet50.preprocess_input(x.copy()),
+        getattr(ck.applications, module).preprocess_input(x.copy()),
+        getattr(ck.applications, same_as).preprocess_input(x.copy()),
     )
 
 
@@ -263,7 +265,10 @@ def _timm_model(timm_name: str, folder):
         import torch
 
         torch.manual_seed(0)
-        tm = timm.create_model(timm_name, pretrained=False).eval()
+        # VGG's 7x7 pre_logits convolution (103M parameters, seconds to draw) is left out of
+        # the headless file anyway: a one-channel one
+        kwargs = {"mlp_ratio": 1 / 4096} if timm_name.startswith("vgg") else {}
+        tm = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
         with torch.no_grad():
             for m in tm.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
