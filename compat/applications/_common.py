@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from compat import layers
+from compat import backend, layers
 from compat.graph import KerasTensor
 from compat.layers import Input
 from compat.layers.core import _init_weight
+from compat.models import Model
 from ftlight.models.backbone import load_timm_model
 from ftlight.models.weights import WEIGHT_FILE_SUFFIXES, is_weight_file
 
@@ -56,12 +60,13 @@ def _is_compat_weights(weights: Any) -> bool:
     return os.path.exists(weights) and not is_weight_file(weights)
 
 
-def finish_weights(model: Any, weights: Any) -> None:
+def finish_weights(model: Any, weights: Any) -> Any:
     """Keras's initialisation for ``weights=None``; a compat weights file is loaded here."""
     if weights is None:
         keras_init(model)
     elif _is_compat_weights(weights):
         model.load_weights(weights)
+    return model
 
 
 def check_input_shape(
@@ -307,3 +312,103 @@ def global_pool(x: Any, pooling: str | None, names: tuple[str | None, str | None
     if pooling == "max":
         return layers.GlobalMaxPooling2D(name=names[1])(x)
     return x
+
+
+@dataclass(frozen=True)
+class Request:
+    """The arguments every Keras application builder takes (Keras's names)."""
+
+    include_top: bool = True
+    weights: Any = "imagenet"
+    input_tensor: Any = None
+    input_shape: Any = None
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: Any = "softmax"
+    name: str | None = None
+
+    @classmethod
+    def of(cls, arguments: dict[str, Any]) -> Request:
+        """The request among a builder's arguments (``locals()``), the others ignored."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
+
+
+@contextmanager
+def keras_graph(
+    request: Request,
+    timm_name: str,
+    default_size: int,
+    min_size: int,
+    *,
+    size_fixed_by_top: bool = True,
+) -> Iterator[tuple[nn.Module, KerasTensor]]:
+    """Check Keras's arguments, make the timm module and the graph's input under Keras's
+    canonical layer names; yields ``(timm_module, inputs)``.
+
+    ``size_fixed_by_top``: ``include_top=True`` fixes the input size (Keras's rule for most
+    applications; MobileNetV3 accepts any size with its top).
+    """
+    fixed = request.include_top and size_fixed_by_top
+    check_pooling(request.pooling)
+    check_input_shape(
+        request.input_tensor, request.input_shape, default_size, min_size, fixed, request.weights
+    )
+    tm = timm_model(timm_name, request.weights, request.include_top, request.classes)
+    with backend.canonical_names():
+        inputs = model_input(
+            request.input_tensor,
+            request.input_shape,
+            default_size,
+            min_size,
+            fixed,
+            request.weights,
+        )
+        yield tm, inputs
+
+
+def classifier_or_pool(
+    x: Any,
+    request: Request,
+    classifier: nn.Linear,
+    *,
+    avg_pool_name: str | None = "avg_pool",
+    pool_names: tuple[str | None, str | None] = ("avg_pool", "max_pool"),
+) -> Any:
+    """Keras's usual end: global average pooling + ``predictions`` with the top, else
+    ``pooling`` (``pool_names``: the names Keras gives the avg/max pooling layers)."""
+    if request.include_top:
+        x = layers.GlobalAveragePooling2D(name=avg_pool_name)(x)
+        head = prediction_layer(
+            classifier, request.weights, request.classes, request.classifier_activation
+        )
+        return head(x)
+    return global_pool(x, request.pooling, pool_names)
+
+
+def keras_application(
+    build: Callable[[Request], Any], keras_name: str, default_name: str, timm: str
+) -> Callable[..., Any]:
+    """A builder with the signature Keras's VGG16/ResNet50/DenseNet121/... share.
+
+    ``build`` (a function or a ``functools.partial`` of one) makes the model from a
+    :class:`Request`; the builder belongs to ``build``'s module, as Keras's to its own;
+    ``timm``: the timm model it is built on.
+    """
+    module = getattr(build, "func", build).__module__
+
+    def builder(
+        include_top: bool = True,
+        weights: Any = "imagenet",
+        input_tensor: Any = None,
+        input_shape: Any = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation: Any = "softmax",
+        name: str = default_name,
+    ) -> Model:
+        return build(Request.of(locals()))
+
+    builder.__name__ = builder.__qualname__ = keras_name
+    builder.__module__ = module
+    builder.__doc__ = f"Keras's ``{keras_name}`` on timm's ``{timm}`` (see {module})."
+    return builder

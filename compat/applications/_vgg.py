@@ -10,13 +10,11 @@ ImageNet mean subtracted); the map to the torch weights' normalisation is folded
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
 from compat.models import Model
 
@@ -30,24 +28,9 @@ def _linear_from_conv(conv: nn.Conv2d) -> nn.Linear:
     return linear
 
 
-def build_vgg(
-    timm_name: str,
-    blocks: tuple[int, ...],
-    *,
-    include_top: bool,
-    weights: Any,
-    input_tensor: Any,
-    input_shape: Any,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: Any,
-    name: str,
-) -> Model:
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
-    tm = _common.timm_model(timm_name, weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
+def build_vgg(timm_name: str, blocks: tuple[int, ...], request: _common.Request) -> Model:
+    weights, name = request.weights, request.name
+    with _common.keras_graph(request, timm_name, 224, 32) as (tm, inputs):
         convs = [m for m in tm.features if isinstance(m, nn.Conv2d)]
         x = inputs
         i = 0
@@ -61,7 +44,7 @@ def build_vgg(
                 x = layer(x)
                 i += 1
             x = layers.MaxPooling2D((2, 2), strides=(2, 2), name=f"block{block}_pool")(x)
-        if include_top:
+        if request.include_top:
             x = layers.Flatten(name="flatten")(x)
             flat = x.shape[-1]
             fc1_conv = tm.pre_logits.fc1
@@ -82,9 +65,11 @@ def build_vgg(
             x = layers.Dense.from_torch(
                 _linear_from_conv(tm.pre_logits.fc2), name="fc2", activation="relu"
             )(x)
-            x = _common.prediction_layer(tm.head.fc, weights, classes, classifier_activation)(x)
+            head = _common.prediction_layer(
+                tm.head.fc, weights, request.classes, request.classifier_activation
+            )
+            x = head(x)
         else:
-            x = _common.global_pool(x, pooling, (None, None))
+            x = _common.global_pool(x, request.pooling, (None, None))
         model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+    return _common.finish_weights(model, weights)

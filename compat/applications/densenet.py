@@ -11,15 +11,15 @@ weights: BatchNorm epsilon is 1e-5 (Keras 1.001e-5).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from torch import nn
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -33,24 +33,9 @@ def _conv(x: Any, conv: nn.Conv2d, name: str) -> Any:
     return layers.Conv2D.from_torch(conv, name=name, padding=padding)(x)
 
 
-def build_densenet(
-    depth: int,
-    *,
-    include_top: bool,
-    weights: Any,
-    input_tensor: Any,
-    input_shape: Any,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: Any,
-    name: str,
-) -> Model:
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
-    tm = _common.timm_model(f"densenet{depth}", weights, include_top, classes)
-    f = tm.features
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
+def build_densenet(depth: int, request: _common.Request) -> Model:
+    with _common.keras_graph(request, f"densenet{depth}", 224, 32) as (tm, inputs):
+        f = tm.features
         pad = layers.ZeroPadding2D(padding=((3, 3), (3, 3)))
         x = _common.map_input(pad, _common.input_map("torch", tm))(inputs)
         f.conv0.padding = (0, 0)
@@ -73,54 +58,18 @@ def build_densenet(
                 x = layers.AveragePooling2D(2, strides=2, name=f"{prefix}_pool")(x)
         x = layers.BatchNormalization.from_torch(_common.no_act_bn(f.norm5), name="bn")(x)
         x = layers.Activation("relu", name="relu")(x)
-        if include_top:
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            x = _common.prediction_layer(tm.classifier, weights, classes, classifier_activation)(x)
-        else:
-            x = _common.global_pool(x, pooling, ("avg_pool", "max_pool"))
-        model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+        x = _common.classifier_or_pool(x, request, tm.classifier)
+        model = Model(inputs, x, name=request.name)
+    return _common.finish_weights(model, request.weights)
 
 
-def _builder(depth: int) -> Any:
-    def builder(
-        include_top: bool = True,
-        weights: Any = "imagenet",
-        input_tensor: Any = None,
-        input_shape: Any = None,
-        pooling: str | None = None,
-        classes: int = 1000,
-        classifier_activation: Any = "softmax",
-        name: str = f"densenet{depth}",
-    ) -> Model:
-        return build_densenet(
-            depth,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = f"DenseNet{depth}"
-    builder.__doc__ = f"Keras's ``DenseNet{depth}`` on timm's ``densenet{depth}`` (see module doc)."
-    return builder
+def _application(depth: int) -> Any:
+    name = f"densenet{depth}"
+    build = functools.partial(build_densenet, depth)
+    return _common.keras_application(build, f"DenseNet{depth}", name, name)
 
 
-DenseNet121 = _builder(121)
-DenseNet169 = _builder(169)
-DenseNet201 = _builder(201)
-
-
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``torch`` convention: ``x / 255`` then ImageNet mean/std."""
-    return _preprocess(x, data_format=data_format, mode="torch")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+DenseNet121 = _application(121)
+DenseNet169 = _application(169)
+DenseNet201 = _application(201)
+preprocess_input = convention("torch", __name__)

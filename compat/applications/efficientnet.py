@@ -17,6 +17,7 @@ No difference is forced by the torch weights.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -25,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.layers.base import Shape
 from compat.models import Model
 
@@ -180,24 +181,10 @@ def _normalization(x: Any, tm: nn.Module, weights: Any) -> Any:
     return x
 
 
-def build_efficientnet(
-    b: int,
-    *,
-    include_top: bool,
-    weights: Any,
-    input_tensor: Any,
-    input_shape: Any,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: Any,
-    name: str,
-) -> Model:
+def build_efficientnet(b: int, request: _common.Request) -> Model:
     size, dropout_rate = _PARAMS[b][2], _PARAMS[b][3]
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, size, 32, include_top, weights)
-    tm = _common.timm_model(f"tf_efficientnet_b{b}", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, size, 32, include_top, weights)
+    weights = request.weights
+    with _common.keras_graph(request, f"tf_efficientnet_b{b}", size, 32) as (tm, inputs):
         x = _normalization(inputs, tm, weights)
         x = _strided(x, tm.conv_stem, "stem_conv")
         x = _bn_act(x, tm.bn1, "stem_bn", "stem_activation")
@@ -209,70 +196,37 @@ def build_efficientnet(
                 n += 1
         x = _conv(tm.conv_head, "top_conv", "same")(x)
         x = _bn_act(x, tm.bn2, "top_bn", "top_activation")
-        if include_top:
+        if request.include_top:
             x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
             if dropout_rate > 0:
                 x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-            head = _common.prediction_layer(tm.classifier, weights, classes, classifier_activation)
+            head = _common.prediction_layer(
+                tm.classifier, weights, request.classes, request.classifier_activation
+            )
             head.kernel_initializer = "zeros"  # built below, then drawn as Keras's
             x = head(x)
             head.kernel_initializer = DENSE_KERNEL_INITIALIZER
             if head.linear is not tm.classifier:  # a new head
                 _common.keras_init_layer(head)
         else:
-            x = _common.global_pool(x, pooling, ("avg_pool", "max_pool"))
-        model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+            x = _common.global_pool(x, request.pooling, ("avg_pool", "max_pool"))
+        model = Model(inputs, x, name=request.name)
+    return _common.finish_weights(model, weights)
 
 
-def _builder(b: int) -> Any:
-    def builder(
-        include_top: bool = True,
-        weights: Any = "imagenet",
-        input_tensor: Any = None,
-        input_shape: Any = None,
-        pooling: str | None = None,
-        classes: int = 1000,
-        classifier_activation: Any = "softmax",
-        name: str = f"efficientnetb{b}",
-    ) -> Model:
-        return build_efficientnet(
-            b,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = f"EfficientNetB{b}"
-    builder.__doc__ = (
-        f"Keras's ``EfficientNetB{b}`` on timm's ``tf_efficientnet_b{b}`` (see module doc)."
+def _application(b: int) -> Any:
+    build = functools.partial(build_efficientnet, b)
+    return _common.keras_application(
+        build, f"EfficientNetB{b}", f"efficientnetb{b}", f"tf_efficientnet_b{b}"
     )
-    return builder
 
 
-EfficientNetB0 = _builder(0)
-EfficientNetB1 = _builder(1)
-EfficientNetB2 = _builder(2)
-EfficientNetB3 = _builder(3)
-EfficientNetB4 = _builder(4)
-EfficientNetB5 = _builder(5)
-EfficientNetB6 = _builder(6)
-EfficientNetB7 = _builder(7)
-
-
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """A pass-through, as Keras's: the model rescales and normalises its [0, 255] input."""
-    if data_format not in (None, "channels_last"):
-        raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
-    return x
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+EfficientNetB0 = _application(0)
+EfficientNetB1 = _application(1)
+EfficientNetB2 = _application(2)
+EfficientNetB3 = _application(3)
+EfficientNetB4 = _application(4)
+EfficientNetB5 = _application(5)
+EfficientNetB6 = _application(6)
+EfficientNetB7 = _application(7)
+preprocess_input = convention(None, __name__)

@@ -14,6 +14,7 @@ spaces replaced by underscores (Keras's spelling: ``great_white_shark``, ``crane
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,32 @@ def _preprocess_tensor(x: torch.Tensor, mode: str) -> torch.Tensor:
     if std is not None:
         x /= torch.as_tensor(np.array(std), dtype=x.dtype, device=x.device)
     return x
+
+
+_CONVENTIONS = {
+    "caffe": "Keras's ``caffe`` convention (RGB->BGR, ImageNet mean subtracted, no scaling).",
+    "tf": "Keras's ``tf`` convention: scale pixels to [-1, 1].",
+    "torch": "Keras's ``torch`` convention: ``x / 255`` then ImageNet mean/std.",
+}
+
+
+def convention(mode: str | None, module: str) -> Callable[..., Preprocessed]:
+    """An application module's ``preprocess_input``: Keras's ``mode`` convention, or, for
+    ``None``, Keras's pass-through (the model itself rescales its [0, 255] input)."""
+
+    def preprocess(x: Any, data_format: str | None = None) -> Preprocessed:
+        if mode is None:
+            if data_format not in (None, "channels_last"):
+                raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
+            return x
+        return preprocess_input(x, data_format=data_format, mode=mode)
+
+    preprocess.__name__ = preprocess.__qualname__ = "preprocess_input"
+    preprocess.__module__ = module
+    preprocess.__doc__ = _CONVENTIONS.get(
+        mode, "A pass-through, as Keras's: the model rescales its [0, 255] input itself."
+    )
+    return preprocess
 
 
 def decode_predictions(preds: Any, top: int = 5) -> Decoded:

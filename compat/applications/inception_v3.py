@@ -21,9 +21,8 @@ from torch import nn
 
 from compat import backend, layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -114,37 +113,15 @@ def _build(img: Any, c: _Units) -> Any:
     return x
 
 
-def InceptionV3(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "inception_v3",
-) -> Model:
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 299, 75, include_top, weights)
-    tm = _common.timm_model("inception_v3", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 299, 75, include_top, weights)
+def build_inception_v3(request: _common.Request) -> Model:
+    with _common.keras_graph(request, "inception_v3", 299, 75) as (tm, inputs):
         x = _build(inputs, _Units(tm))
-        if include_top:
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            x = _common.prediction_layer(tm.fc, weights, classes, classifier_activation)(x)
-        else:
-            x = _common.global_pool(x, pooling, (None, None))
-        model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+        x = _common.classifier_or_pool(x, request, tm.fc, pool_names=(None, None))
+        model = Model(inputs, x, name=request.name)
+    return _common.finish_weights(model, request.weights)
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
-    return _preprocess(x, data_format=data_format, mode="tf")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+InceptionV3 = _common.keras_application(
+    build_inception_v3, "InceptionV3", "inception_v3", "inception_v3"
+)
+preprocess_input = convention("tf", __name__)

@@ -19,11 +19,10 @@ from typing import Any
 
 from torch import nn
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -74,11 +73,8 @@ def MobileNet(
             f"MobileNet(alpha={alpha}, depth_multiplier={depth_multiplier}): only alpha=1.0 "
             "and depth_multiplier=1 are built on timm's weights."
         )
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
-    tm = _common.timm_model("mobilenetv1_100", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
+    request = _common.Request.of(locals())
+    with _common.keras_graph(request, "mobilenetv1_100", 224, 32) as (tm, inputs):
         stem = layers.Conv2D.from_torch(tm.conv_stem, name="conv1", padding="same")
         x = _common.map_input(stem, _common.input_map("tf", tm))(inputs)
         x = _bn_relu(x, tm.bn1, "conv1")
@@ -94,15 +90,7 @@ def MobileNet(
         else:
             x = _common.global_pool(x, pooling, (None, None))
         model = Model(inputs, x, name=name or f"mobilenet_1.00_{inputs.shape[1]}")
-    _common.finish_weights(model, weights)
-    return model
+    return _common.finish_weights(model, weights)
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
-    return _preprocess(x, data_format=data_format, mode="tf")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+preprocess_input = convention("tf", __name__)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -79,11 +78,8 @@ def MobileNetV2(
         raise NotImplementedError(
             f"MobileNetV2(alpha={alpha}): only alpha=1.0 is built on timm's weights."
         )
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
-    tm = _common.timm_model("mobilenetv2_100", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
+    request = _common.Request.of(locals())
+    with _common.keras_graph(request, "mobilenetv2_100", 224, 32) as (tm, inputs):
         stem = layers.Conv2D.from_torch(tm.conv_stem, name="Conv1", padding="same")
         x = _common.map_input(stem, _common.input_map("tf", tm))(inputs)
         x = _bn(tm.bn1, "bn_Conv1")(x)
@@ -96,21 +92,11 @@ def MobileNetV2(
         x = layers.Conv2D.from_torch(tm.conv_head, name="Conv_1", padding="valid")(x)
         x = _bn(tm.bn2, "Conv_1_bn")(x)
         x = layers.ReLU(6.0, name="out_relu")(x)
-        if include_top:
-            x = layers.GlobalAveragePooling2D()(x)
-            x = _common.prediction_layer(tm.classifier, weights, classes, classifier_activation)(x)
-        else:
-            x = _common.global_pool(x, pooling, (None, None))
+        x = _common.classifier_or_pool(
+            x, request, tm.classifier, avg_pool_name=None, pool_names=(None, None)
+        )
         model = Model(inputs, x, name=name or f"mobilenetv2_1.00_{inputs.shape[1]}")
-    _common.finish_weights(model, weights)
-    return model
+    return _common.finish_weights(model, weights)
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
-    return _preprocess(x, data_format=data_format, mode="tf")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+preprocess_input = convention("tf", __name__)

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compat import activations, backend, layers
+from compat import activations, layers
 from compat.applications import _common
 from compat.applications.efficientnet import ZeroPadding2D
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -141,12 +141,12 @@ def build_mobilenet_v3(
             f"MobileNetV3{kind.title()}(alpha={alpha}, minimalistic={minimalistic}): only "
             "alpha=1.0, minimalistic=False is built on timm's weights."
         )
-    _common.check_pooling(pooling)
+    request = _common.Request.of(locals())
     # Keras: any size (at least 32), with the top too
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, False, weights)
-    tm = _common.timm_model(f"tf_mobilenetv3_{kind}_100", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, False, weights)
+    graph = _common.keras_graph(
+        request, f"tf_mobilenetv3_{kind}_100", 224, 32, size_fixed_by_top=False
+    )
+    with graph as (tm, inputs):
         x = inputs
         if include_preprocessing:  # the weights' normalisation (mean = std = 0.5)
             x = layers.Rescaling(scale=1.0 / 127.5, offset=-1.0)(x)
@@ -175,8 +175,7 @@ def build_mobilenet_v3(
         else:
             x = _common.global_pool(x, pooling, ("avg_pool", "max_pool"))
         model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+    return _common.finish_weights(model, weights)
 
 
 def _builder(kind: str) -> Any:
@@ -222,13 +221,4 @@ MobileNetV3Small = _builder("small")
 MobileNetV3Large = _builder("large")
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """A pass-through, as Keras's: the model's ``rescaling`` layer maps [0, 255] to [-1, 1]."""
-    if data_format not in (None, "channels_last"):
-        raise NotImplementedError(f"preprocess_input(data_format={data_format!r})")
-    return x
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+preprocess_input = convention(None, __name__)

@@ -15,13 +15,13 @@ spatial size. The stem's 7x7 convolution and max-pool padding are moved into Ker
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -47,23 +47,8 @@ def _block(x: Any, block: Any, name: str) -> Any:
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def build_resnet(
-    timm_name: str,
-    *,
-    include_top: bool,
-    weights: Any,
-    input_tensor: Any,
-    input_shape: Any,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: Any,
-    name: str,
-) -> Model:
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
-    tm = _common.timm_model(timm_name, weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
+def build_resnet(timm_name: str, request: _common.Request) -> Model:
+    with _common.keras_graph(request, timm_name, 224, 32) as (tm, inputs):
         pad = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")
         x = _common.map_input(pad, _common.input_map("caffe", tm))(inputs)
         tm.conv1.padding = (0, 0)
@@ -75,54 +60,18 @@ def build_resnet(
         for stage, stack in enumerate((tm.layer1, tm.layer2, tm.layer3, tm.layer4), start=2):
             for b, block in enumerate(stack, start=1):
                 x = _block(x, block, f"conv{stage}_block{b}")
-        if include_top:
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            x = _common.prediction_layer(tm.fc, weights, classes, classifier_activation)(x)
-        else:
-            x = _common.global_pool(x, pooling, ("avg_pool", "max_pool"))
-        model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+        x = _common.classifier_or_pool(x, request, tm.fc)
+        model = Model(inputs, x, name=request.name)
+    return _common.finish_weights(model, request.weights)
 
 
-def _builder(depth: int) -> Any:
-    def builder(
-        include_top: bool = True,
-        weights: Any = "imagenet",
-        input_tensor: Any = None,
-        input_shape: Any = None,
-        pooling: str | None = None,
-        classes: int = 1000,
-        classifier_activation: Any = "softmax",
-        name: str = f"resnet{depth}",
-    ) -> Model:
-        return build_resnet(
-            f"resnet{depth}",
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = f"ResNet{depth}"
-    builder.__doc__ = f"Keras's ``ResNet{depth}`` on timm's ``resnet{depth}`` (see module doc)."
-    return builder
+def _application(depth: int) -> Any:
+    name = f"resnet{depth}"
+    build = functools.partial(build_resnet, name)
+    return _common.keras_application(build, f"ResNet{depth}", name, name)
 
 
-ResNet50 = _builder(50)
-ResNet101 = _builder(101)
-ResNet152 = _builder(152)
-
-
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``caffe`` convention (RGB->BGR, ImageNet mean subtracted, no scaling)."""
-    return _preprocess(x, data_format=data_format, mode="caffe")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+ResNet50 = _application(50)
+ResNet101 = _application(101)
+ResNet152 = _application(152)
+preprocess_input = convention("caffe", __name__)

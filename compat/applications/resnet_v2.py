@@ -24,17 +24,17 @@ there; ``weights=None`` and weight files work.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compat import backend, layers
+from compat import layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -85,23 +85,8 @@ def _linear(fc: nn.Module) -> nn.Linear:
     return linear
 
 
-def build_resnet_v2(
-    depth: int,
-    *,
-    include_top: bool,
-    weights: Any,
-    input_tensor: Any,
-    input_shape: Any,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: Any,
-    name: str,
-) -> Model:
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 224, 32, include_top, weights)
-    tm = _common.timm_model(f"resnetv2_{depth}", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 224, 32, include_top, weights)
+def build_resnet_v2(depth: int, request: _common.Request) -> Model:
+    with _common.keras_graph(request, f"resnetv2_{depth}", 224, 32) as (tm, inputs):
         pad = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")
         x = _common.map_input(pad, _common.input_map("tf", tm))(inputs)
         tm.stem.conv.padding = (0, 0)
@@ -115,57 +100,19 @@ def build_resnet_v2(
                 x = _block(x, block, f"conv{s + 2}_block{b}", keras_pool)
         x = _bn(x, tm.norm, "post_bn")
         x = layers.Activation("relu", name="post_relu")(x)
-        if include_top:
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            fc = _linear(tm.head.fc)
-            x = _common.prediction_layer(fc, weights, classes, classifier_activation)(x)
-        else:
-            x = _common.global_pool(x, pooling, ("avg_pool", "max_pool"))
-        model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+        x = _common.classifier_or_pool(x, request, _linear(tm.head.fc))
+        model = Model(inputs, x, name=request.name)
+    return _common.finish_weights(model, request.weights)
 
 
-def _builder(depth: int) -> Any:
-    def builder(
-        include_top: bool = True,
-        weights: Any = "imagenet",
-        input_tensor: Any = None,
-        input_shape: Any = None,
-        pooling: str | None = None,
-        classes: int = 1000,
-        classifier_activation: Any = "softmax",
-        name: str = f"resnet{depth}v2",
-    ) -> Model:
-        return build_resnet_v2(
-            depth,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-        )
-
-    builder.__name__ = builder.__qualname__ = f"ResNet{depth}V2"
-    builder.__doc__ = (
-        f"Keras's ``ResNet{depth}V2`` on timm's ``resnetv2_{depth}`` (see module doc)."
+def _application(depth: int) -> Any:
+    build = functools.partial(build_resnet_v2, depth)
+    return _common.keras_application(
+        build, f"ResNet{depth}V2", f"resnet{depth}v2", f"resnetv2_{depth}"
     )
-    return builder
 
 
-ResNet50V2 = _builder(50)
-ResNet101V2 = _builder(101)
-ResNet152V2 = _builder(152)
-
-
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
-    return _preprocess(x, data_format=data_format, mode="tf")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+ResNet50V2 = _application(50)
+ResNet101V2 = _application(101)
+ResNet152V2 = _application(152)
+preprocess_input = convention("tf", __name__)

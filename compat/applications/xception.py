@@ -21,9 +21,8 @@ from torch import nn
 
 from compat import backend, layers
 from compat.applications import _common
-from compat.applications.imagenet_utils import Decoded, Preprocessed
-from compat.applications.imagenet_utils import decode_predictions as _decode
-from compat.applications.imagenet_utils import preprocess_input as _preprocess
+from compat.applications.imagenet_utils import convention
+from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
 
 
@@ -68,21 +67,8 @@ def _block(x: Any, block: nn.Module, k: int) -> Any:
     return layers.Add(name=backend.unique_name("add"))([x, residual])
 
 
-def Xception(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "xception",
-) -> Model:
-    _common.check_pooling(pooling)
-    _common.check_input_shape(input_tensor, input_shape, 299, 71, include_top, weights)
-    tm = _common.timm_model("legacy_xception", weights, include_top, classes)
-    with backend.canonical_names():
-        inputs = _common.model_input(input_tensor, input_shape, 299, 71, include_top, weights)
+def build_xception(request: _common.Request) -> Model:
+    with _common.keras_graph(request, "legacy_xception", 299, 71) as (tm, inputs):
         stem = layers.Conv2D.from_torch(tm.conv1, name="block1_conv1", padding="valid")
         x = _common.map_input(stem, _common.input_map("tf", tm))(inputs)
         x = _bn(x, tm.bn1, "block1_conv1_bn")
@@ -98,21 +84,10 @@ def Xception(
         x = _sep(x, tm.conv4, "block14_sepconv2")
         x = _bn(x, tm.bn4, "block14_sepconv2_bn")
         x = layers.Activation("relu", name="block14_sepconv2_act")(x)
-        if include_top:
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            x = _common.prediction_layer(tm.fc, weights, classes, classifier_activation)(x)
-        else:
-            x = _common.global_pool(x, pooling, (None, None))
-        model = Model(inputs, x, name=name)
-    _common.finish_weights(model, weights)
-    return model
+        x = _common.classifier_or_pool(x, request, tm.fc, pool_names=(None, None))
+        model = Model(inputs, x, name=request.name)
+    return _common.finish_weights(model, request.weights)
 
 
-def preprocess_input(x: Any, data_format: str | None = None) -> Preprocessed:
-    """Keras's ``tf`` convention: scale pixels to [-1, 1]."""
-    return _preprocess(x, data_format=data_format, mode="tf")
-
-
-def decode_predictions(preds: Any, top: int = 5) -> Decoded:
-    """Keras's ``decode_predictions``: per sample, the top ``(wnid, short_name, score)``."""
-    return _decode(preds, top=top)
+Xception = _common.keras_application(build_xception, "Xception", "xception", "legacy_xception")
+preprocess_input = convention("tf", __name__)

@@ -48,6 +48,83 @@ def _out_len(size: int | None, k: int, s: int, padding: str, d: int = 1, pad: in
     return (size + pad - d * (k - 1) - 1) // s + 1
 
 
+def set_conv_arguments(
+    layer: Layer,
+    filters: int | None,
+    kernel_size: Any,
+    strides: Any,
+    padding: str,
+    data_format: str | None,
+    dilation_rate: Any,
+) -> None:
+    """Keras's checks of a 2-D convolution's arguments; sets them on ``layer``
+    (``filters=None``: a depthwise convolution, whose filters follow its input)."""
+    _check_data_format(data_format, type(layer).__name__)
+    if filters is not None:
+        if not isinstance(filters, int) or filters <= 0:
+            raise ValueError(
+                "Invalid value for argument `filters`. Expected a strictly positive value. "
+                f"Received filters={filters!r}."
+            )
+        layer.filters = filters
+    layer.kernel_size = _pair(kernel_size, "kernel_size")
+    layer.strides = _pair(strides, "strides")
+    layer.dilation_rate = _pair(dilation_rate, "dilation_rate")
+    layer.padding = _check_padding(padding)
+
+
+def check_in_channels(layer: Layer, input_shape: Shape, in_channels: int) -> None:
+    """Keras's error for an input whose channels are not those the layer was built for."""
+    _expect_rank(layer, input_shape, 4)
+    if input_shape[-1] != in_channels:
+        raise ValueError(
+            f"Input of layer '{layer.name}' is incompatible with the layer: expected axis "
+            f"-1 of input shape to have value {in_channels}, but received input "
+            f"with shape {input_shape}"
+        )
+
+
+def keras_same_pad(layer: Any, x: torch.Tensor, torch_pad: tuple[int, ...]) -> torch.Tensor:
+    """Keras's ``'same'`` padding (more at the bottom/right when the total is odd), unless the
+    wrapped torch convolution pads by itself (``torch_pad``)."""
+    if layer.padding != "same" or tuple(torch_pad) != (0, 0):
+        return x
+    kh, kw = layer.kernel_size
+    t, b = _same_pads(x.shape[2], kh, layer.strides[0], layer.dilation_rate[0])
+    left, r = _same_pads(x.shape[3], kw, layer.strides[1], layer.dilation_rate[1])
+    if t or b or left or r:
+        x = F.pad(x, (left, r, t, b))
+    return x
+
+
+def conv_output_shape(layer: Any, input_shape: Shape, torch_pad: tuple[int, ...]) -> Shape:
+    """A convolution's output shape (channels: ``layer.filters``)."""
+    _expect_rank(layer, input_shape, 4)
+    dims = []
+    for i in range(2):
+        k, s, d = layer.kernel_size[i], layer.strides[i], layer.dilation_rate[i]
+        if tuple(torch_pad) != (0, 0):
+            dims.append(_out_len(input_shape[1 + i], k, s, "valid", d, 2 * torch_pad[i]))
+        else:
+            dims.append(_out_len(input_shape[1 + i], k, s, layer.padding, d))
+    return (None, dims[0], dims[1], layer.filters)
+
+
+def depthwise_kernel(layer: Layer, name: str, conv: nn.Conv2d, multiplier: int) -> Variable:
+    """Keras's ``(kh, kw, in, multiplier)`` view of a grouped conv's ``(in * mult, 1, kh, kw)``."""
+    cin = conv.in_channels
+
+    def to_keras(w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(cin, multiplier, *w.shape[2:]).permute(2, 3, 0, 1)
+
+    def from_keras(w: torch.Tensor) -> torch.Tensor:
+        return w.permute(2, 3, 0, 1).reshape(cin * multiplier, 1, *w.shape[:2])
+
+    return Variable(
+        layer, name, conv, "weight", trainable=True, to_keras=to_keras, from_keras=from_keras
+    )
+
+
 class Conv2D(Layer):
     """2-D convolution; kernel is ``(kh, kw, in, out)`` in Keras's weights.
 
@@ -72,19 +149,9 @@ class Conv2D(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_data_format(data_format, "Conv2D")
         if kernel_regularizer is not None:
             raise NotImplementedError("Conv2D(kernel_regularizer=...)")
-        if not isinstance(filters, int) or filters <= 0:
-            raise ValueError(
-                f"Invalid value for argument `filters`. Expected a strictly "
-                f"positive value. Received filters={filters!r}."
-            )
-        self.filters = filters
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
-        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
-        self.padding = _check_padding(padding)
+        set_conv_arguments(self, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self.groups = groups
         self.activation = activation
         self._act = activations.get(activation)
@@ -135,33 +202,13 @@ class Conv2D(Layer):
         return layer
 
     def _check_input_shape(self, input_shape: Shape) -> None:
-        _expect_rank(self, input_shape, 4)
-        if input_shape[-1] != self.conv.in_channels:
-            raise ValueError(
-                f"Input of layer '{self.name}' is incompatible with the layer: expected axis "
-                f"-1 of input shape to have value {self.conv.in_channels}, but received input "
-                f"with shape {input_shape}"
-            )
+        check_in_channels(self, input_shape, self.conv.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding == "same" and self._torch_pad == (0, 0):
-            kh, kw = self.kernel_size
-            (t, b) = _same_pads(x.shape[2], kh, self.strides[0], self.dilation_rate[0])
-            (left, r) = _same_pads(x.shape[3], kw, self.strides[1], self.dilation_rate[1])
-            if t or b or left or r:
-                x = F.pad(x, (left, r, t, b))
-        return self._act(self.conv(x))
+        return self._act(self.conv(keras_same_pad(self, x, self._torch_pad)))
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
-        _expect_rank(self, input_shape, 4)
-        dims = []
-        for i in range(2):
-            k, s, d = self.kernel_size[i], self.strides[i], self.dilation_rate[i]
-            if self._torch_pad != (0, 0):
-                dims.append(_out_len(input_shape[1 + i], k, s, "valid", d, 2 * self._torch_pad[i]))
-            else:
-                dims.append(_out_len(input_shape[1 + i], k, s, self.padding, d))
-        return (None, dims[0], dims[1], self.filters)
+        return conv_output_shape(self, input_shape, self._torch_pad)
 
     def _own_variables(self) -> list[Variable]:
         if self.conv is None:

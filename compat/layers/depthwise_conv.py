@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from compat.layers.base import Shape, Variable
-from compat.layers.conv import Conv2D
+from compat.layers.conv import Conv2D, depthwise_kernel
 from compat.layers.core import _init_weight
 
 
@@ -83,25 +82,7 @@ class DepthwiseConv2D(Conv2D):
     def _own_variables(self) -> list[Variable]:
         if self.conv is None:
             return []
-        cin, mult = self.groups, self.depth_multiplier
-
-        def to_keras(w: torch.Tensor) -> torch.Tensor:
-            return w.reshape(cin, mult, *w.shape[2:]).permute(2, 3, 0, 1)
-
-        def from_keras(w: torch.Tensor) -> torch.Tensor:
-            return w.permute(2, 3, 0, 1).reshape(cin * mult, 1, *w.shape[:2])
-
-        out = [
-            Variable(
-                self,
-                "kernel",
-                self.conv,
-                "weight",
-                trainable=True,
-                to_keras=to_keras,
-                from_keras=from_keras,
-            )
-        ]
+        out = [depthwise_kernel(self, "kernel", self.conv, self.depth_multiplier)]
         if self.conv.bias is not None:
             out.append(Variable(self, "bias", self.conv, "bias", trainable=True))
         return out

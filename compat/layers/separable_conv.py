@@ -7,13 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compat import activations
 from compat.layers.base import Layer, Shape, Variable, conv_kernel_from_keras, conv_kernel_to_keras
-from compat.layers.conv import _check_padding, _out_len, _pair, _same_pads
-from compat.layers.core import _check_data_format, _expect_rank, _init_weight
+from compat.layers.conv import (
+    check_in_channels,
+    conv_output_shape,
+    depthwise_kernel,
+    keras_same_pad,
+    set_conv_arguments,
+)
+from compat.layers.core import _expect_rank, _init_weight
 
 
 class SeparableConv2D(Layer):
@@ -34,17 +39,7 @@ class SeparableConv2D(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_data_format(data_format, "SeparableConv2D")
-        if not isinstance(filters, int) or filters <= 0:
-            raise ValueError(
-                "Invalid value for argument `filters`. Expected a strictly positive value. "
-                f"Received filters={filters!r}."
-            )
-        self.filters = filters
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
-        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
-        self.padding = _check_padding(padding)
+        set_conv_arguments(self, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self.depth_multiplier = int(depth_multiplier)
         self.activation = activation
         self._act = activations.get(activation)
@@ -107,56 +102,21 @@ class SeparableConv2D(Layer):
         return layer
 
     def _check_input_shape(self, input_shape: Shape) -> None:
-        _expect_rank(self, input_shape, 4)
-        if input_shape[-1] != self.depthwise.in_channels:
-            raise ValueError(
-                f"Input of layer '{self.name}' is incompatible with the layer: expected axis "
-                f"-1 of input shape to have value {self.depthwise.in_channels}, but received "
-                f"input with shape {input_shape}"
-            )
+        check_in_channels(self, input_shape, self.depthwise.in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding == "same" and tuple(self.depthwise.padding) == (0, 0):
-            kh, kw = self.kernel_size
-            t, b = _same_pads(x.shape[2], kh, self.strides[0], self.dilation_rate[0])
-            left, r = _same_pads(x.shape[3], kw, self.strides[1], self.dilation_rate[1])
-            if t or b or left or r:
-                x = F.pad(x, (left, r, t, b))
+        x = keras_same_pad(self, x, self.depthwise.padding)
         return self._act(self.pointwise(self.depthwise(x)))
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
-        _expect_rank(self, input_shape, 4)
-        torch_pad = tuple(self.depthwise.padding) if self.depthwise is not None else (0, 0)
-        dims = []
-        for i in range(2):
-            k, s, d = self.kernel_size[i], self.strides[i], self.dilation_rate[i]
-            if torch_pad != (0, 0):
-                dims.append(_out_len(input_shape[1 + i], k, s, "valid", d, 2 * torch_pad[i]))
-            else:
-                dims.append(_out_len(input_shape[1 + i], k, s, self.padding, d))
-        return (None, dims[0], dims[1], self.filters)
+        torch_pad = self.depthwise.padding if self.depthwise is not None else (0, 0)
+        return conv_output_shape(self, input_shape, torch_pad)
 
     def _own_variables(self) -> list[Variable]:
         if self.depthwise is None:
             return []
-        cin, mult = self.depthwise.in_channels, self.depth_multiplier
-
-        def dw_to_keras(w: torch.Tensor) -> torch.Tensor:
-            return w.reshape(cin, mult, *w.shape[2:]).permute(2, 3, 0, 1)
-
-        def dw_from_keras(w: torch.Tensor) -> torch.Tensor:
-            return w.permute(2, 3, 0, 1).reshape(cin * mult, 1, *w.shape[:2])
-
         out = [
-            Variable(
-                self,
-                "depthwise_kernel",
-                self.depthwise,
-                "weight",
-                trainable=True,
-                to_keras=dw_to_keras,
-                from_keras=dw_from_keras,
-            ),
+            depthwise_kernel(self, "depthwise_kernel", self.depthwise, self.depth_multiplier),
             Variable(
                 self,
                 "pointwise_kernel",
