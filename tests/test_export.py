@@ -113,3 +113,16 @@ def test_export_rejects_unknown_format_and_mismatch_messages(binary_checkpoint) 
     msg = class_name_mismatch(["a", "b"], ["a", "c"])
     assert "['c']" in msg and "['b']" in msg
     assert "order" in class_name_mismatch(["a", "b"], ["b", "a"])
+
+
+def test_export_into_a_used_folder_leaves_one_checkpoints_files(binary_checkpoint) -> None:
+    """A second export with other formats removes the first export's model files (they were
+    of another checkpoint, and model.json would not list them), and nothing else."""
+    tmp, path, _ = binary_checkpoint
+    out = tmp / "reused"
+    export(path, out, formats=["pt2"])
+    (out / "notes.txt").write_text("mine")
+    result = export(path, out, formats=["torchscript"])
+    assert result["removed"] == [str(out / "model.pt2")]
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.ts", "notes.txt"]
+    assert json.loads((out / "model.json").read_text())["files"] == {"torchscript": "model.ts"}

@@ -153,7 +153,9 @@ def export(
     Each file is written to a temporary name, run on another batch size and compared with the
     checkpoint, and only then moved over a previous export: a failure (or a deviation above
     ``atol``, which raises) leaves the previous file in place. ONNX is skipped (and reported)
-    when the ``[export]`` extra is not installed.
+    when the ``[export]`` extra is not installed. Once all is written, the model files of an
+    earlier export into the folder that this one did not write are removed (``"removed"``), so
+    the folder holds one checkpoint's export, as its ``model.json`` says.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -187,9 +189,26 @@ def export(
         result["max_abs_diff"][fmt] = diff
     meta = metadata(model)
     meta["files"] = {k: Path(v).name for k, v in result["files"].items()}
+    stale = _previous_export_files(out_dir) - set(meta["files"].values())
     meta_path = atomic_write(out_dir / "model.json", json.dumps(meta, indent=2))
     result["files"]["metadata"] = str(meta_path)
+    result["removed"] = []
+    for name in sorted(stale):  # an earlier export's model, not of this checkpoint
+        (out_dir / name).unlink(missing_ok=True)
+        result["removed"].append(str(out_dir / name))
     return result
+
+
+def _previous_export_files(out_dir: Path) -> set[str]:
+    """The model files an earlier ``ftlight export`` into ``out_dir`` listed in its
+    ``model.json`` (only names ftlight writes, so nothing else in the folder is touched)."""
+    try:
+        files = json.loads((out_dir / "model.json").read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(files, dict):
+        return set()
+    return {name for name in files.values() if name in FILE_NAMES.values()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ftlight export: {fmt}: {path}{note}")
     for what, why in result["skipped"].items():
         print(f"ftlight export: skipped {what}: {why}")
+    for path in result["removed"]:
+        print(f"ftlight export: removed {path} (an earlier export's, not of this checkpoint)")
     return 0
 
 
