@@ -100,6 +100,14 @@ def test_report_on_a_directory_without_metrics_explains(tmp_path: Path) -> None:
         write_report(tmp_path)
 
 
+def test_report_on_a_checkpoint_file_names_the_folder_to_give(tmp_path: Path) -> None:
+    from ftlight.cli.report import find_run
+
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=rf"is a file; .*ftlight report {tmp_path}$"):
+        find_run(tmp_path / "model.ckpt")
+
+
 def _edges_blank(path: Path) -> bool:
     """Nothing drawn in the outer 3 pixels: no title, label or tile was cut off."""
     with Image.open(path) as img:

@@ -491,6 +491,11 @@ def find_run(given: str | os.PathLike) -> Path:
     """The run folder for ``ftlight report RUN_DIR``: ``RUN_DIR`` itself when it holds
     ``metrics.json``, else its newest ``logs/version_N`` that does."""
     run_dir = Path(given)
+    if run_dir.is_file():
+        raise NotADirectoryError(
+            f"RUN_DIR {os.fspath(given)} is a file; `ftlight report` reads a run folder (with "
+            f"metrics.json, or a fit's default_root_dir). Try: ftlight report {run_dir.parent}"
+        )
     if not run_dir.is_dir():
         raise FileNotFoundError(
             f"RUN_DIR {os.fspath(given)}: no such folder (resolved to {run_dir.absolute()}). "
