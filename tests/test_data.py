@@ -102,8 +102,14 @@ def test_folder_problems_are_explained(tmp_path: Path, image_folder: Path) -> No
     with pytest.warns(UserWarning, match="Ignored 1 non-image files"):
         dm.setup()
     one = make_image_folder(tmp_path / "one", classes=("red",))
-    with pytest.raises(ValueError, match="single class"):
+    with pytest.raises(ValueError, match=r"single class.*one sub-folder per class under"):
         ftlight.ImageDataModule(str(one), num_workers=0).setup()
+    same = ftlight.ImageDataModule.from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"single class.*labels with at least two values"):
+        same.setup()
+    no_test = ftlight.ImageDataModule(str(image_folder), num_workers=0)
+    with pytest.raises(ValueError, match=r"No 'test' split.*--data\.test_split"):
+        no_test.test_dataloader()
     (image_folder / "empty").mkdir()
     with pytest.raises(ValueError, match=r"without any image: \['empty'\]"):
         ftlight.ImageDataModule(str(image_folder), num_workers=0).setup()

@@ -220,9 +220,14 @@ class ImageDataModule(L.LightningDataModule):
         else:
             self._setup_folder()
         if len(self.class_names) < 2:
+            where = (
+                "labels with at least two values"
+                if self._arrays is not None
+                else f"one sub-folder per class under {self.root}"
+            )
             raise ValueError(
                 f"Found a single class ({self.class_names}). Classification needs at least two "
-                "classes (one sub-folder each)."
+                f"classes: {where}."
             )
 
     def _setup_arrays(self) -> None:
@@ -337,7 +342,13 @@ class ImageDataModule(L.LightningDataModule):
         """A DataLoader over ``split`` ('train', 'val', 'test') with that split's transform."""
         self.setup()
         if split not in self.datasets:
-            raise ValueError(f"No {split!r} split; have {sorted(self.datasets)}.")
+            hint = ""
+            if split == "test":
+                hint = (
+                    " Give the data a test/ sub-folder (beside train/), or hold part of the "
+                    "training data out with test_split=FRACTION (CLI: --data.test_split 0.1)."
+                )
+            raise ValueError(f"No {split!r} split; have {sorted(self.datasets)}.{hint}")
         dataset = self._fast_dataset(split)
         workers = self.num_workers
         shuffle = (split == "train") if shuffle is None else shuffle
