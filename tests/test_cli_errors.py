@@ -95,6 +95,15 @@ def test_a_usage_mistake_exits_with_code_2(argv: list[str], capsys) -> None:
     assert "usage: ftlight" in capsys.readouterr().err
 
 
+def test_a_mistyped_flag_is_three_lines_naming_the_close_flag(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data.rooot", "x"])
+    assert info.value.code == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3, err  # usage, the --help tip, the error (was 103 lines)
+    assert err[-1].endswith("unrecognized arguments: --data.rooot x (did you mean --data.root?)")
+
+
 def test_a_missing_data_folder_names_the_setting_and_the_path_received(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("not a folder")
     for given, problem in (("nowhere/", "no such folder"), ("a_file", "is a file, not a folder")):

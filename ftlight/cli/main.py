@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import importlib
 import importlib.util
 import os
@@ -283,11 +284,32 @@ def _lightning_cli_class() -> type:
     from ftlight.callbacks.guards import AtomicCheckpointIO, NonFiniteLossGuard
     from ftlight.callbacks.staged import StagedUnfreeze
 
+    class ShortUsageParser(LightningArgumentParser):
+        """A usage mistake is three lines, not the 100-line usage of every option, and an
+        unknown flag close to a known one names it."""
+
+        def print_usage(self, file: Any = None) -> None:
+            print(f"usage: {self.prog} [options]", file=file or sys.stdout)
+
+        def error(self, message: str, ex: Exception | None = None) -> Any:
+            parser = getattr(ex, "subcommand_parser", None) or self
+            unknown = message.partition("unrecognized arguments: ")[2].split()
+            if unknown and unknown[0].startswith("--"):
+                flag = unknown[0].partition("=")[0]
+                known = [o for o in parser._option_string_actions if o.startswith("--")]
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+            return super().error(message, ex)
+
     class FtlightCLI(LightningCLI):
         """LightningCLI with ftlight's links, checkpointing and logging defaults."""
 
         # This run's folder, root/logs/version_N (None with a logger of the user's own).
         run_dir: Path | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, parser_class=ShortUsageParser, **kwargs)
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
