@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,16 +225,33 @@ def test_predict_csv_and_class_name_mismatch(fitted) -> None:
         assert len(list(csv.DictReader(f))) == 2
 
 
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+@pytest.fixture(scope="module")
+def exported(fitted) -> dict:
+    """One `ftlight export --format torchscript onnx` of the fitted checkpoint (one process
+    for both formats; the in-process export tests check a single format's file list)."""
+    formats = ["torchscript", "onnx"] if _onnx_available() else ["torchscript"]
+    proc = ftlight(
+        "export", str(fitted["last"]), "-o", "exp", "--format", *formats, cwd=fitted["work"]
+    )
+    meta = json.loads((fitted["work"] / "exp" / "model.json").read_text())
+    return {"proc": proc, "meta": meta, "dir": fitted["work"] / "exp"}
+
+
 @pytest.mark.slow
-def test_export_torchscript_reproduces_checkpoint(fitted) -> None:
+def test_export_torchscript_reproduces_checkpoint(fitted, exported) -> None:
     work = fitted["work"]
-    proc = ftlight("export", str(fitted["last"]), "-o", "exp", "--format", "torchscript", cwd=work)
-    assert "torchscript" in proc.stdout
-    meta = json.loads((work / "exp" / "model.json").read_text())
+    assert "torchscript" in exported["proc"].stdout
+    meta = exported["meta"]
     assert meta["class_names"] == ["cat", "dog"]
     assert meta["preprocessing"]["input_size"][-1] == 32
     # Reload and run on real images with the exported preprocessing: same as the checkpoint.
-    scripted = torch.jit.load(str(work / "exp" / "model.ts"))
+    scripted = torch.jit.load(str(exported["dir"] / "model.ts"))
     transform = eval_transform(DataConfig.from_dict(meta["preprocessing"]))
     paths = sorted((work / "imgs").rglob("*.png"))[:6]
     batch = torch.stack([transform(load_rgb(p)) for p in paths])
@@ -245,17 +263,21 @@ def test_export_torchscript_reproduces_checkpoint(fitted) -> None:
 
 
 @pytest.mark.slow
-def test_export_onnx_reproduces_checkpoint(fitted) -> None:
+def test_export_onnx_reproduces_checkpoint(fitted, exported) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     work = fitted["work"]
-    ftlight("export", str(fitted["last"]), "-o", "onnx", "--format", "onnx", cwd=work)
-    meta = json.loads((work / "onnx" / "model.json").read_text())
-    assert meta["files"] == {"onnx": "model.onnx"}
+    meta = exported["meta"]
+    assert meta["files"] == {"torchscript": "model.ts", "onnx": "model.onnx"}
+    assert sorted(p.name for p in exported["dir"].iterdir()) == [
+        "model.json",
+        "model.onnx",
+        "model.ts",
+    ]
     transform = eval_transform(DataConfig.from_dict(meta["preprocessing"]))
     paths = sorted((work / "imgs").rglob("*.png"))[-5:]
     batch = torch.stack([transform(load_rgb(p)) for p in paths])
-    session = ort.InferenceSession(str(work / "onnx" / "model.onnx"))
+    session = ort.InferenceSession(str(exported["dir"] / "model.onnx"))
     (got,) = session.run(None, {"images": batch.numpy()})
     model = FineTuner.from_checkpoint(fitted["last"])
     with torch.no_grad():
@@ -263,27 +285,44 @@ def test_export_onnx_reproduces_checkpoint(fitted) -> None:
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
 
 
+RESNET = [
+    "--model.backbone=resnet18",
+    "--model.image_size=32",
+    "--model.freeze=true",
+    "--data.root=imgs",
+    "--data.num_workers=0",
+    "--data.batch_size=8",
+    "--trainer.default_root_dir=run",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--staged.milestones=[{epoch: 1, groups: [stage4], lr: 0.01}]",
+]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """A 1-epoch resnet18 fit (random weights, stage4 scheduled at epoch 1) in ``run``; each
+    resume test continues it in its own copy of the folder."""
+    work = tmp_path_factory.mktemp("resume_cli")
+    make_image_folder(work / "imgs", classes=("cat", "dog"), per_class=8)
+    ftlight("fit", *RESNET, "--model.weights=null", "--trainer.max_epochs=1", cwd=work)
+    return work
+
+
 @pytest.mark.slow
-def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(tmp_path: Path) -> None:
+def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(one_epoch_run, tmp_path) -> None:
     """`--ckpt_path last` finds the previous run's checkpoint; stage4 trains from epoch 1."""
-    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=8)
-    common = [
-        "--model.backbone=resnet18",
-        "--model.weights=null",
-        "--model.image_size=32",
-        "--model.freeze=true",
-        "--data.root=imgs",
-        "--data.num_workers=0",
-        "--data.batch_size=8",
-        "--trainer.default_root_dir=run",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--staged.milestones=[{epoch: 1, groups: [stage4], lr: 0.01}]",
-    ]
-    ftlight("fit", *common, "--trainer.max_epochs=1", cwd=tmp_path)
-    runs = tmp_path / "run" / "logs"
+    work = shutil.copytree(one_epoch_run, tmp_path / "work")
+    runs = work / "run" / "logs"
     before = torch.load(runs / "version_0/checkpoints/last.ckpt", weights_only=False)
-    ftlight("fit", *common, "--trainer.max_epochs=2", "--ckpt_path=last", cwd=tmp_path)
+    ftlight(
+        "fit",
+        *RESNET,
+        "--model.weights=null",
+        "--trainer.max_epochs=2",
+        "--ckpt_path=last",
+        cwd=work,
+    )
     after = torch.load(runs / "version_1/checkpoints/last.ckpt", weights_only=False)
     assert after["epoch"] == 1 and before["epoch"] == 0
     state = next(v for k, v in after["callbacks"].items() if "StagedUnfreeze" in k)
@@ -301,23 +340,13 @@ def test_cli_resume_with_ckpt_path_last_unfreezes_on_time(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(tmp_path: Path) -> None:
+def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(
+    one_epoch_run, tmp_path
+) -> None:
     """Resuming replaces every weight from the checkpoint: it must work offline."""
     import os
 
-    make_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=8)
-    common = [
-        "--model.backbone=resnet18",
-        "--model.image_size=32",
-        "--model.freeze=true",
-        "--data.root=imgs",
-        "--data.num_workers=0",
-        "--data.batch_size=8",
-        "--trainer.default_root_dir=run",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ]
-    ftlight("fit", *common, "--model.weights=null", "--trainer.max_epochs=1", cwd=tmp_path)
+    work = shutil.copytree(one_epoch_run, tmp_path / "work")
     offline = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -329,24 +358,24 @@ def test_resume_needs_no_hub_weights_but_a_missing_checkpoint_still_does(tmp_pat
         "-m",
         "ftlight.cli",
         "fit",
-        *common,
+        *RESNET,
         "--model.weights=imagenet",
         "--trainer.max_epochs=2",
     ]
     resumed = subprocess.run(
         [*run, "--ckpt_path=last"],
-        cwd=tmp_path,
+        cwd=work,
         env=offline,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    last = tmp_path / "run" / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    last = work / "run" / "logs" / "version_1" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["epoch"] == 1
     fresh = subprocess.run(
         [*run, "--trainer.default_root_dir=other", "--ckpt_path=last"],
-        cwd=tmp_path,
+        cwd=work,
         env=offline,
         capture_output=True,
         text=True,
@@ -422,8 +451,15 @@ def test_unavailable_weights_are_one_line_in_cli_terms(tmp_path) -> None:
     assert no_run_folders(tmp_path / "run")
 
 
-def test_missing_data_folder_is_one_line_and_debug_shows_the_traceback(tmp_path) -> None:
-    proc = run_cli("fit", *TINY, "--data.root=nowhere", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def fit_nowhere(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`ftlight fit` without --config on a missing data folder (shared by two tests)."""
+    work = tmp_path_factory.mktemp("nowhere")
+    return run_cli("fit", *TINY, "--data.root=nowhere", cwd=work), work
+
+
+def test_missing_data_folder_is_one_line_and_debug_shows_the_traceback(fit_nowhere) -> None:
+    proc, tmp_path = fit_nowhere
     assert "nowhere" in one_error_line(proc)
     for how in ({"FTLIGHT_DEBUG": "1"}, None):
         extra = [] if how else ["--debug"]
@@ -445,14 +481,13 @@ def test_unreadable_checkpoint_is_one_line(tmp_path) -> None:
     assert no_run_folders(tmp_path / "run")
 
 
-def test_fit_without_config_warns_about_random_weights(tmp_path) -> None:
-    proc = run_cli("fit", *TINY, "--data.root=nowhere", cwd=tmp_path)
+def test_fit_without_config_warns_about_random_weights(fit_nowhere) -> None:
+    # (With --config the warning is absent: tests/test_cli_errors.py's "fit" case.)
+    proc, _ = fit_nowhere
     warning = [line for line in proc.stderr.splitlines() if "no --config given" in line]
     assert len(warning) == 1 and "random weights" in warning[0]
     for name in CONFIGS:
         assert name in warning[0]
-    proc = run_cli("fit", "--config", "efficientnet_lite0", "--data.root=nowhere", cwd=tmp_path)
-    assert "no --config given" not in proc.stderr
 
 
 @pytest.mark.slow

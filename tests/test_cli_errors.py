@@ -76,6 +76,9 @@ def test_every_subcommand_reports_a_known_error_in_one_line_with_exit_code_1(
         for fragment in expected:
             assert fragment in errors[0], f"{name}: {fragment!r} not in {errors[0]!r}"
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "exported").exists()
+    # A bundled config starts from pre-trained weights: no random-weights warning
+    # (its presence without --config: tests/test_cli.py).
+    assert "no --config given" not in results["fit"][2]
     assert [p.name for p in (tmp_path / "mine" / "data").iterdir()] == ["cats"]
 
 
