@@ -389,7 +389,16 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
 }  # fmt: skip
 _MODELS = ("Sequential", "Functional", "Model")
 # Layers whose Keras build() is the default one: Keras records no build_config for them.
-_NO_BUILD_CONFIG = ("Dropout", "Activation", "ReLU")
+_NO_BUILD_CONFIG = (
+    "Dropout",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "ReLU",
+    "Activation",
+    "Reshape",
+)
 
 
 def _keras_class(layer: Any) -> str:
