@@ -50,6 +50,18 @@ class NotWritableError(ValueError):
     activation without a Keras config in compat)."""
 
 
+def _h5py() -> Any:
+    """h5py, which Keras's files need (``pip install ftlight[keras-files]``)."""
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(
+            "Keras's .keras, .weights.h5 and .h5 files need h5py: pip install "
+            "'ftlight[keras-files]' (or h5py). compat's own files (.pt) do not."
+        ) from None
+    return h5py
+
+
 # ----- names, initializers, regularizers, activations ----------------------------------
 
 
@@ -1051,7 +1063,7 @@ def _unique(name: str, used: dict[str, int]) -> str:
 
 
 def _write_weights_h5(model: Any, target: Any) -> None:
-    import h5py
+    h5py = _h5py()
 
     with h5py.File(target, "w") as f:
         f.create_group("vars").attrs["name"] = model.name
@@ -1068,7 +1080,7 @@ def _check_h5_sizes(f: Any, where: str, file_size: int) -> None:
     problems: list[str] = []
 
     def visit(name: str, obj: Any) -> None:
-        import h5py
+        h5py = _h5py()
 
         if isinstance(obj, h5py.Dataset):
             if obj.dtype.kind not in "fiub":
@@ -1086,7 +1098,7 @@ def _check_h5_sizes(f: Any, where: str, file_size: int) -> None:
 
 def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
     """Check every variable of ``model`` against the file, then assign them all."""
-    import h5py
+    h5py = _h5py()
 
     plan: list[tuple[Any, np.ndarray]] = []
     expected_groups = {"layers", "vars"}
@@ -1135,7 +1147,7 @@ def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False
 
 
 def _extra_groups(f: Any, seen: set[str], top: set[str]) -> list[str]:
-    import h5py
+    h5py = _h5py()
 
     extra = []
 
@@ -1230,7 +1242,7 @@ def _open_archive(path: str) -> tuple[dict[str, Any], bytes]:
 
 
 def _h5(data: Any, where: str) -> Any:
-    import h5py
+    h5py = _h5py()
 
     try:
         return h5py.File(data, "r")
@@ -1256,7 +1268,7 @@ def load_keras(path: str, *, compile: bool = True) -> Any:
 
 def _check_against(model: Any, f: Any, where: str) -> None:
     """Shape checks on a meta-device model (nothing allocated, nothing assigned)."""
-    import h5py
+    h5py = _h5py()
 
     for path, name, variables in weight_entries(model):
         group = f.get(path + "/vars")
@@ -1348,7 +1360,7 @@ def _attr_text(value: Any) -> Any:
 
 def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
     """Keras's legacy HDF5 layout: a group per layer name, ``weight_names`` in order."""
-    import h5py
+    h5py = _h5py()
 
     root = f.get("model_weights", f)
     names = _attr_text(root.attrs.get("layer_names", []))
@@ -1429,14 +1441,18 @@ def load_legacy_h5(path: str, *, compile: bool = True) -> Any:
             training_config = None
         if isinstance(training_config, dict):
             opt = training_config.get("optimizer_config")
-            name = opt.get("class_name", "").lower() if isinstance(opt, dict) else None
-            _compile(model, {"optimizer": name, "loss": training_config.get("loss"),
-                             "metrics": None}, path)  # fmt: skip
+            if isinstance(opt, dict) and not opt.get("config"):
+                opt = str(opt.get("class_name", "")).lower()  # written by name
+            metrics = training_config.get("metrics")
+            if not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+                metrics = None  # Keras's nested per-output lists: compile() yourself
+            _compile(model, {"optimizer": opt, "loss": training_config.get("loss"),
+                             "metrics": metrics}, path)  # fmt: skip
     return model
 
 
 def _check_legacy_against(model: Any, f: Any, where: str) -> None:
-    import h5py
+    h5py = _h5py()
 
     root = f.get("model_weights", f)
     for layer in _keras_layers(model):
@@ -1453,10 +1469,16 @@ def _check_legacy_against(model: Any, f: Any, where: str) -> None:
                 )
 
 
+def _legacy_optimizer(opt: Any) -> dict[str, Any]:
+    if isinstance(opt, dict):
+        return {"class_name": opt["class_name"], "config": opt["config"]}
+    return {"class_name": opt, "config": {}}
+
+
 def save_legacy_h5(model: Any, filepath: str) -> None:
     """Write Keras's legacy HDF5 model file (``model.save("x.h5")``): ``model_config`` and a
     ``model_weights`` group per layer name with its ``weight_names`` in order."""
-    import h5py
+    h5py = _h5py()
 
     from compat.models import Model, Sequential
 
@@ -1473,7 +1495,7 @@ def save_legacy_h5(model: Any, filepath: str) -> None:
                 "metrics": compile_config["metrics"],
                 "weighted_metrics": None,
                 "loss_weights": None,
-                "optimizer_config": {"class_name": compile_config["optimizer"], "config": {}},
+                "optimizer_config": _legacy_optimizer(compile_config["optimizer"]),
             }
             f.attrs["training_config"] = json.dumps(training)
         root = f.create_group("model_weights")

@@ -1,5 +1,9 @@
-"""One-file model saving (a PyTorch file, NOT TensorFlow's SavedModel/HDF5/``.keras``) and
-weights files (Keras order and shapes, stored as tensors with ``torch.save``).
+"""One-file model saving and weights files. The suffix chooses what is written: ``.keras``
+(Keras 3's archive), ``.h5``/``.hdf5`` (Keras's legacy HDF5 model; ``.weights.h5`` for
+weights) go through :mod:`compat.keras_files` and real Keras reads them; any other suffix
+(``.pt``, ``.model``...) is compat's own PyTorch file (the whole compat model and its compile
+state and optimizer state, ``torch.save``). Loading goes by the file's bytes, not its name, so
+compat files saved under a ``.keras`` name before still load.
 
 Writes are atomic (a failure keeps the previous file). Loading never runs code from the file:
 ``torch.load(weights_only=True)`` with compat's own layer classes, torch modules and
@@ -186,6 +190,13 @@ def load_model(
     keras_kind = _sniff_keras(path)
     if keras_kind is not None:
         from compat import keras_files
+
+        if custom_objects:
+            raise NotImplementedError(
+                f"load_model({path!r}, custom_objects=...): compat builds only its own layers "
+                "from a Keras file's config, never classes of your own; build the model in "
+                "code and call load_weights()."
+            )
 
         load = keras_files.load_keras if keras_kind == "keras" else keras_files.load_legacy_h5
         return load(path, compile=compile)

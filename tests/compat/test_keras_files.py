@@ -124,9 +124,14 @@ def test_compile_config_travels_both_ways(keras, ck, tmp_path: Path) -> None:
     k_model = _sequential(keras)
     k_model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.5), loss="mse")
     k_model.save(tmp_path / "k.keras")
-    loaded = ck.models.load_model(tmp_path / "k.keras")
-    assert type(loaded.optimizer).__name__ == "SGD" and loaded.optimizer.momentum == 0.5
-    np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.05, rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "HDF5 is a legacy format"
+        k_model.save(tmp_path / "k.h5")
+    for name in ("k.keras", "k.h5"):
+        loaded = ck.models.load_model(tmp_path / name)
+        assert type(loaded.optimizer).__name__ == "SGD" and loaded.optimizer.momentum == 0.5
+        np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.05, rtol=1e-6)
+        assert loaded._compile_config.loss == "mse"
     loaded.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     loaded.save(tmp_path / "c.keras")
     again = keras.models.load_model(tmp_path / "c.keras")
@@ -265,6 +270,8 @@ def test_a_real_keras_lambda_model_is_refused(keras, ck, tmp_path: Path) -> None
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(UnreadableFileError, match=r"Lambda layer holds Python code"):
         ck.models.load_model(tmp_path / "lambda.keras")
+    with pytest.raises(NotImplementedError, match=r"never classes of your own"):
+        ck.models.load_model(tmp_path / "lambda.keras", custom_objects={"f": print})
 
 
 def _rewrite(path: Path, out: Path, edit) -> Path:
