@@ -1101,11 +1101,13 @@ def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False
     h5py = _h5py()
 
     plan: list[tuple[Any, np.ndarray]] = []
-    expected_groups = {"layers", "vars"}
     seen: set[str] = set()
     for path, name, variables in weight_entries(model):
         seen.add(path)
         group = f.get(path + "/vars")
+        if any(isinstance(v, _Array) for v in variables):
+            _check_fixed(group, path, name, variables, where)
+            continue
         if not isinstance(group, h5py.Group):
             if not variables:
                 continue
@@ -1137,7 +1139,7 @@ def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False
             layer_plan.append((var, data))
         if layer_plan is not None:
             plan.extend(layer_plan)
-    extra = _extra_groups(f, seen, expected_groups)
+    extra = _extra_groups(f, seen)
     if extra and not skip_mismatch:
         raise KerasFileError(
             f"{where} holds weights for layers the model does not have: {extra[:5]} "
@@ -1146,7 +1148,30 @@ def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False
     _assign(plan)
 
 
-def _extra_groups(f: Any, seen: set[str], top: set[str]) -> list[str]:
+def _torch_way(name: str, where: str) -> KerasFileError:
+    return KerasFileError(
+        f"{where} was not written for this model: its layer '{name}' (compat's input map of "
+        "the timm weights, or torch's symmetric padding) is missing or differs. This compat "
+        "application is the torch variant of Keras's; Keras's own weights are for Keras's "
+        "architecture: load Keras's .keras (or .h5) model with load_model, which builds it."
+    )
+
+
+def _check_fixed(group: Any, path: str, name: str, variables: list[Any], where: str) -> None:
+    """A layer that compat writes but computes inside another (:func:`pre_layers`): the
+    file must hold the same values (a file compat wrote for this same model)."""
+    h5py = _h5py()
+    if not isinstance(group, h5py.Group) or len(group) != len(variables):
+        raise _torch_way(name, where)
+    for i, var in enumerate(variables):
+        data = group.get(str(i))
+        if not isinstance(data, h5py.Dataset) or tuple(data.shape) != var.shape:
+            raise _torch_way(name, where)
+        if not np.array_equal(np.asarray(data[()]), var.numpy()):
+            raise _torch_way(name, where)
+
+
+def _extra_groups(f: Any, seen: set[str]) -> list[str]:
     h5py = _h5py()
 
     extra = []
@@ -1165,10 +1190,9 @@ def _extra_groups(f: Any, seen: set[str], top: set[str]) -> list[str]:
 
 
 def _assign(plan: list[tuple[Any, Any]]) -> None:
+    """Read every value first (a read error leaves the model as it was), then assign."""
     values = [(var, np.asarray(data[()])) for var, data in plan]
     for var, value in values:
-        if not np.isfinite(value).all() and value.dtype.kind == "f":
-            pass  # Keras loads non-finite values as they are
         var.assign(value)
 
 
@@ -1337,10 +1361,15 @@ def load_weights(model: Any, path: str, *, skip_mismatch: bool = False) -> None:
         data, where, size = path, path, os.path.getsize(path)
     with _h5(data, where) as f:
         _check_h5_sizes(f, where, size)
-        if _is_legacy(f):
-            _read_legacy_weights(model, f, where, skip_mismatch)
-        else:
-            _read_weights_h5(model, f, where, skip_mismatch)
+        try:
+            if _is_legacy(f):
+                _read_legacy_weights(model, f, where, skip_mismatch)
+            else:
+                _read_weights_h5(model, f, where, skip_mismatch)
+        except NotWritableError as err:
+            raise KerasFileError(
+                f"{where}: Keras's weights cannot be matched to model '{model.name}': {err}"
+            ) from None
 
 
 # ----- legacy .h5 ------------------------------------------------------------------------
@@ -1367,7 +1396,22 @@ def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = F
     file_layers = {n: root[n] for n in names if n in root}
     plan = []
     used = set()
-    for layer in _keras_layers(model):
+    for layer in _expanded(model):
+        if isinstance(layer, _Pseudo):
+            group = file_layers.get(layer.name)
+            if layer.name not in names:
+                raise _torch_way(layer.name, where)
+            used.add(layer.name)
+            if layer._variables:
+                arrays = [group.get(n) for n in _attr_text(group.attrs.get("weight_names", []))]
+                if len(arrays) != len(layer._variables) or not all(
+                    isinstance(a, h5py.Dataset)
+                    and tuple(a.shape) == v.shape
+                    and np.array_equal(np.asarray(a[()]), v.numpy())
+                    for a, v in zip(arrays, layer._variables, strict=True)
+                ):
+                    raise _torch_way(layer.name, where)
+            continue
         variables = layer.weights
         if not variables:
             continue
