@@ -14,6 +14,9 @@ layout and shapes (compat's ``Variable`` already converts torch layout to Keras'
 
 Applications need nothing of their own: a Keras application is a functional model of these
 layers, so Keras's exact architecture (ResNet50's strides and biases, say) is what loads.
+compat's own applications (torch variants on timm weights) are written with the layers Keras
+needs to compute the same thing (:func:`pre_layers`: the input map of the timm weights as a
+fixed 1x1 ``Conv2D``, torch's symmetric padding as a ``ZeroPadding2D``).
 """
 
 from __future__ import annotations
@@ -170,10 +173,6 @@ def _activation(value: Any, where: str) -> str:
 def _short(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (dict, list)) else repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _pair(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 # ----- the layer table -----------------------------------------------------------------
@@ -868,6 +867,10 @@ def build(entry: Any, where: str = "config.json") -> Any:
     return _layer_from_config(cls, config, where)
 
 
+# what building a layer on shapes a file chose may raise (torch's size overflows included)
+_BUILD_ERRORS = (TypeError, ValueError, NotImplementedError, RuntimeError, OverflowError)
+
+
 def _sequential(config: dict[str, Any], where: str) -> Any:
     from compat.layers import InputLayer
     from compat.models import Sequential
@@ -878,7 +881,10 @@ def _sequential(config: dict[str, Any], where: str) -> Any:
     model = Sequential(name=config.get("name"))
     for i, entry in enumerate(entries):
         layer = build(entry, f"{where}, layer {i}")
-        model.add(layer)
+        try:
+            model.add(layer)
+        except _BUILD_ERRORS as err:
+            raise KerasFileError(f"{where}: adding layer {layer.name!r}: {err}") from None
     shape = config.get("build_input_shape")
     if model._input_layer is None and isinstance(shape, list):
         model.build(tuple(shape))
@@ -946,7 +952,7 @@ def _functional(config: dict[str, Any], where: str) -> Any:
             call = {"training": kwargs["training"]} if kwargs.get("training") is not None else {}
             try:
                 out = layer(inputs if multi else inputs[0], **call)
-            except (TypeError, ValueError, NotImplementedError) as err:
+            except _BUILD_ERRORS as err:
                 raise KerasFileError(f"{where}: calling layer {layer.name!r}: {err}") from None
             outputs[(layer.name, k)] = out
         if len(waiting) == len(pending):

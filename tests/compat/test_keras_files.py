@@ -354,3 +354,16 @@ def test_a_config_declaring_huge_layers_allocates_nothing(keras, ck, tmp_path: P
         UnreadableFileError, match=r"variable kernel of layer 'd' .* \(4, 2\) in the"
     ):
         ck.models.load_model(path)
+
+
+def test_a_config_whose_sizes_overflow_is_one_error(ck, tmp_path: Path) -> None:
+    layers = [
+        {"class_name": "InputLayer", "config": {"batch_shape": [None, 10**9, 10**9, 3]}},
+        {"class_name": "Flatten", "config": {"name": "f"}},
+        {"class_name": "Dense", "config": {"name": "d", "units": 10**9}},
+    ]
+    layers[0]["config"]["name"] = "i"
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": layers}}
+    path = _archive(tmp_path / "overflow.keras", config)
+    with pytest.raises(UnreadableFileError, match=r"overflow\.keras: config\.json: .* layer 'd'"):
+        ck.models.load_model(path)
