@@ -892,7 +892,8 @@ def _sequential(config: dict[str, Any], where: str) -> Any:
         raise KerasFileError(f"{where}: no input shape (an unbuilt Sequential has no weights).")
     if not isinstance(model._input_layer, InputLayer):  # pragma: no cover - add() makes one
         raise KerasFileError(f"{where}: no input layer.")
-    model.trainable = bool(config.get("trainable", True))
+    if config.get("trainable", True) is False:  # True leaves the layers' own flags (Keras)
+        model.trainable = False
     return model
 
 
@@ -978,7 +979,8 @@ def _functional(config: dict[str, Any], where: str) -> Any:
     model = Model(
         ins if in_struct else ins[0], outs if out_struct else outs[0], name=config.get("name")
     )
-    model.trainable = bool(config.get("trainable", True))
+    if config.get("trainable", True) is False:  # True leaves the layers' own flags (Keras)
+        model.trainable = False
     return model
 
 

@@ -66,7 +66,10 @@ class Model(TorchTrainer, Layer):
         nodes, layers = map_graph(flat_in, flat_out)
         self._layer_list = layers
         if register:
-            self._graph_layers = nn.ModuleDict({layer.name: layer for layer in layers})
+            # torch's module names cannot hold "." (Keras's "mobilenetv2_1.00_224" can)
+            self._graph_layers = nn.ModuleDict(
+                {layer.name.replace(".", "_dot_"): layer for layer in layers}
+            )
         ids: dict[int, int] = {id(t): i for i, t in enumerate(flat_in)}
         plan = []
         for node in nodes:

@@ -139,34 +139,48 @@ def test_compile_config_travels_both_ways(keras, ck, tmp_path: Path) -> None:
     assert again.loss == "categorical_crossentropy"
 
 
+def _transfer(K, base):
+    """The Keras transfer-learning tutorial's model: a frozen application called with
+    training=False inside a functional model with a new head."""
+    base.trainable = False
+    inputs = K.Input((32, 32, 3))
+    x = K.layers.GlobalAveragePooling2D()(base(inputs, training=False))
+    return K.Model(inputs, K.layers.Dense(2)(K.layers.Dropout(0.2)(x)))
+
+
 @pytest.mark.parametrize("direction", ["keras_to_compat", "compat_to_keras"])
 def test_an_application_comes_over_exactly(keras, ck, tmp_path: Path, direction) -> None:
     """Keras -> compat: Keras's own MobileNetV2 graph (its padding, alpha=0.35) is what loads,
     not compat's torch variant. compat -> Keras: compat's MobileNetV2 (torch padding, input
     map of the timm weights) is written with the extra ZeroPadding2D/1x1 Conv2D layers that
-    say exactly what it computes."""
+    say exactly what it computes. Both inside the tutorial's frozen transfer model (the name
+    "mobilenetv2_1.00_32" holds a dot, which torch's module names cannot)."""
     x = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     kwargs = {"weights": None, "include_top": False, "input_shape": (32, 32, 3)}
     path = tmp_path / "app.keras"
     if direction == "keras_to_compat":
-        source = keras.applications.MobileNetV2(alpha=0.35, **kwargs)
+        base = keras.applications.MobileNetV2(alpha=0.35, **kwargs)
+        source = _transfer(keras, base)
         source.save(path)
         loaded = ck.models.load_model(path)
-        assert len(loaded.layers) == len(source.layers)
+        assert len(loaded.layers[1].layers) == len(base.layers)
         # Keras's weights never load into compat's torch variant (padding differs)
-        source.save_weights(tmp_path / "k.weights.h5")
+        base.save_weights(tmp_path / "k.weights.h5")
         with pytest.raises(UnreadableFileError, match=r"'Conv1_input_map' .* load_model"):
             ck.applications.MobileNetV2(**kwargs).load_weights(tmp_path / "k.weights.h5")
     else:
-        source = ck.applications.MobileNetV2(**kwargs)
+        base = ck.applications.MobileNetV2(**kwargs)
+        source = _transfer(ck, base)
         source.save(path)
         loaded = keras.models.load_model(path)
-        added = {layer.name for layer in loaded.layers} - {layer.name for layer in source.layers}
+        names = {layer.name for layer in loaded.layers[1].layers}
+        added = names - {layer.name for layer in base.layers}
         assert added == {"Conv1_input_map", "Conv1_torch_pad"}, added
         source.save_weights(tmp_path / "c.weights.h5")  # and back into compat's own variant
-        again = ck.applications.MobileNetV2(**kwargs)
+        again = _transfer(ck, ck.applications.MobileNetV2(**kwargs))
         again.load_weights(tmp_path / "c.weights.h5")
         _close(again.predict(x, verbose=0), source.predict(x, verbose=0), tol=1e-6)
+    assert [layer.trainable for layer in loaded.layers] == [True, False, True, True, True]
     _close(loaded.predict(x, verbose=0), source.predict(x, verbose=0))
 
 
