@@ -132,6 +132,10 @@ def test_compile_config_travels_both_ways(keras, ck, tmp_path: Path) -> None:
         assert type(loaded.optimizer).__name__ == "SGD" and loaded.optimizer.momentum == 0.5
         np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.05, rtol=1e-6)
         assert loaded._compile_config.loss == "mse"
+    x, y = np.ones((4, 8, 8, 3), "float32"), np.full((4, 5), 0.2, "float32")
+    before = loaded.get_weights()[0].copy()
+    loaded.fit(x, y, epochs=1, verbose=0)  # a Keras file's model trains right away
+    assert not np.array_equal(before, loaded.get_weights()[0])
     loaded.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     loaded.save(tmp_path / "c.keras")
     again = keras.models.load_model(tmp_path / "c.keras")
