@@ -821,3 +821,21 @@ def test_efficientnet_v2_b1_to_l_structure_matches_recorded_keras(ck, variant):
     )
     assert tuple(model.input.shape) == (None, size, size, 3)
     assert model.name == f"efficientnetv2-{variant.lower()}"
+
+
+def test_headless_vgg_does_not_allocate_the_unused_top(ck):
+    """VGG16 without its top builds timm's module without the 103M-parameter ``pre_logits``
+    (fc1/fc2: 480 MiB of float32, never used): what the build allocates (torch's profiler,
+    leaf operations) stays far below that (71 MiB; 1.4 GiB with the top, whose fc1/fc2 Keras
+    builds; 528 MiB headless before this was fixed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def allocated_mib(**kwargs) -> tuple:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model = ck.applications.VGG16(weights=None, **kwargs)
+        leaves = [e for e in prof.events() if not e.cpu_children and e.cpu_memory_usage > 0]
+        return model, sum(e.cpu_memory_usage for e in leaves) / 2**20
+
+    model, headless = allocated_mib(include_top=False)
+    assert model.count_params() == 14714688  # Keras's VGG16 without the top
+    assert headless < 250
