@@ -839,3 +839,22 @@ def test_headless_vgg_does_not_allocate_the_unused_top(ck):
     model, headless = allocated_mib(include_top=False)
     assert model.count_params() == 14714688  # Keras's VGG16 without the top
     assert headless < 250
+
+
+@pytest.mark.parametrize(
+    "fn", ["ConvNeXtTiny", "ConvNeXtXLarge", "EfficientNetV2B0", "EfficientNetV2L"]
+)
+def test_builtin_preprocessing_builders_take_keras_arguments(keras, ck, fn):
+    """ConvNeXt and EfficientNetV2 take Keras's ``include_preprocessing`` where Keras has it
+    (positionally too), with Keras's defaults, name and module."""
+    import inspect
+
+    ours, theirs = getattr(ck.applications, fn), getattr(keras.applications, fn)
+    params = inspect.signature(ours).parameters
+    k_params = inspect.signature(theirs).parameters
+    assert list(params) == list(k_params)
+    assert {k: p.default for k, p in params.items()} == {k: p.default for k, p in k_params.items()}
+    assert ours.__name__ == fn
+    assert ours.__module__ == f"compat.applications.{theirs.__module__.rsplit('.', 1)[-1]}"
+    with pytest.raises(TypeError, match="include_preprocesing"):
+        ours(include_preprocesing=False)
