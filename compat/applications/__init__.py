@@ -3,9 +3,12 @@ timm modules and weights (see each module for differences). Models take Keras's
 ``preprocess_input`` convention; the map to the timm weights' normalisation is inside."""
 
 from compat.applications import (
+    convnext,
     densenet,
     efficientnet,
+    efficientnet_v2,
     imagenet_utils,
+    inception_resnet_v2,
     inception_v3,
     mobilenet,
     mobilenet_v2,
@@ -16,6 +19,13 @@ from compat.applications import (
     vgg16,
     vgg19,
     xception,
+)
+from compat.applications.convnext import (
+    ConvNeXtBase,
+    ConvNeXtLarge,
+    ConvNeXtSmall,
+    ConvNeXtTiny,
+    ConvNeXtXLarge,
 )
 from compat.applications.densenet import DenseNet121, DenseNet169, DenseNet201
 from compat.applications.efficientnet import (
@@ -28,6 +38,16 @@ from compat.applications.efficientnet import (
     EfficientNetB6,
     EfficientNetB7,
 )
+from compat.applications.efficientnet_v2 import (
+    EfficientNetV2B0,
+    EfficientNetV2B1,
+    EfficientNetV2B2,
+    EfficientNetV2B3,
+    EfficientNetV2L,
+    EfficientNetV2M,
+    EfficientNetV2S,
+)
+from compat.applications.inception_resnet_v2 import InceptionResNetV2
 from compat.applications.inception_v3 import InceptionV3
 from compat.applications.mobilenet import MobileNet
 from compat.applications.mobilenet_v2 import MobileNetV2
@@ -41,6 +61,11 @@ from compat.applications.xception import Xception
 __all__ = [
     "VGG16",
     "VGG19",
+    "ConvNeXtBase",
+    "ConvNeXtLarge",
+    "ConvNeXtSmall",
+    "ConvNeXtTiny",
+    "ConvNeXtXLarge",
     "DenseNet121",
     "DenseNet169",
     "DenseNet201",
@@ -52,6 +77,14 @@ __all__ = [
     "EfficientNetB5",
     "EfficientNetB6",
     "EfficientNetB7",
+    "EfficientNetV2B0",
+    "EfficientNetV2B1",
+    "EfficientNetV2B2",
+    "EfficientNetV2B3",
+    "EfficientNetV2L",
+    "EfficientNetV2M",
+    "EfficientNetV2S",
+    "InceptionResNetV2",
     "InceptionV3",
     "MobileNet",
     "MobileNetV2",
@@ -64,9 +97,12 @@ __all__ = [
     "ResNet152",
     "ResNet152V2",
     "Xception",
+    "convnext",
     "densenet",
     "efficientnet",
+    "efficientnet_v2",
     "imagenet_utils",
+    "inception_resnet_v2",
     "inception_v3",
     "mobilenet",
     "mobilenet_v2",

@@ -22,14 +22,17 @@ from ftlight.models.backbone import load_timm_model
 from ftlight.models.weights import WEIGHT_FILE_SUFFIXES, is_weight_file
 
 
-def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.Module:
+def timm_model(
+    name: str, weights: Any, include_top: bool, classes: int, **timm_kwargs: Any
+) -> nn.Module:
     """The timm model (classifier kept) for ``weights``; never falls back to random weights.
 
     Weights are resolved by the engine (:func:`ftlight.models.backbone.load_timm_model`); a compat
-    ``save_weights`` file is loaded later by :func:`finish_weights`.
+    ``save_weights`` file is loaded later by :func:`finish_weights`. ``timm_kwargs`` go to
+    ``timm.create_model`` (not for ``weights="imagenet"``).
     """
     if weights is None or _is_compat_weights(weights):
-        return load_timm_model(name, None)[0]
+        return load_timm_model(name, None, **timm_kwargs)[0]
     if weights == "imagenet" and include_top and classes != 1000:
         raise ValueError(
             "If using `weights='imagenet'` with `include_top=True`, `classes` should be "
@@ -45,6 +48,7 @@ def timm_model(name: str, weights: Any, include_top: bool, classes: int) -> nn.M
             weights,
             classifier_optional=not keeps_classifier,
             pre_logits_optional=not include_top,
+            **timm_kwargs,
         )[0]
     raise ValueError(
         "The `weights` argument should be either `None` (random initialization), 'imagenet' "
@@ -341,19 +345,23 @@ def keras_graph(
     min_size: int,
     *,
     size_fixed_by_top: bool = True,
+    timm_kwargs: dict[str, Any] | None = None,
 ) -> Iterator[tuple[nn.Module, KerasTensor]]:
     """Check Keras's arguments, make the timm module and the graph's input under Keras's
     canonical layer names; yields ``(timm_module, inputs)``.
 
     ``size_fixed_by_top``: ``include_top=True`` fixes the input size (Keras's rule for most
-    applications; MobileNetV3 accepts any size with its top).
+    applications; MobileNetV3 accepts any size with its top). ``timm_kwargs``: see
+    :func:`timm_model`.
     """
     fixed = request.include_top and size_fixed_by_top
     check_pooling(request.pooling)
     check_input_shape(
         request.input_tensor, request.input_shape, default_size, min_size, fixed, request.weights
     )
-    tm = timm_model(timm_name, request.weights, request.include_top, request.classes)
+    tm = timm_model(
+        timm_name, request.weights, request.include_top, request.classes, **(timm_kwargs or {})
+    )
     with backend.canonical_names():
         inputs = model_input(
             request.input_tensor,

@@ -5,7 +5,10 @@ with the top; VGG19: 26 layers, 143,667,240). timm's ``fc1``/``fc2`` are 7x7/1x1
 convolutions; they are converted to ``Dense`` layers whose kernels index the flattened
 features in Keras's (channels-last) order. Inputs follow Keras's ``caffe`` convention (BGR,
 ImageNet mean subtracted); the map to the torch weights' normalisation is folded into
-``block1_conv1`` (see :class:`compat.applications._common.InputMap`).
+``block1_conv1`` (see :class:`compat.applications._common.InputMap`). Headless models
+(``include_top=False``) from ``weights=None`` or a file build timm's module without its
+103M-parameter ``pre_logits`` (a one-channel stand-in, never used; a file's ``pre_logits`` is
+skipped); ``weights="imagenet"`` loads timm's whole pretrained module.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ def _linear_from_conv(conv: nn.Conv2d) -> nn.Linear:
 
 def build_vgg(timm_name: str, blocks: tuple[int, ...], request: _common.Request) -> Model:
     weights, name = request.weights, request.name
-    with _common.keras_graph(request, timm_name, 224, 32) as (tm, inputs):
+    # headless: timm's fc1/fc2 (pre_logits) are never used; draw one channel, not 4096
+    unused_top = {} if request.include_top or weights == "imagenet" else {"mlp_ratio": 1 / 4096}
+    with _common.keras_graph(request, timm_name, 224, 32, timm_kwargs=unused_top) as (
+        tm,
+        inputs,
+    ):
         convs = [m for m in tm.features if isinstance(m, nn.Conv2d)]
         x = inputs
         i = 0

@@ -104,10 +104,14 @@ class Rescaling(layers.Rescaling):
         return x * self._scale.to(x.dtype)
 
 
-def _conv(conv: nn.Conv2d, name: str, padding: str, activation: Any = None) -> Any:
-    if type(conv) is not nn.Conv2d:  # timm's Conv2dSame: the padding is a layer of its own
+def _conv(
+    conv: nn.Conv2d, name: str, padding: str, activation: Any = None, strided_same: bool = False
+) -> Any:
+    """Keras's convolution on ``conv``; ``strided_same``: Keras's own ``'same'`` padding of a
+    strided convolution (EfficientNetV2; EfficientNet pads in ``*_pad`` layers first)."""
+    if type(conv) is not nn.Conv2d:  # timm's Conv2dSame: Keras pads (a layer, or 'same')
         conv.__class__ = nn.Conv2d
-    if isinstance(padding, str) and padding == "same" and conv.stride != (1, 1):
+    if padding == "same" and conv.stride != (1, 1) and not strided_same:
         raise RuntimeError(f"{name}: a strided convolution must follow a padding layer")
     cls = layers.DepthwiseConv2D if conv.groups > 1 else layers.Conv2D
     layer = cls.from_torch(conv, name=name, padding=padding, activation=activation)
@@ -147,14 +151,24 @@ def _block(x: Any, block: Any, prefix: str, drop_rate: float) -> Any:
         dw.padding = (0, 0)
         x = _conv(dw, prefix + "dwconv", "valid")(x)
     x = _bn_act(x, dw_bn, prefix + "bn", prefix + "activation")
-    se = layers.GlobalAveragePooling2D(name=prefix + "se_squeeze")(x)
-    se = layers.Reshape((1, 1, x.shape[-1]), name=prefix + "se_reshape")(se)
-    se = _conv(block.se.conv_reduce, prefix + "se_reduce", "same", "swish")(se)
-    se = _conv(block.se.conv_expand, prefix + "se_expand", "same", "sigmoid")(se)
-    x = layers.Multiply(name=prefix + "se_excite")([x, se])
+    x = squeeze_excite(x, block.se, prefix)
     x = _conv(pw, prefix + "project_conv", "same")(x)
     x = _bn_act(x, pw_bn, prefix + "project_bn", None)
-    if block.has_skip:
+    return residual(x, inputs, block.has_skip, drop_rate, prefix)
+
+
+def squeeze_excite(x: Any, se: nn.Module, prefix: str) -> Any:
+    """Keras's ``se_squeeze``/``se_reshape``/``se_reduce``/``se_expand``/``se_excite``."""
+    y = layers.GlobalAveragePooling2D(name=prefix + "se_squeeze")(x)
+    y = layers.Reshape((1, 1, x.shape[-1]), name=prefix + "se_reshape")(y)
+    y = _conv(se.conv_reduce, prefix + "se_reduce", "same", "swish")(y)
+    y = _conv(se.conv_expand, prefix + "se_expand", "same", "sigmoid")(y)
+    return layers.Multiply(name=prefix + "se_excite")([x, y])
+
+
+def residual(x: Any, inputs: Any, skip: bool, drop_rate: float, prefix: str) -> Any:
+    """A block's end: Keras's drop-connect ``*_drop`` (when its rate is not 0) and ``*_add``."""
+    if skip:
         if drop_rate > 0:
             x = Dropout(drop_rate, name=prefix + "drop")(x)
         x = layers.Add(name=prefix + "add")([x, inputs])
@@ -194,24 +208,29 @@ def build_efficientnet(b: int, request: _common.Request) -> Model:
             for j, block in enumerate(stage):
                 x = _block(x, block, f"block{i + 1}{chr(j + 97)}_", _DROP_CONNECT_RATE * n / total)
                 n += 1
-        x = _conv(tm.conv_head, "top_conv", "same")(x)
-        x = _bn_act(x, tm.bn2, "top_bn", "top_activation")
-        if request.include_top:
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            if dropout_rate > 0:
-                x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-            head = _common.prediction_layer(
-                tm.classifier, weights, request.classes, request.classifier_activation
-            )
-            head.kernel_initializer = "zeros"  # built below, then drawn as Keras's
-            x = head(x)
-            head.kernel_initializer = DENSE_KERNEL_INITIALIZER
-            if head.linear is not tm.classifier:  # a new head
-                _common.keras_init_layer(head)
-        else:
-            x = _common.global_pool(x, request.pooling, ("avg_pool", "max_pool"))
+        x = top(x, tm, request, dropout_rate)
         model = Model(inputs, x, name=request.name)
     return _common.finish_weights(model, weights)
+
+
+def top(x: Any, tm: nn.Module, request: _common.Request, dropout_rate: float) -> Any:
+    """Keras's ``top_conv``/``top_bn``/``top_activation``, then its classifier or pooling."""
+    x = _conv(tm.conv_head, "top_conv", "same")(x)
+    x = _bn_act(x, tm.bn2, "top_bn", "top_activation")
+    if not request.include_top:
+        return _common.global_pool(x, request.pooling, ("avg_pool", "max_pool"))
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout_rate > 0:
+        x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+    head = _common.prediction_layer(
+        tm.classifier, request.weights, request.classes, request.classifier_activation
+    )
+    head.kernel_initializer = "zeros"  # built below, then drawn as Keras's
+    x = head(x)
+    head.kernel_initializer = DENSE_KERNEL_INITIALIZER
+    if head.linear is not tm.classifier:  # a new head
+        _common.keras_init_layer(head)
+    return x
 
 
 def _application(b: int) -> Any:

@@ -41,7 +41,10 @@ class _Units:
         cols: int,
         padding: str = "same",
         strides: tuple[int, int] = (1, 1),
+        name: str | None = None,
     ) -> Any:
+        """Keras's ``conv2d_bn`` on timm's next unit (``name``: Keras's ``name``,
+        ``name_bn``, ``name_ac``; else the session's auto-generated names)."""
         unit = next(self._it)
         conv = unit.conv
         if (conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride)) != (
@@ -50,18 +53,20 @@ class _Units:
             tuple(strides),
         ):
             raise RuntimeError(
-                f"timm inception_v3 unit {conv} does not match Keras's "
+                f"timm unit {conv} does not match Keras's "
                 f"conv2d_bn({filters}, {rows}, {cols}, strides={strides})"
             )
-        layer = layers.Conv2D.from_torch(conv, name=backend.unique_name("conv2d"), padding=padding)
+        names = (name, f"{name}_bn", f"{name}_ac") if name else (None, None, None)
+        conv_name = names[0] or backend.unique_name("conv2d")
+        layer = layers.Conv2D.from_torch(conv, name=conv_name, padding=padding)
         if self._map is not None:  # the first unit takes the model's input
             layer, self._map = _common.map_input(layer, self._map), None
         x = layer(x)
         bn = _common.no_act_bn(unit.bn)
         x = layers.BatchNormalization.from_torch(
-            bn, name=backend.unique_name("batch_normalization")
+            bn, name=names[1] or backend.unique_name("batch_normalization")
         )(x)
-        return layers.Activation("relu")(x)
+        return layers.Activation("relu", name=names[2])(x)
 
 
 def _avg(x: Any) -> Any:

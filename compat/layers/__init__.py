@@ -16,6 +16,7 @@ from compat.layers.core import (
 from compat.layers.depthwise_conv import DepthwiseConv2D
 from compat.layers.merging import Add, Concatenate
 from compat.layers.multiply import Multiply
+from compat.layers.normalization import LayerNormalization
 from compat.layers.preprocessing import (
     CenterCrop,
     Normalization,
@@ -60,6 +61,7 @@ __all__ = [
     "Input",
     "InputLayer",
     "Layer",
+    "LayerNormalization",
     "MaxPool2D",
     "MaxPooling2D",
     "Multiply",

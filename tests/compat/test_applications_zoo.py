@@ -5,6 +5,7 @@ weights exactly as timm's own normalisation does."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -28,7 +29,27 @@ APPS = [
     pytest.param(
         "MobileNetV3Small", "mobilenet_v3", "tf_mobilenetv3_small_100", 32, id="MobileNetV3Small"
     ),
+    pytest.param("ConvNeXtTiny", "convnext", "convnext_tiny.fb_in1k", 32, id="ConvNeXtTiny"),
+    pytest.param(
+        "EfficientNetV2B0",
+        "efficientnet_v2",
+        "tf_efficientnetv2_b0.in1k",
+        33,
+        id="EfficientNetV2B0",
+    ),
+    pytest.param(
+        "InceptionResNetV2",
+        "inception_resnet_v2",
+        "inception_resnet_v2.tf_in1k",
+        75,
+        id="InceptionResNetV2",
+    ),
 ]
+
+# Applications whose headless end is not the feature map (Keras's ConvNeXt ends in the head's
+# LayerNormalization, after the pooling): their preprocessing and pooling tests are their own.
+HEAD_NORM = {"ConvNeXtTiny"}
+FEATURE_MAP_APPS = [p for p in APPS if p.id not in HEAD_NORM]
 
 # Keras 3.15.1's pooling layer (name, class) for each application of APPS, built with
 # include_top=False, pooling=_pooling(fn) and an input_tensor in a fresh session (several
@@ -48,6 +69,8 @@ KERAS_POOLING = {
     "MobileNet": ("global_average_pooling2d", "GlobalAveragePooling2D"),
     "ResNet50V2": ("avg_pool", "GlobalAveragePooling2D"),
     "MobileNetV3Small": ("avg_pool", "GlobalAveragePooling2D"),
+    "EfficientNetV2B0": ("avg_pool", "GlobalAveragePooling2D"),
+    "InceptionResNetV2": ("global_average_pooling2d", "GlobalAveragePooling2D"),
 }
 
 
@@ -87,7 +110,7 @@ def _documented_param_deviation(fn: str, k_model) -> int:
         return -sum(
             la.filters for la in k_model.layers if type(la).__name__ == "Conv2D" and la.use_bias
         )
-    if fn == "InceptionV3":  # torch BatchNorm has a scale (Keras: scale=False)
+    if fn in ("InceptionV3", "InceptionResNetV2"):  # torch BatchNorm has a scale (Keras: none)
         return sum(
             la.gamma is None and la.moving_mean.shape[0]
             for la in k_model.layers
@@ -293,7 +316,7 @@ def _timm_input(tm, img: np.ndarray):
     return torch.from_numpy((img / 255.0 - mean) / std).permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), APPS)
+@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), FEATURE_MAP_APPS)
 def test_keras_preprocessing_gives_timm_predictions(
     ck, tmp_path_factory, fn, module, timm_name, size
 ):
@@ -355,7 +378,7 @@ def test_top_logits_equal_timm_with_keras_preprocessing(
     ]
 
 
-@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), APPS)
+@pytest.mark.parametrize(("fn", "module", "timm_name", "size"), FEATURE_MAP_APPS)
 def test_input_tensor_and_pooling_as_keras(ck, fn, module, timm_name, size):
     """The application wires itself onto a given tensor and ends in Keras's pooling layer
     (recorded, KERAS_POOLING) after Keras's last headless layer, with Keras's output shape."""
@@ -607,3 +630,231 @@ def test_preprocess_input_and_decode_predictions_are_typed(ck):
             (module.decode_predictions, imagenet_utils.Decoded),
         ):
             assert typing.get_type_hints(fn)["return"] == expected, (name, fn.__name__)
+
+
+def test_layer_normalization_equals_keras(keras, ck):
+    """The layer ConvNeXt adds to compat.layers: Keras's weights (``gamma``, ``beta``),
+    results on feature maps and vectors, and configuration."""
+    rng = np.random.default_rng(0)
+    for shape in ((2, 5, 4, 6), (3, 6)):
+        x = rng.uniform(-3, 3, size=shape).astype("float32")
+        k_layer = keras.layers.LayerNormalization(epsilon=1e-6, name="ln")
+        k_layer.build(shape)
+        k_layer.set_weights([rng.uniform(0.5, 1.5, 6), rng.uniform(-1, 1, 6)])
+        layer = ck.layers.LayerNormalization(epsilon=1e-6, name="ln")
+        layer(x)
+        assert [w.path for w in layer.weights] == ["ln/gamma", "ln/beta"]
+        layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
+        expected = keras.ops.convert_to_numpy(k_layer(x))
+        np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-5)
+        config, k_config = layer.get_config(), k_layer.get_config()
+        assert {k: config[k] for k in config} == {k: k_config[k] for k in config}
+    with pytest.raises(NotImplementedError, match="axis"):
+        ck.layers.LayerNormalization(axis=1)
+
+
+def test_convnext_layer_scale_equals_keras(keras, ck):
+    """ConvNeXt's ``LayerScale`` (Keras's class in keras.applications.convnext): its result,
+    configuration and initial value."""
+    from keras.src.applications.convnext import LayerScale as KerasLayerScale
+
+    from compat.applications.convnext import LayerScale
+
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 3, 3, 4)).astype("float32")
+    k_layer, layer = KerasLayerScale(1e-6, 4, name="ls"), LayerScale(1e-6, 4, name="ls")
+    k_layer(x)
+    layer(x)
+    np.testing.assert_array_equal(layer.get_weights()[0], np.full(4, 1e-6, "float32"))
+    gamma = np.arange(1, 5, dtype="float32")
+    k_layer.set_weights([gamma])
+    layer.set_weights([gamma])
+    expected = keras.ops.convert_to_numpy(k_layer(x))
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, rtol=1e-6)
+    assert layer.get_config() == {k: v for k, v in k_layer.get_config().items() if k != "dtype"}
+
+
+def test_convnext_keras_input_gives_timm_predictions(ck, tmp_path):
+    """ConvNeXt from a timm weights file (non-trivial LayerNorms and layer scales): raw
+    [0, 255] pixels (Keras's built-in preprocessing; ``preprocess_input`` passes them
+    through) give timm's pooled, normalised features at two sizes, ``pooling`` and
+    ``input_tensor`` ending as Keras's (recorded: Keras 3.15.1's layer names); with the top
+    and ``include_preprocessing=False``, Keras's normalised input gives timm's logits."""
+    import timm
+    import torch
+
+    from compat.applications import convnext
+
+    torch.manual_seed(0)
+    tm = timm.create_model("convnext_tiny.fb_in1k", pretrained=False).eval()
+    with torch.no_grad():
+        for name, p in tm.named_parameters():
+            if "norm" in name or name.endswith("gamma"):
+                p.uniform_(0.5, 1.5) if name.endswith(("weight", "gamma")) else p.uniform_(-1, 1)
+    path = tmp_path / "convnext_tiny.pth"
+    torch.save(tm.state_dict(), path)
+    cfg = timm.data.resolve_data_config({}, model=tm)
+    mean, std = np.array(cfg["mean"], "float32"), np.array(cfg["std"], "float32")
+
+    tensor = ck.Input(shape=(None, None, 3))
+    model = ck.applications.ConvNeXtTiny(
+        weights=str(path), include_top=False, pooling="avg", input_tensor=tensor
+    )
+    assert model.inputs[0] is tensor
+    assert [(la.name, type(la).__name__) for la in model.layers[-3:]] == [
+        ("convnext_tiny_stage_3_block_2_identity", "Activation"),
+        ("global_average_pooling2d", "GlobalAveragePooling2D"),
+        ("layer_normalization", "LayerNormalization"),
+    ]
+    rng = np.random.default_rng(0)
+    for size in (32, 48):
+        img = rng.uniform(0, 255, size=(2, size, size, 3)).astype("float32")
+        with torch.no_grad():
+            x = torch.from_numpy((img / 255.0 - mean) / std).permute(0, 3, 1, 2)
+            ref = tm.forward_head(tm.forward_features(x), pre_logits=True).numpy()
+        ours = model.predict_on_batch(convnext.preprocess_input(img))
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+    top = ck.applications.ConvNeXtTiny(
+        weights=str(path),
+        include_preprocessing=False,
+        input_shape=(32, 32, 3),
+        classifier_activation=None,
+    )
+    assert top.layers[1].name == "convnext_tiny_stem"  # no prestem normalization
+    assert [la.name for la in top.layers[-3:]] == [
+        "convnext_tiny_head_gap",
+        "convnext_tiny_head_layernorm",
+        "convnext_tiny_head_dense",
+    ]
+    normalised = (rng.uniform(0, 255, size=(2, 32, 32, 3)).astype("float32") / 255 - mean) / std
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(normalised).permute(0, 3, 1, 2)).numpy()
+    ours = top.predict_on_batch(normalised)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+# Keras 3.15.1's ConvNeXtSmall..XLarge (weights=None, with the top) as (layer count,
+# parameter count, _layer_digest); ConvNeXtTiny is compared with live Keras in APPS.
+CONVNEXT_KERAS = {
+    "Small": (261, 50223688, "24c35375617ef96c"),
+    "Base": (261, 88591464, "e49c3bee07b95cab"),
+    "Large": (261, 197767336, "2dc982c1684233bd"),
+    "XLarge": (261, 350196968, "dcf41b5b308cf84a"),
+}
+
+
+def _meta_build(builder):
+    """An application built on torch's meta device: its graph, layers and parameter shapes,
+    no weights drawn (a second for ConvNeXtXLarge's 350M parameters; Keras's initialisation
+    is checked on each family's smallest model against live Keras in APPS)."""
+    import torch
+
+    with torch.device("meta"):
+        return builder(weights=None)
+
+
+@pytest.mark.parametrize("variant", list(CONVNEXT_KERAS))
+def test_convnext_small_to_xlarge_structure_matches_recorded_keras(ck, variant):
+    model = _meta_build(getattr(ck.applications, f"ConvNeXt{variant}"))
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
+        CONVNEXT_KERAS[variant]
+    )
+    assert model.name == f"convnext_{variant.lower()}"
+
+
+def test_efficientnet_v2_preprocessing_and_drop_connect_as_keras(ck, tmp_path):
+    """EfficientNetV2B0's built-in preprocessing layers and drop-connect rates are Keras's
+    (live Keras model of APPS); S/M/L's ``rescaling`` is Keras's ``x / 128 - 1`` without
+    weights and the weights' ``x / 127.5 - 1`` with them (raw pixels give timm's features)."""
+    import torch
+
+    from compat.applications import _common
+
+    k_model = _keras_headless("EfficientNetV2B0")
+    model = ck.applications.EfficientNetV2B0(weights=None, include_top=False)
+
+    def rates(layers):
+        return {la.name: la.rate for la in layers if type(la).__name__ == "Dropout"}
+
+    assert rates(model.layers) == pytest.approx(rates(k_model.layers))
+    assert len(rates(model.layers)) > 5
+    k_norm, norm = k_model.get_layer("normalization"), model.get_layer("normalization")
+    x = np.random.default_rng(0).uniform(0, 1, size=(1, 2, 2, 3)).astype("float32")
+    np.testing.assert_allclose(norm(x).detach().numpy(), np.asarray(k_norm(x)), rtol=1e-5)
+
+    tiny = {"input_shape": (32, 32, 3), "include_top": False}
+    untrained = _meta_build(functools.partial(ck.applications.EfficientNetV2S, **tiny))
+    assert (untrained.layers[1].scale, untrained.layers[1].offset) == (1 / 128, -1.0)
+    tm = _common.timm_model("tf_efficientnetv2_s.in1k", None, False, 1000)
+    path = tmp_path / "s.pth"
+    torch.save(tm.state_dict(), path)
+    model = ck.applications.EfficientNetV2S(weights=str(path), **tiny)
+    assert model.layers[1].scale == pytest.approx(1 / 127.5)
+    img = np.random.default_rng(0).uniform(0, 255, size=(1, 32, 32, 3)).astype("float32")
+    with torch.no_grad():
+        ref = tm.eval().forward_features(torch.from_numpy(img / 127.5 - 1).permute(0, 3, 1, 2))
+    ref = ref.permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(model.predict_on_batch(img), ref, atol=1e-5)
+
+
+# Keras 3.15.1's EfficientNetV2B1..L (weights=None, with the top) as (layer count, parameter
+# count, _layer_digest, input size): building them in Keras takes 12-50 s each.
+# EfficientNetV2B0 is compared with live Keras in APPS.
+EFFICIENTNET_V2_KERAS = {
+    "B1": (337, 8212124, "718e306798223046", 240),
+    "B2": (352, 10178374, "702d9d715986654d", 260),
+    "B3": (412, 14467622, "ae2dd61fad87bb94", 300),
+    "S": (516, 21612360, "6cb0efe558cf011f", 384),
+    "M": (743, 54431388, "47585e0a007df5af", 480),
+    "L": (1031, 119027848, "d35abc30e6bd88d0", 480),
+}
+
+
+@pytest.mark.parametrize("variant", list(EFFICIENTNET_V2_KERAS))
+def test_efficientnet_v2_b1_to_l_structure_matches_recorded_keras(ck, variant):
+    model = _meta_build(getattr(ck.applications, f"EfficientNetV2{variant}"))
+    count, params, digest, size = EFFICIENTNET_V2_KERAS[variant]
+    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
+        count,
+        params,
+        digest,
+    )
+    assert tuple(model.input.shape) == (None, size, size, 3)
+    assert model.name == f"efficientnetv2-{variant.lower()}"
+
+
+def test_headless_vgg_does_not_allocate_the_unused_top(ck):
+    """VGG16 without its top builds timm's module without the 103M-parameter ``pre_logits``
+    (fc1/fc2: 480 MiB of float32, never used): what the build allocates (torch's profiler,
+    leaf operations) stays far below that (71 MiB; 1.4 GiB with the top, whose fc1/fc2 Keras
+    builds; 528 MiB headless before this was fixed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def allocated_mib(**kwargs) -> tuple:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model = ck.applications.VGG16(weights=None, **kwargs)
+        leaves = [e for e in prof.events() if not e.cpu_children and e.cpu_memory_usage > 0]
+        return model, sum(e.cpu_memory_usage for e in leaves) / 2**20
+
+    model, headless = allocated_mib(include_top=False)
+    assert model.count_params() == 14714688  # Keras's VGG16 without the top
+    assert headless < 250
+
+
+@pytest.mark.parametrize(
+    "fn", ["ConvNeXtTiny", "ConvNeXtXLarge", "EfficientNetV2B0", "EfficientNetV2L"]
+)
+def test_builtin_preprocessing_builders_take_keras_arguments(keras, ck, fn):
+    """ConvNeXt and EfficientNetV2 take Keras's ``include_preprocessing`` where Keras has it
+    (positionally too), with Keras's defaults, name and module."""
+    import inspect
+
+    ours, theirs = getattr(ck.applications, fn), getattr(keras.applications, fn)
+    params = inspect.signature(ours).parameters
+    k_params = inspect.signature(theirs).parameters
+    assert list(params) == list(k_params)
+    assert {k: p.default for k, p in params.items()} == {k: p.default for k, p in k_params.items()}
+    assert ours.__name__ == fn
+    assert ours.__module__ == f"compat.applications.{theirs.__module__.rsplit('.', 1)[-1]}"
+    with pytest.raises(TypeError, match="include_preprocesing"):
+        ours(include_preprocesing=False)
