@@ -303,7 +303,7 @@ def test_tta_predictions_average_the_views_probabilities(tmp_path, task) -> None
 def _checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     root = make_image_folder(tmp_path / "imgs", per_class=4)
     dm = ImageDataModule(str(root), batch_size=4, val_split=0.0, image_size=32, num_workers=0)
-    m = model(num_classes=2, freeze=True)
+    m = model(num_classes=2, freeze=True, mixup_alpha=0.2, tta="flip")
     t = trainer(tmp_path, limit_train_batches=1)
     t.fit(m, datamodule=dm)
     t.save_checkpoint(tmp_path / "m.ckpt")
@@ -337,7 +337,12 @@ def test_cli_predict_with_tta_writes_the_averaged_probabilities(tmp_path) -> Non
     with torch.no_grad():
         views = _views_by_hand(x, "flip+crops")
         mean = torch.stack([loaded.probabilities(loaded(v)) for v in views]).mean(0)
-        plain = predict_probabilities(loaded, [r["path"] for r in rows], tta="none")
+        paths = [r["path"] for r in rows]
+        plain = predict_probabilities(loaded, paths, tta="none")
+        checkpoints = predict_probabilities(loaded, paths)  # the checkpoint's tta="flip"
+        flip = torch.stack([loaded.probabilities(loaded(v)) for v in _views_by_hand(x, "flip")])
+    assert loaded.hparams.tta == "flip" and loaded.hparams.mixup_alpha == 0.2
+    assert torch.allclose(checkpoints, flip.mean(0), atol=1e-5)
     for row, p in zip(rows, mean, strict=True):
         assert float(row["prob_1"]) == pytest.approx(float(p.max()), abs=2e-6)
         assert row["pred_1"] == loaded.class_names[int(p.argmax())]
