@@ -17,12 +17,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache
+from ftlight.data.augment import BatchMixer
 from ftlight.data.config import DataConfig
 from ftlight.files import UnreadableFileError, load_torch_file
 from ftlight.models.backbone import Backbone, create_backbone
 from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
 from ftlight.models.head import build_head
 from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
+from ftlight.tta import probabilities_to_logits, resolve_tta, tta_probabilities
 
 Task = Literal["multiclass", "binary", "multilabel"]
 # Optimizer settings a resume takes from the module, not from the restored optimizer state.
@@ -54,7 +56,16 @@ class FineTuner(L.LightningModule):
         layer_decay: multiply the backbone LR by this per group, from the top down.
         weight_decay: applied to weights only (never to norms and biases).
         scheduler: ``None``, ``"cosine"`` (with ``warmup_epochs``) or ``"onecycle"``.
-        label_smoothing: for the multiclass cross-entropy.
+        label_smoothing: for the multiclass cross-entropy (also of mixed soft targets).
+        mixup_alpha, cutmix_alpha: mix training batches (multiclass only) with mixup / cutmix
+            drawn from Beta(alpha, alpha) (torchvision's ``MixUp``/``CutMix``; 0: off), with soft
+            targets; timm's recipe is 0.8 / 1.0. ``mixup_prob``: chance that a batch is mixed;
+            ``mixup_switch_prob``: chance of cutmix when both are on. ``train_acc`` then counts
+            agreement with each mixed image's dominant label. Mixing makes feature caching
+            decline (cached features are of unmixed images); see :mod:`ftlight.data.augment`.
+        tta: test-time augmentation in ``test`` and ``predict`` (not validation): ``"flip"``,
+            ``"crops"`` or ``"flip+crops"``; the views' probabilities are averaged
+            (:mod:`ftlight.tta`).
         class_names: names of the classes in label order (saved in checkpoints).
         image_size: override the weights' input size (e.g. for fast CPU runs).
         channels_last: use the channels-last memory format (``None``: on CUDA only, where it
@@ -94,6 +105,11 @@ class FineTuner(L.LightningModule):
         scheduler: str | None = None,
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        tta: str | None = None,
         class_names: Sequence[str] | None = None,
         image_size: int | None = None,
         channels_last: bool | None = None,
@@ -110,6 +126,19 @@ class FineTuner(L.LightningModule):
             raise ValueError(
                 f"num_classes={num_classes} is too small for task={task!r} (expected >= 2, or "
                 "task='binary')."
+            )
+        tta = resolve_tta(tta)
+        BatchMixer(  # checks the settings
+            num_classes,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            prob=mixup_prob,
+            switch_prob=mixup_switch_prob,
+        )
+        if (mixup_alpha or cutmix_alpha) and task != "multiclass":
+            raise ValueError(
+                f"mixup/cutmix need task='multiclass' (soft targets over classes). Received: "
+                f"task={task!r} with mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}."
             )
         self.save_hyperparameters()
         self.backbone: Backbone = create_backbone(
@@ -140,6 +169,36 @@ class FineTuner(L.LightningModule):
     @property
     def weights_info(self) -> Any:
         return self.backbone.weights_info
+
+    @property
+    def mixer(self) -> BatchMixer:
+        """The mixup/cutmix of training batches, as the hyperparameters say now."""
+        hp = self.hparams
+        key = tuple(
+            hp.get(name, default)
+            for name, default in (
+                ("mixup_alpha", 0.0),
+                ("cutmix_alpha", 0.0),
+                ("mixup_prob", 1.0),
+                ("mixup_switch_prob", 0.5),
+            )
+        )
+        held = self.__dict__.get("_mixer")
+        if held is None or held[0] != key:
+            mixer = BatchMixer(
+                self.num_outputs,
+                mixup_alpha=key[0],
+                cutmix_alpha=key[1],
+                prob=key[2],
+                switch_prob=key[3],
+            )
+            held = self.__dict__["_mixer"] = (key, mixer)
+        return held[1]
+
+    @property
+    def mixes_inputs(self) -> bool:
+        """Whether training batches are mixed (mixup/cutmix): feature caching then declines."""
+        return self.mixer.active
 
     @property
     def feature_extractor(self) -> Backbone:
@@ -259,6 +318,11 @@ class FineTuner(L.LightningModule):
             return F.binary_cross_entropy_with_logits(logits.squeeze(1), target.float())
         return F.binary_cross_entropy_with_logits(logits, target.float())
 
+    def soft_target_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with class probabilities ``(B, C)`` (mixed labels), label smoothing
+        applied to them as timm's ``Mixup`` does: ``targets * (1 - s) + s / C``."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         if self.hparams.task == "multiclass":
             return logits.softmax(-1)
@@ -274,9 +338,13 @@ class FineTuner(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
+        mixed = self._mix(x, y)
+        if mixed is not None:  # metrics: the dominant label of each mixed image
+            x, soft = mixed
+            y = soft.argmax(1)
         with _explain_batch_of_one(self, len(x)):
             logits = self(x)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, y) if mixed is None else self.soft_target_loss(logits, soft)
         self.train_metrics.update(self._metric_input(logits.detach()), y)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log_dict(
@@ -284,9 +352,30 @@ class FineTuner(L.LightningModule):
         )
         return loss
 
+    def _mix(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.mixer.active:
+            return None
+        if isinstance(x, FeatureBatch):
+            _warn_once(
+                "mixup/cutmix mix images, and this batch holds cached backbone features: it "
+                "trains unmixed (FeatureCache declines to cache while the model mixes)."
+            )
+            return None
+        return self.mixer(x, y)
+
+    def _tta_logits(self, x: Any) -> torch.Tensor:
+        """Logits of the views' mean probabilities (``tta``), or plain logits."""
+        mode = resolve_tta(self.hparams.get("tta"))
+        if mode is None:
+            return self(x)
+        if isinstance(x, FeatureBatch):
+            _warn_once(f"tta={mode!r} needs images; cached features are scored without it.")
+            return self(x)
+        return probabilities_to_logits(tta_probabilities(self, x, mode), self.hparams.task)
+
     def _eval_step(self, batch: Any, metrics: torchmetrics.MetricCollection, prefix: str):
         x, y = batch[0], batch[1]
-        logits = self(x)
+        logits = self._tta_logits(x) if prefix == "test_" else self(x)
         loss = self.loss(logits, y)
         probs = self._metric_input(logits)
         metrics.update(probs, y)
@@ -307,6 +396,9 @@ class FineTuner(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        mode = resolve_tta(self.hparams.get("tta"))
+        if mode is not None and not isinstance(x, FeatureBatch):
+            return tta_probabilities(self, x, mode)
         return self.probabilities(self(x))
 
     # ---- optimisation -------------------------------------------------------------------
@@ -559,6 +651,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return int(value) if isinstance(value, int) else float(value)
     return value
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 @contextmanager

@@ -247,12 +247,16 @@ def cache_features(
     """Compute ``backbone`` features once for ``splits`` of an image data module.
 
     Raises :class:`CachingUnavailableError` when training transforms are random
-    (``augment=True``): caching would freeze one augmented view of each image.
+    (``augment=True``, an ``auto_augment`` policy): caching would freeze one augmented view
+    of each image.
     """
-    if "train" in splits and datamodule.augment:
+    auto = getattr(datamodule, "auto_augment", None)
+    if "train" in splits and (datamodule.augment or auto):
+        what = f"auto_augment={auto!r}" if auto else "augment=True"
         raise CachingUnavailableError(
-            "Feature caching is off: the training transforms are random (augment=True), so "
-            "each epoch must see new crops. Pass augment=False to cache features."
+            f"Feature caching is off: the training transforms are random ({what}), so "
+            "each epoch must see new views. Pass augment=False (and auto_augment=None) to "
+            "cache features."
         )
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
     if trainable:
@@ -634,6 +638,11 @@ class FeatureCache(Callback):
             return False, f"{type(pl_module).__name__} has no feature_extractor"
         if self.mode is None and _staged_callback(trainer) is None:
             return False, "automatic caching applies to staged runs only (pass True to force)"
+        if getattr(pl_module, "mixes_inputs", False):  # FineTuner(mixup_alpha/cutmix_alpha)
+            return False, (
+                "the model mixes training images (mixup/cutmix), and cached features are of "
+                "unmixed images (mixup_alpha=cutmix_alpha=0, or mixup_prob=0, to cache)"
+            )
         trainable, moving = self._trainable(trainer, pl_module, epoch)
         if moving:
             return False, (
@@ -666,8 +675,10 @@ class FeatureCache(Callback):
             loader = self._image_loaders(trainer, "train", epoch)
             if isinstance(loader, DataLoader):
                 reason = loader_randomness(loader)
-                if getattr(self._datamodule, "augment", False) and reason is None:
-                    reason = "the data module augments training images (augment=True)"
+                auto = getattr(self._datamodule, "auto_augment", None)
+                if reason is None and (getattr(self._datamodule, "augment", False) or auto):
+                    what = f"auto_augment={auto!r}" if auto else "augment=True"
+                    reason = f"the data module augments training images ({what})"
                 if reason:
                     reason += "; each epoch must see new samples (pass augment=False to cache)"
             else:

@@ -26,6 +26,7 @@ from ftlight.data.config import DataConfig
 from ftlight.data.transforms import eval_transform
 from ftlight.files import atomic_path
 from ftlight.finetuner import FineTuner
+from ftlight.tta import TTA_MODES, resolve_tta, tta_probabilities
 
 
 @dataclass
@@ -121,19 +122,27 @@ def predict_probabilities(
     batch_size: int = 32,
     num_workers: int = 0,
     skipped: list[str] | None = None,
+    tta: str | None = None,
 ) -> torch.Tensor:
     """Class probabilities ``(N, C)`` for image files, with the checkpoint's preprocessing.
 
     An unreadable image raises :class:`CorruptImageError`, unless a ``skipped`` list is given:
-    then its path is appended there and it has no row in the result.
+    then its path is appended there and it has no row in the result. ``tta``: test-time
+    augmentation (``"flip"``, ``"crops"``, ``"flip+crops"``; ``"none"``: off; ``None``: the
+    model's ``tta`` setting), the views' probabilities averaged (:mod:`ftlight.tta`).
     """
+    mode = resolve_tta(model.hparams.get("tta") if tta is None else tta)
     model.eval()
     dataset = _PredictImages(paths, model.data_config, skip_corrupt=skipped is not None)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     out, flags = [], []
     device = next(model.parameters()).device
     for images, readable in loader:
-        probs = model.probabilities(model(images.to(device)))
+        images = images.to(device)
+        if mode is None:
+            probs = model.probabilities(model(images))
+        else:
+            probs = tta_probabilities(model, images, mode)
         if probs.ndim == 1:  # binary: P(class 1) -> two columns
             probs = torch.stack([1 - probs, probs], dim=1)
         out.append(probs.float().cpu()[readable])
@@ -252,6 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="unpickle a checkpoint holding Python objects besides tensors (trusted files only)",
     )
+    parser.add_argument(
+        "--tta",
+        choices=("none", *TTA_MODES),
+        default=None,
+        help="test-time augmentation: average the probabilities of the image and its mirror "
+        "(flip), of it and four corner crops (crops), or of all ten (flip+crops); default: the "
+        "checkpoint's --model.tta (usually none)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         return _predict(args)
@@ -287,6 +304,7 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         skipped=skipped,
+        tta=args.tta,
     )
     paths, labels = inputs.paths, inputs.labels
     if skipped:

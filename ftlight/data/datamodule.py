@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ftlight.data.augment import resolve_auto_augment
 from ftlight.data.config import DataConfig
 from ftlight.data.datasets import (
     ArrayDataset,
@@ -72,6 +73,10 @@ class ImageDataModule(L.LightningDataModule):
         seed: seed of the splits.
         augment: random-resized crop (and flip) for training; ``False`` = eval transform.
         hflip: random horizontal flips when augmenting.
+        auto_augment: an automatic augmentation policy for training images, after the crop
+            and flip: ``"randaugment"`` or ``"trivialaugment"`` (torchvision's ``RandAugment``,
+            ``TrivialAugmentWide``; see :mod:`ftlight.data.augment`), ``None``: none. Random,
+            so it switches feature caching off like ``augment``.
         image_size: override the backbone's input size.
         num_workers: loader workers (``None``: one fewer than the cores, at most 8).
         skip_corrupt: skip unreadable files (and images over ``max_image_pixels``) with a
@@ -99,6 +104,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         augment: bool = True,
         hflip: bool = True,
+        auto_augment: str | None = None,
         image_size: int | None = None,
         num_workers: int | None = None,
         skip_corrupt: bool = False,
@@ -117,6 +123,7 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed
         self.augment = augment
         self.hflip = hflip
+        self.auto_augment = resolve_auto_augment(auto_augment)
         self.image_size = image_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.skip_corrupt = skip_corrupt
@@ -335,7 +342,13 @@ class ImageDataModule(L.LightningDataModule):
     def transform_for(self, split: str) -> Callable:
         cfg = self.data_config  # cfg.crop: False for arrays (usually framed already)
         if split == "train":
-            return train_transform(cfg, augment=self.augment, hflip=self.hflip, crop=cfg.crop)
+            return train_transform(
+                cfg,
+                augment=self.augment,
+                hflip=self.hflip,
+                crop=cfg.crop,
+                auto_augment=self.auto_augment,
+            )
         return eval_transform(cfg)
 
     def loader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
@@ -372,6 +385,7 @@ class ImageDataModule(L.LightningDataModule):
             dataset.transform = self.transform_for(split)
             return dataset
         augment = self.augment and split == "train"
+        auto = self.auto_augment if split == "train" else None
         if self.decode_device != "cpu":
             device = resolve_decode_device(self.decode_device, num_workers=self.num_workers)
             if device != "cpu":
@@ -381,13 +395,16 @@ class ImageDataModule(L.LightningDataModule):
                     hflip=self.hflip,
                     device=device,
                     max_pixels=self.max_image_pixels,
+                    auto_augment=auto,
                 )
                 return EncodedFiles(dataset.samples)
             self.decode_device = "cpu"  # warned once; the CPU path from now on
         if self.decode_cache is None:
             dataset.transform = self.transform_for(split)
             return dataset
-        once, every, geometry = split_transform(self.data_config, augment=augment, hflip=self.hflip)
+        once, every, geometry = split_transform(
+            self.data_config, augment=augment, hflip=self.hflip, auto_augment=auto
+        )
         key = (split, json.dumps(geometry, sort_keys=True))
         if key not in self._decoded:
             paths = [path for path, _ in dataset.samples]

@@ -224,9 +224,13 @@ class BatchDecoder:
         crop: bool = True,
         device: str | torch.device = "cuda",
         max_pixels: int | None = MAX_IMAGE_PIXELS,
+        auto_augment: str | None = None,
     ) -> None:
-        once, every, _ = split_transform(cfg, augment=augment, hflip=hflip, crop=crop)
-        steps = every.transforms[:-2] if augment else once.transforms[1:]  # no ToImage/finish
+        once, every, _ = split_transform(
+            cfg, augment=augment, hflip=hflip, crop=crop, auto_augment=auto_augment
+        )
+        # No ToImage, no float conversion and normalisation (done below, on the batch).
+        steps = every.transforms[:-2] if augment else once.transforms[1:] + every.transforms[:-2]
         self.geometry = T.Compose(steps)
         self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)

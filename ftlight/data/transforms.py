@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from ftlight.data.augment import auto_augment_steps
 from ftlight.data.config import DataConfig
 
 DEFAULT_CROP_SCALE = (0.35, 1.0)
@@ -68,21 +69,24 @@ def split_transform(
     hflip: bool = True,
     crop: bool = True,
     scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+    auto_augment: str | None = None,
 ) -> tuple[T.Compose, T.Compose, dict[str, Any]]:
     """(once, every_epoch, geometry) such that ``every_epoch(once(img))`` is the data
     module's transform: exactly for eval transforms, up to the resolution of the source for
     random-resized crops (large images are shrunk once so the smallest crop still has
-    ``image_size`` pixels on a side)."""
+    ``image_size`` pixels on a side). ``auto_augment`` (see :mod:`ftlight.data.augment`)
+    runs every epoch, after the geometry."""
     size = cfg.image_size
+    auto = auto_augment_steps(auto_augment)
     if not augment:
         desc = {"mode": "eval", "size": size, "crop": crop, "crop_pct": cfg.crop_pct}
         desc["max_aspect"] = MAX_EVAL_ASPECT
         once = T.Compose([T.ToImage(), *_eval_geometry(cfg, crop)])
-        return once, T.Compose(_normalize(cfg)), desc
+        return once, T.Compose([*auto, *_normalize(cfg)]), desc
     short = math.ceil(size / math.sqrt(scale[0]))
     desc = {"mode": "train", "short_side": short}
     shrink = _ShrinkShortSide(short, interpolation_mode(cfg.interpolation))
-    every = T.Compose(_random_geometry(cfg, hflip, scale) + _normalize(cfg))
+    every = T.Compose(_random_geometry(cfg, hflip, scale) + auto + _normalize(cfg))
     return T.Compose([T.ToImage(), shrink]), every, desc
 
 
@@ -99,11 +103,18 @@ def train_transform(
     hflip: bool = True,
     scale: tuple[float, float] = DEFAULT_CROP_SCALE,
     crop: bool | None = None,
+    auto_augment: str | None = None,
 ) -> T.Compose:
-    """Random-resized crop and horizontal flip; ``augment=False`` gives the eval transform."""
+    """Random-resized crop and horizontal flip, then the ``auto_augment`` policy
+    (``"randaugment"``, ``"trivialaugment"``); ``augment=False``: the eval geometry."""
+    auto = auto_augment_steps(auto_augment)
     if not augment:
-        return eval_transform(cfg, crop=crop)
-    return T.Compose([T.ToImage(), *_random_geometry(cfg, hflip, scale), *_normalize(cfg)])
+        if not auto:
+            return eval_transform(cfg, crop=crop)
+        geometry = _eval_geometry(cfg, cfg.crop if crop is None else crop)
+        return T.Compose([T.ToImage(), *geometry, *auto, *_normalize(cfg)])
+    steps = [T.ToImage(), *_random_geometry(cfg, hflip, scale), *auto, *_normalize(cfg)]
+    return T.Compose(steps)
 
 
 class _ShrinkShortSide(T.Transform):
