@@ -37,7 +37,6 @@ from lightning.pytorch.callbacks import LearningRateFinder
 from lightning.pytorch.tuner import lr_finder as _lightning_lr_finder
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import _TunerExitException
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch.optim.lr_scheduler import LRScheduler
 
 AUTO = "auto"
@@ -171,8 +170,8 @@ class LRFinder(LearningRateFinder):
 
     Args:
         min_lr, max_lr: the head's rate at the start and end of the sweep.
-        num_training_steps: steps of the sweep (taken across epochs if an epoch is shorter;
-            the finder's suggestion skips the first 10 and the last point).
+        num_training_steps: steps of the sweep, across epochs if an epoch is shorter, within
+            the Trainer's ``max_epochs`` (the suggestion leaves out the first 10 and the last).
         mode: ``"exponential"`` or ``"linear"`` increase.
         early_stop_threshold: stop once the smoothed loss exceeds this times its best
             (``None``: never).
@@ -211,11 +210,12 @@ class LRFinder(LearningRateFinder):
             num_training_steps=num_training_steps,
             mode=mode,
             early_stop_threshold=early_stop_threshold,
-            update_attr=update_attr,
+            update_attr=False,  # applied here, keeping the groups' ratios
         )
+        self.apply_suggestion = update_attr
         self.only_auto = only_auto
         self.save_dir = save_dir
-        self._early_exit = early_exit
+        self.exit_after = early_exit
         self.suggestion: float | None = None
         self.files: dict[str, Path] = {}
         self.ratios: list[float] = []
@@ -242,46 +242,32 @@ class LRFinder(LearningRateFinder):
             )
         gated = _gated_parameters(trainer, pl_module)
         self.ratios = group_ratios(pl_module, gated)
-        loop = trainer.fit_loop
-        max_epochs = loop.max_epochs
-        # An epoch shorter than the sweep must not end it (Lightning stops at max_epochs).
-        loop.max_epochs = -1
         setattr(pl_module, _GATED_ATTR, gated)
+        self._early_exit = False  # Lightning's exit: after the files and the checks below
         try:
-            with isolate_rng():
-                result = _lightning_lr_finder._lr_find(
-                    trainer,
-                    pl_module,
-                    min_lr=self._min_lr,
-                    max_lr=self._max_lr,
-                    num_training=self._num_training_steps,
-                    mode=self._mode,
-                    early_stop_threshold=self._early_stop_threshold,
-                    update_attr=False,
-                )
+            super().lr_find(trainer, pl_module)  # the sweep; sets self.optimal_lr
         finally:
-            loop.max_epochs = max_epochs
             pl_module.__dict__.pop(_GATED_ATTR, None)
         # The sweep's temporary checkpoint came back through on_load_checkpoint: not a resume.
         pl_module.__dict__.pop("_checkpoint_hparams", None)
-        self.optimal_lr = result
+        result = self.optimal_lr
         if result is None:
             return
         self.suggestion = suggest(result)
         if trainer.is_global_zero:
-            self.files = save_results(result, self._save_dir(trainer), self.suggestion)
-        self._check(result)
+            self.files = write_files(result, self._save_dir(trainer), self.suggestion)
+        self._check(trainer, result)
         assert self.suggestion is not None
         rank_zero_info(
             f"LRFinder: suggested lr={self.suggestion:.3g} for the head (other groups keep "
             f"their ratios); plot and points: {', '.join(map(str, self.files.values()))}"
         )
-        if self._update_attr:
+        if self.apply_suggestion:
             set_lr(pl_module, self.suggestion)
             # The finder set every group to one rate: build the optimizer (and its schedule)
             # from the module's settings again, as fit would have with this lr.
             trainer.strategy.setup_optimizers(trainer)
-        if self._early_exit:
+        if self.exit_after:
             raise _TunerExitException()
 
     def _save_dir(self, trainer: L.Trainer) -> Path:
@@ -289,7 +275,7 @@ class LRFinder(LearningRateFinder):
             return Path(self.save_dir)
         return Path(trainer.log_dir or trainer.default_root_dir)
 
-    def _check(self, result: Any) -> None:
+    def _check(self, trainer: L.Trainer, result: Any) -> None:
         losses = [float(v) for v in result.results.get("loss", [])]
         lrs = [float(v) for v in result.results.get("lr", [])]
         steps = len(losses)
@@ -297,7 +283,15 @@ class LRFinder(LearningRateFinder):
         plot = f" (plot: {self.files['png']})" if "png" in self.files else ""
         if self.suggestion is not None and math.isfinite(self.suggestion) and self.suggestion > 0:
             return
-        if steps < self._num_training_steps:
+        batches, epochs = trainer.num_training_batches, trainer.max_epochs
+        available = batches * epochs if epochs and epochs > 0 and math.isfinite(batches) else None
+        if steps < self._num_training_steps and available is not None and steps >= available:
+            why = (
+                f"the data ran out after {steps} of {self._num_training_steps} steps "
+                f"(max_epochs={epochs} of {int(batches)} batches; the sweep stays within "
+                "max_epochs): raise max_epochs or lower num_training_steps (>= 13)"
+            )
+        elif steps < self._num_training_steps:
             where = f" at lr={lrs[-1]:.3g}" if lrs else ""
             why = (
                 f"the loss diverged after {steps} of {self._num_training_steps} steps{where}"
@@ -343,7 +337,7 @@ def suggest(result: Any, skip_begin: int = 10, skip_end: int = 1) -> float | Non
     return lrs_all[index[best]]
 
 
-def save_results(result: Any, folder: Path, suggestion: float | None) -> dict[str, Path]:
+def write_files(result: Any, folder: Path, suggestion: float | None) -> dict[str, Path]:
     """``lr_find.png`` (Matplotlib, no display needed), ``.json`` and ``.csv`` in ``folder``."""
     from matplotlib.figure import Figure
 

@@ -75,9 +75,9 @@ def test_lr_find_sweeps_with_group_ratios_and_writes_plot_and_points(tmp_path) -
     before = {k: v.clone() for k, v in m.state_dict().items()}
     ratios = expected_ratios(m)
     assert len(set(ratios)) > 3  # head 1, backbone 0.1 * 0.5**k: a real test of the ratios
-    # An epoch has 3 batches and max_epochs=1: the sweep still takes its 25 steps.
+    # An epoch has 3 batches: the sweep runs on across epochs.
     finder = lr_find(
-        m, make_dm(), trainer(tmp_path, max_epochs=1), num_training_steps=25, min_lr=1e-5
+        m, make_dm(), trainer(tmp_path, max_epochs=10), num_training_steps=25, min_lr=1e-5
     )
     assert len(m.steps) == 25
     for lrs in m.steps:  # every step: each group at the head's rate times its ratio
@@ -139,7 +139,7 @@ def test_gated_groups_stay_still_during_the_sweep(tmp_path) -> None:
     m = model(freeze=True)
     staged = StagedUnfreeze([Milestone(epoch=1, groups=1)])
     top = m.backbone.layer_groups[-1].name
-    t = trainer(tmp_path, max_epochs=1, callbacks=[staged])
+    t = trainer(tmp_path, max_epochs=5, callbacks=[staged])
     lr_find(m, make_dm(), t, num_training_steps=14, min_lr=1e-4)
     names = [g["name"] for g in m.param_groups()]
     assert top in names
@@ -158,11 +158,16 @@ def test_lr_auto_sets_a_numeric_lr_before_training_and_resume_keeps_it(tmp_path)
     ratios = expected_ratios(m)
     seen = Seen()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    finder = LRFinder(num_training_steps=15, only_auto=True)  # FineTuner adds one if none
     t = trainer(
-        tmp_path, max_epochs=1, callbacks=[seen, ckpt], enable_checkpointing=True, logger=True
+        tmp_path,
+        max_epochs=5,
+        callbacks=[seen, ckpt, finder],
+        enable_checkpointing=True,
+        logger=True,
     )
     t.fit(m, datamodule=make_dm())
-    finder = next(cb for cb in t.callbacks if isinstance(cb, LRFinder))
+    assert [cb for cb in t.callbacks if isinstance(cb, LRFinder)] == [finder]
     lr = finder.suggestion
     assert isinstance(seen.lr, float) and math.isfinite(seen.lr) and seen.lr == lr
     # the optimizer that trained was built from it: every group at lr times its ratio
@@ -175,7 +180,7 @@ def test_lr_auto_sets_a_numeric_lr_before_training_and_resume_keeps_it(tmp_path)
     # resume with lr="auto": the checkpoint's rate, no new sweep
     again = model(cls=FineTuner, lr="auto")
     seen2 = Seen()
-    t2 = trainer(tmp_path / "resume", max_epochs=2, callbacks=[seen2])
+    t2 = trainer(tmp_path / "resume", max_epochs=6, callbacks=[seen2])
     t2.fit(again, datamodule=make_dm(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     finder2 = next(cb for cb in t2.callbacks if isinstance(cb, LRFinder))
     assert finder2.optimal_lr is None and seen2.lr == lr
@@ -198,12 +203,14 @@ def test_bad_lr_values_are_refused() -> None:
 def test_a_sweep_that_diverges_at_once_says_so_and_what_to_try(tmp_path) -> None:
     m = model(cls=FineTuner, optimizer="sgd")
     with pytest.raises(LRFinderError) as err:
-        lr_find(m, make_dm(), trainer(tmp_path, max_epochs=1), min_lr=1e6, max_lr=1e12)
+        lr_find(m, make_dm(), trainer(tmp_path, max_epochs=40), min_lr=1e6, max_lr=1e12)
     message = str(err.value)
     assert "found no suggestion" in message and "100 steps" in message
     assert "lower min_lr (was 1e+06)" in message and "numeric lr" in message
     assert (tmp_path / "lr_find.png").is_file()  # the plot shows what happened
     assert m.hparams.lr == 1e-3  # unchanged
+    with pytest.raises(LRFinderError, match=r"the data ran out after 6 of 20 steps \(max_epochs=2"):
+        lr_find(m, make_dm(), trainer(tmp_path, max_epochs=2), num_training_steps=20)
 
 
 def test_cli_lr_find_prints_the_suggestion_and_writes_the_plot(tmp_path) -> None:
