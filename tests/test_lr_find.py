@@ -16,12 +16,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
 
 from ftlight import FineTuner, ImageDataModule
 from ftlight.callbacks import Milestone, StagedUnfreeze
 from ftlight.cli.main import main as cli_main
+from ftlight.cli.main import reconcile_with_checkpoint
 from ftlight.tuning import LRFinder, LRFinderError, lr_find
 from tests.conftest import make_image_folder
 
@@ -268,3 +270,22 @@ def test_cli_lr_find_errors_in_one_line(tmp_path, capsys, monkeypatch) -> None:
     assert code == 1
     assert err[-1].startswith("ftlight: error: The learning-rate finder found no suggestion")
     assert "lower min_lr" in err[-1]
+
+
+def test_cli_parses_lr_auto_and_a_resume_keeps_the_rate_found(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["fit", "--model.lr", "auto", "--model.ema_decay", "0.99", "--print_config"])
+    assert exc.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["lr"] == "auto" and config["model"]["ema_decay"] == 0.99
+    # resuming a run whose lr was found: its number, with a note, never a new sweep
+    given = {"lr": "auto", "backbone": "resnet50"}
+    notes = reconcile_with_checkpoint(
+        given,
+        {"lr": 1e-3, "backbone": "resnet50"},
+        {"lr": 0.02, "backbone": "resnet50"},
+        ["--model.lr", "auto"],
+        resuming=True,
+    )
+    assert given["lr"] == 0.02
+    assert notes == ["--model.lr=auto: the checkpoint's lr 0.02 (found then) is used."]
