@@ -80,12 +80,15 @@ def close(a: dict, b: dict, keys=None) -> bool:
 
 
 def test_ema_is_what_validation_scores_the_module_holds_and_checkpoints_save(tmp_path) -> None:
-    m, dm, raw = model(), make_dm(), RawWeights()
+    # bn="train": the BatchNorm statistics move too, and are averaged with the weights
+    m, dm, raw = model(bn="train"), make_dm(), RawWeights()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
     t = trainer(tmp_path, 2, [raw, ckpt])
     t.fit(m, datamodule=dm)
     assert any(isinstance(cb, EMA) for cb in t.callbacks)  # added by ema_decay
     expected, final_raw = manual_ema(raw.steps), raw.steps[-1]
+    stats = [k for k in expected if k.endswith("running_mean")]
+    assert stats and not close(raw.steps[0], final_raw, stats)
     held = params(m)
     trained = [k for k in held if k.startswith("head.")]
     assert close(held, expected)  # the module holds the average after fit
@@ -96,7 +99,7 @@ def test_ema_is_what_validation_scores_the_module_holds_and_checkpoints_save(tmp
     # the raw weights score differently
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert close(saved["state_dict"], expected) and close(saved["current_model_state"], final_raw)
-    raw_model = model()
+    raw_model = model(bn="train")
     raw_model.load_state_dict(saved["current_model_state"])
     (raw_scores,) = trainer(tmp_path, 1, []).validate(raw_model, datamodule=dm, verbose=False)
     assert raw_scores["val_loss"] != pytest.approx(scores["val_loss"], abs=1e-4)
@@ -104,7 +107,10 @@ def test_ema_is_what_validation_scores_the_module_holds_and_checkpoints_save(tmp
     loaded = FineTuner.from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert close(params(loaded), expected)
     (tested,) = trainer(tmp_path, 1, []).test(
-        model(), dataloaders=dm.val_dataloader(), ckpt_path=ckpt.last_model_path, verbose=False
+        model(bn="train"),
+        dataloaders=dm.val_dataloader(),
+        ckpt_path=ckpt.last_model_path,
+        verbose=False,
     )
     assert tested["test_loss"] == pytest.approx(scores["val_loss"], abs=1e-6)
 

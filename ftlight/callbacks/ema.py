@@ -22,6 +22,12 @@ What this subclass changes:
   keys its rows) stay put. A cached run trains the head alone, and only the head's average
   moves; validation on cached rows then scores the averaged head on the (unchanged)
   backbone's features, which is the averaged model.
+* **Only what can change is averaged at every step**: parameters with ``requires_grad`` and
+  the buffers of modules in training mode (listed once per epoch, after the module has set its
+  modes). Frozen parameters and the statistics of BatchNorm layers in inference mode keep the
+  copy taken at the first update, which they equal. On a frozen EfficientNet-Lite0 (4.7M
+  parameters, one CPU core) an update of everything takes about 11 ms, more than a head-only
+  step on cached features; of the head alone, a fraction of a millisecond.
 * **The average lives on the training device** (Lightning's callback builds it in ``setup``,
   before the model is moved, so on a GPU run it would stay on the CPU), unless ``device``
   says otherwise.
@@ -81,6 +87,8 @@ class EMA(WeightAveraging):
         # State-dict name -> the module's own tensor, kept when on_train_end replaced it by
         # the average (for checkpoints saved after fit).
         self._raw_after_fit: dict[str, torch.Tensor] = {}
+        # (epoch, {(device, dtype): (averaged tensors, the module's tensors)}) of what moves
+        self._moving: tuple[int, dict[Any, tuple[list, list]]] | None = None
 
     @property
     def average_model(self) -> torch.nn.Module | None:
@@ -99,7 +107,7 @@ class EMA(WeightAveraging):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._raw_after_fit = {}
+            self._raw_after_fit, self._moving = {}, None
         if stage == "fit" and self._device is None:
             self._device = trainer.strategy.root_device
             try:
@@ -108,6 +116,55 @@ class EMA(WeightAveraging):
                 self._device = None
             return
         super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # As Lightning's hook (once per optimizer step), averaging only what can change.
+        step_idx = trainer.global_step - 1
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            self._update(pl_module, trainer.current_epoch)
+            self._latest_update_step = trainer.global_step
+
+    @torch.no_grad()
+    def _update(self, pl_module: L.LightningModule, epoch: int) -> None:
+        """``AveragedModel.update_parameters`` of the tensors that can change (its own
+        ``multi_avg_fn``, on lists grouped by device and dtype as it does)."""
+        model = self._average_model
+        assert model is not None
+        if int(model.n_averaged) == 0 or not self._use_buffers or model.multi_avg_fn is None:
+            model.update_parameters(pl_module)  # the first copy (of everything), other set-ups
+            return
+        if self._moving is None or self._moving[0] != epoch:
+            self._moving = (epoch, self._moving_tensors(pl_module))
+        for (device, _, _), (averaged, current) in self._moving[1].items():
+            if device == current[0].device:
+                model.multi_avg_fn(averaged, current, model.n_averaged.to(device))
+            else:  # the average lives elsewhere (device=...)
+                moved = [t.detach().to(device) for t in current]
+                model.multi_avg_fn(averaged, moved, model.n_averaged.to(device))
+        model.n_averaged += 1
+
+    def _moving_tensors(self, pl_module: L.LightningModule) -> dict[Any, tuple[list, list]]:
+        assert self._average_model is not None
+        average = self._average_model.module
+        params, buffers = dict(average.named_parameters()), dict(average.named_buffers())
+        pairs = [(params[n], p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        for prefix, module in pl_module.named_modules():
+            if module.training:
+                for n, b in module.named_buffers(prefix=prefix, recurse=False):
+                    pairs.append((buffers[n], b))
+        groups: dict[Any, tuple[list, list]] = {}
+        for avg, cur in pairs:
+            averaged, current = groups.setdefault((avg.device, avg.dtype, cur.device), ([], []))
+            averaged.append(avg.detach())
+            current.append(cur)
+        return groups
 
     # Lightning's hooks swap every tensor; these write only those that differ.
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
