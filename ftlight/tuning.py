@@ -278,23 +278,27 @@ class LRFinder(LearningRateFinder):
     def _check(self, trainer: L.Trainer, result: Any) -> None:
         losses = [float(v) for v in result.results.get("loss", [])]
         lrs = [float(v) for v in result.results.get("lr", [])]
-        steps = len(losses)
+        steps, wanted = len(losses), self._num_training_steps
         finite = [v for v in losses if math.isfinite(v)]
         plot = f" (plot: {self.files['png']})" if "png" in self.files else ""
-        if self.suggestion is not None and math.isfinite(self.suggestion) and self.suggestion > 0:
-            return
         batches, epochs = trainer.num_training_batches, trainer.max_epochs
         available = batches * epochs if epochs and epochs > 0 and math.isfinite(batches) else None
-        if steps < self._num_training_steps and available is not None and steps >= available:
-            why = (
-                f"the data ran out after {steps} of {self._num_training_steps} steps "
-                f"(max_epochs={epochs} of {int(batches)} batches; the sweep stays within "
-                "max_epochs): raise max_epochs or lower num_training_steps (>= 13)"
+        if steps < wanted and available is not None and steps >= available:
+            # Not a divergence: the sweep never reached the high rates; no suggestion holds.
+            reached = f", reaching lr={lrs[-1]:.3g} of max_lr={self._max_lr:g}" if lrs else ""
+            raise LRFinderError(
+                f"The learning-rate finder ran out of data after {steps} of {wanted} steps"
+                f"{reached} (max_epochs={epochs} epochs of {int(batches)} batches; the sweep "
+                f"stays within max_epochs){plot}. Raise max_epochs (--trainer.max_epochs), or "
+                "sweep fewer steps (>= 13): LRFinder(num_training_steps=...) in the Trainer's "
+                "callbacks, --lr_find.num_training_steps for ftlight lr-find."
             )
-        elif steps < self._num_training_steps:
+        if self.suggestion is not None and math.isfinite(self.suggestion) and self.suggestion > 0:
+            return
+        if steps < wanted:
             where = f" at lr={lrs[-1]:.3g}" if lrs else ""
             why = (
-                f"the loss diverged after {steps} of {self._num_training_steps} steps{where}"
+                f"the loss diverged after {steps} of {wanted} steps{where}"
                 if finite
                 else f"the loss was not finite from the first step ({steps} steps ran)"
             )
