@@ -25,6 +25,7 @@ from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, fre
 from ftlight.models.head import build_head
 from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
 from ftlight.tta import probabilities_to_logits, resolve_tta, tta_probabilities
+from ftlight.tuning import is_auto, keep_group_ratios, numeric_lr
 
 Task = Literal["multiclass", "binary", "multilabel"]
 # Optimizer settings a resume takes from the module, not from the restored optimizer state.
@@ -52,7 +53,9 @@ class FineTuner(L.LightningModule):
             batch statistics in training), or ``"inference"`` (every BN layer in inference mode,
             also when trainable: Keras's fine-tuning recipe).
         optimizer: ``adamw``, ``adam``, ``sgd`` or ``rmsprop``.
-        lr: head learning rate. backbone_lr: learning rate of the backbone (default lr/10).
+        lr: head learning rate, or ``"auto"``: Lightning's learning-rate finder picks it at the
+            start of ``fit`` (:class:`ftlight.tuning.LRFinder`; checkpoints store the rate found).
+        backbone_lr: learning rate of the backbone (default lr/10).
         layer_decay: multiply the backbone LR by this per group, from the top down.
         weight_decay: applied to weights only (never to norms and biases).
         scheduler: ``None``, ``"cosine"`` (with ``warmup_epochs``) or ``"onecycle"``.
@@ -77,6 +80,9 @@ class FineTuner(L.LightningModule):
             :class:`ftlight.callbacks.feature_cache.FeatureCache`.
         torch_compile: compile the backbone with ``torch.compile`` at set-up (state-dict keys
             are unchanged).
+        ema_decay: keep an exponential moving average of the weights with this decay
+            (:class:`ftlight.callbacks.EMA`): validated, left in the module after ``fit`` and
+            saved as the checkpoints' weights. ``None``: no average.
         weights_strict: a weights file must hold every backbone weight with its shape (its
             classifier excepted); ``False`` loads the part that matches (see
             :func:`ftlight.models.weights.load_state_dict_file`).
@@ -97,7 +103,7 @@ class FineTuner(L.LightningModule):
         freeze: FreezeSpec = None,
         bn: BNPolicy = "frozen",
         optimizer: str = "adamw",
-        lr: float = 1e-3,
+        lr: float | Literal["auto"] = 1e-3,
         backbone_lr: float | None = None,
         layer_decay: float | None = None,
         weight_decay: float = 1e-4,
@@ -116,6 +122,7 @@ class FineTuner(L.LightningModule):
         cache_features: bool | None = None,
         torch_compile: bool = False,
         weights_strict: bool = True,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes and task != "binary":
@@ -140,6 +147,7 @@ class FineTuner(L.LightningModule):
                 f"mixup/cutmix need task='multiclass' (soft targets over classes). Received: "
                 f"task={task!r} with mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}."
             )
+        _check_lr_and_ema(lr, backbone_lr, ema_decay)
         self.save_hyperparameters()
         self.backbone: Backbone = create_backbone(
             backbone, weights, keep_fc=keep_fc, image_size=image_size, weights_strict=weights_strict
@@ -254,15 +262,17 @@ class FineTuner(L.LightningModule):
         return self.frozen_names
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Feature caching for frozen phases (``cache_features``)."""
-        mode = self.hparams.get("cache_features")
-        if mode is False:
-            return []
+        """Feature caching for frozen phases (``cache_features``); when fitting, the
+        learning-rate finder (``lr="auto"``) and the weights' average (``ema_decay``)."""
         trainer = self._trainer
         callbacks = trainer.callbacks if trainer is not None else []
+        extra = _fit_callbacks(self, trainer)
+        mode = self.hparams.get("cache_features")
+        if mode is False:
+            return extra
         if any(isinstance(cb, FeatureCache) and cb.mode == mode for cb in callbacks):
-            return []  # a second fit/test on the same Trainer keeps its cache callback
-        return [FeatureCache(mode)]
+            return extra  # a second fit/test on the same Trainer keeps its cache callback
+        return [FeatureCache(mode), *extra]
 
     # ---- losses and metrics -------------------------------------------------------------
     def _build_metrics(self) -> None:
@@ -409,10 +419,11 @@ class FineTuner(L.LightningModule):
         that learning rate instead.
         """
         hp = self.hparams
-        backbone_lr = hp.backbone_lr if hp.backbone_lr is not None else hp.lr * 0.1
+        head_lr = numeric_lr(hp.lr)  # "auto": a placeholder until the finder has run
+        backbone_lr = hp.backbone_lr if hp.backbone_lr is not None else head_lr * 0.1
         groups = []
         for g in split_decay(self.head.named_parameters(), hp.weight_decay):
-            groups.append({**g, "lr": hp.lr, "name": "head"})
+            groups.append({**g, "lr": head_lr, "name": "head"})
         params = dict(self.backbone.model.named_parameters())
         no_decay = getattr(self.backbone.model, "no_weight_decay", lambda: ())()
         layer_groups = self.backbone.layer_groups
@@ -426,7 +437,9 @@ class FineTuner(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = build_optimizer(hp.optimizer, self.param_groups(), hp.lr, momentum=hp.momentum)
+        optimizer = build_optimizer(
+            hp.optimizer, self.param_groups(), numeric_lr(hp.lr), momentum=hp.momentum
+        )
         if hp.scheduler is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -522,6 +535,9 @@ class FineTuner(L.LightningModule):
             self.class_names = list(saved)
         # Compared at on_train_start with this module's settings (see _apply_optimizer_hparams).
         self._checkpoint_hparams = dict(checkpoint.get("hyper_parameters", {}))
+        saved_lr = self._checkpoint_hparams.get("lr")
+        if is_auto(self.hparams.get("lr")) and not is_auto(saved_lr) and saved_lr is not None:
+            self.hparams.lr = float(saved_lr)  # found by the finder before: never sweep again
         if meta.get("data_config"):
             self.backbone.data_config = DataConfig.from_dict(meta["data_config"])
         if meta.get("weights_info"):
@@ -530,6 +546,8 @@ class FineTuner(L.LightningModule):
             self.backbone.weights_info = WeightsInfo(**meta["weights_info"])
 
     def on_train_start(self) -> None:
+        if keep_group_ratios(self):  # a learning-rate finder's sweep: keep the groups' ratios
+            return
         self._apply_optimizer_hparams()
 
     def _apply_optimizer_hparams(self) -> None:
@@ -597,6 +615,40 @@ class FineTuner(L.LightningModule):
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         return model.to(map_location).eval()
+
+
+def _check_lr_and_ema(lr: Any, backbone_lr: Any, ema_decay: Any) -> None:
+    if isinstance(lr, str) and not is_auto(lr):
+        raise ValueError(f"lr must be a number or 'auto'. Received: {lr!r}")
+    if is_auto(lr) and backbone_lr is not None:
+        raise ValueError(
+            f"lr='auto' with backbone_lr={backbone_lr}: the finder keeps each group's ratio to "
+            "the head's rate, which is not known yet. Leave backbone_lr unset (lr/10, with "
+            "layer_decay if given), or give a numeric lr."
+        )
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(
+            f"ema_decay must be between 0 and 1 (exclusive), e.g. 0.999. Received: {ema_decay}"
+        )
+
+
+def _fit_callbacks(module: FineTuner, trainer: Any) -> list[L.Callback]:
+    """The learning-rate finder (``lr="auto"``) and EMA (``ema_decay``), for ``fit`` only."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+        return []
+    from ftlight.callbacks.ema import EMA
+    from ftlight.tuning import LRFinder
+
+    out: list[L.Callback] = []
+    hp = module.hparams
+    if is_auto(hp.get("lr")) and not any(isinstance(cb, LRFinder) for cb in trainer.callbacks):
+        out.append(LRFinder(only_auto=True))
+    decay = hp.get("ema_decay")
+    if decay is not None and not any(isinstance(cb, EMA) for cb in trainer.callbacks):
+        out.append(EMA(decay=decay))
+    return out
 
 
 def _check_state_dict_fits(

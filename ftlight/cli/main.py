@@ -44,9 +44,10 @@ OWN_SUBCOMMANDS = {
     "report": "ftlight.cli.report",
     "predict": "ftlight.cli.predict",
     "export": "ftlight.cli.export",
+    "lr-find": "ftlight.cli.lr_find",
 }
 
-USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
+USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report,lr-find}} ...
 
   fit        train (LightningCLI); e.g. ftlight fit --config resnet50 --data.root imgs/
   validate   evaluate a checkpoint on the validation split (LightningCLI)
@@ -55,6 +56,7 @@ USAGE = """usage: ftlight {{fit,validate,test,predict,export,demo,report}} ...
   export     torch.export / ONNX (or TorchScript) with preprocessing and class names
   demo       offline transfer-learning demo
   report     summarise a run directory (or the newest run under a default_root_dir)
+  lr-find    learning-rate range test with fit's arguments: suggestion, plot, points
 
 Bundled configs: {configs}
 Run `ftlight <command> --help` for the options of a command. Every command ends a known
@@ -235,6 +237,10 @@ def reconcile_with_checkpoint(
             continue
         new = model[key]
         if _plain(new) == _plain(old):
+            continue
+        if key == "lr" and new == "auto" and not isinstance(old, str):
+            model[key] = old  # the finder ran in that run: its rate, never a new sweep
+            notes.append(f"--model.lr=auto: the checkpoint's lr {_show(old)} (found then) is used.")
             continue
         flag = f"--model.{key}"
         on_command_line = any(a == flag or a.startswith(flag + "=") for a in argv)
