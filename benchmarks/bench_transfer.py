@@ -134,9 +134,10 @@ def plain_default(
             (cb for cb in trainer.callbacks if isinstance(cb, ftlight.callbacks.FeatureCache)),
             None,
         )
+        val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))  # before test resets it
         return {
             "test_acc": _test(trainer, model, dm),
-            "val_acc": float(trainer.callback_metrics.get("val_acc", float("nan"))),
+            "val_acc": val_acc,
             "image_size": dm.data_config.image_size,
             "augment": dm.augment,
             "epochs_cached": list(cache.epochs_cached) if cache else [],
@@ -166,9 +167,10 @@ def recipe(
             **{**kw, **(model_kw or {})},
         )
         trainer = model.fine_tune(dm, **fine_tune_kw, **_trainer(d, "recipe"))
+        val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))  # before test resets it
         return {
             "test_acc": _test(trainer, model, dm),
-            "val_acc": float(trainer.callback_metrics.get("val_acc", float("nan"))),
+            "val_acc": val_acc,
             "image_size": dm.data_config.image_size,
             "epochs": trainer.current_epoch,
         }
