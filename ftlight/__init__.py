@@ -24,6 +24,7 @@ from ftlight.models import (
     register_backbone,
     resolve_backbone,
 )
+from ftlight.recipes import fine_tune, fine_tune_callbacks
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,8 @@ __all__ = [
     "build_head",
     "create_backbone",
     "enforce_bn_policy",
+    "fine_tune",
+    "fine_tune_callbacks",
     "freeze_backbone",
     "list_backbones",
     "load_timm_model",

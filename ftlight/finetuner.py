@@ -16,6 +16,7 @@ import torchmetrics
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ftlight import recipes
 from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache
 from ftlight.data.augment import BatchMixer
 from ftlight.data.config import DataConfig
@@ -75,8 +76,12 @@ class FineTuner(L.LightningModule):
             is faster with AMP).
         cache_features: train the head on backbone features computed once while the backbone
             is static (frozen, BatchNorm in inference mode, deterministic training transforms);
-            ``True`` warns when that is not possible and why; ``None`` (default) does it only in
-            the all-gated first phase of a :class:`~ftlight.callbacks.StagedUnfreeze` run; see
+            ``True`` warns when that is not possible and why; ``None`` (default) does it
+            whenever the backbone is static: ``freeze=True`` with ``bn="frozen"``, or the
+            all-gated first phase of a :class:`~ftlight.callbacks.StagedUnfreeze` run (logged
+            once). An :class:`~ftlight.ImageDataModule` with ``augment=None`` (its default)
+            then trains without random augmentation in that fit, logged once; an explicit
+            ``augment=True`` is kept and turns caching off. See
             :class:`ftlight.callbacks.feature_cache.FeatureCache`.
         torch_compile: compile the backbone with ``torch.compile`` at set-up (state-dict keys
             are unchanged).
@@ -273,6 +278,19 @@ class FineTuner(L.LightningModule):
         if any(isinstance(cb, FeatureCache) and cb.mode == mode for cb in callbacks):
             return extra  # a second fit/test on the same Trainer keeps its cache callback
         return [FeatureCache(mode), *extra]
+
+    def fine_tune(
+        self,
+        datamodule: L.LightningDataModule,
+        epochs: int = recipes.EPOCHS,
+        freeze_epochs: int = recipes.FREEZE_EPOCHS,
+        **kwargs: Any,
+    ) -> L.Trainer:
+        """Head on cached features for ``freeze_epochs``, then the top layer groups unfrozen
+        for ``epochs`` with per-group rates and a warm-up, in one ``Trainer.fit``; returns the
+        Trainer. ``kwargs``: :func:`ftlight.recipes.fine_tune`'s options and any
+        ``L.Trainer`` argument (loggers, callbacks, ...)."""
+        return recipes.fine_tune(self, datamodule, epochs, freeze_epochs, **kwargs)
 
     # ---- losses and metrics -------------------------------------------------------------
     def _build_metrics(self) -> None:
@@ -472,6 +490,20 @@ class FineTuner(L.LightningModule):
             self.backbone.data_config = datamodule.data_config
             self._check_class_count(datamodule)
             self._adopt_class_names(datamodule)
+        if stage == "fit" and getattr(datamodule, "augment_auto", False):
+            self._settle_augment(datamodule)
+
+    def _settle_augment(self, datamodule: Any) -> None:
+        """``augment=None`` (auto): no random augmentation in a fit whose backbone is static
+        from its first epoch, so that the feature cache can serve it (see ``cache_features``)."""
+        cache = next((cb for cb in self.trainer.callbacks if isinstance(cb, FeatureCache)), None)
+        if cache is None:
+            static, why = False, "no feature cache (cache_features=False)"
+        else:
+            static, why = cache.static_at(self.trainer, self, self.trainer.current_epoch)
+        if static:
+            why = "the backbone is frozen in the first epoch"
+        datamodule.settle_augment(not static, str(why))
 
     def _adopt_class_names(self, datamodule: Any) -> None:
         """Take the data's class names; refuse names that disagree with the data's order."""

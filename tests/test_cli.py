@@ -22,7 +22,7 @@ from ftlight.data.config import DataConfig
 from ftlight.data.transforms import eval_transform
 from tests.conftest import make_image_folder
 
-CONFIGS = ["vgg16", "resnet50", "inception_v3", "efficientnet_lite0"]
+CONFIGS = ["vgg16", "resnet50", "inception_v3", "efficientnet_lite0", "fine_tune"]
 
 
 def ftlight(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

