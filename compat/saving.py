@@ -1,9 +1,5 @@
-"""One-file model saving and weights files. The suffix chooses what is written: ``.keras``
-(Keras 3's archive), ``.h5``/``.hdf5`` (Keras's legacy HDF5 model; ``.weights.h5`` for
-weights) go through :mod:`compat.keras_files` and real Keras reads them; any other suffix
-(``.pt``, ``.model``...) is compat's own PyTorch file (the whole compat model and its compile
-state and optimizer state, ``torch.save``). Loading goes by the file's bytes, not its name, so
-compat files saved under a ``.keras`` name before still load.
+"""One-file model saving (a PyTorch file, NOT TensorFlow's SavedModel/HDF5/``.keras``) and
+weights files (Keras order and shapes, stored as tensors with ``torch.save``).
 
 Writes are atomic (a failure keeps the previous file). Loading never runs code from the file:
 ``torch.load(weights_only=True)`` with compat's own layer classes, torch modules and
@@ -27,41 +23,14 @@ from ftlight.files import UnreadableFileError, _first_line, atomic_path, load_to
 
 FORMAT = "compat-model-v1"
 WEIGHTS_FORMAT = "compat-weights-v1"
-_MODEL_FILE = "a compat model file (compat's torch file, or Keras's .keras or legacy .h5)"
-_WEIGHTS_FILE = "a compat weights file (compat's torch file, or Keras's .weights.h5, .h5 or .keras)"
-_KERAS_SUFFIXES = (".keras",)
-_H5_SUFFIXES = (".h5", ".hdf5")
-
-
-def _suffix(path: str) -> str:
-    return os.path.splitext(path)[1].lower()
-
-
-def _warn_torch_file(path: str, err: Exception) -> None:
-    import warnings
-
-    warnings.warn(
-        f"{path} is written as compat's own torch file, not Keras's format: {err} compat's "
-        "load_model/load_weights read it back; real Keras cannot. Name it .pt to say so.",
-        UserWarning,
-        stacklevel=4,
-    )
-
-
-def _sniff_keras(path: str) -> str | None:
-    """``"keras"`` (a .keras archive) or ``"h5"`` (HDF5) when Keras wrote ``path``."""
-    from ftlight.files import sniff
-
-    if not os.path.isfile(path):
-        return None
-    kind = sniff(path)
-    if kind.startswith("a Keras 3 .keras archive"):
-        return "keras"
-    if kind.startswith("an HDF5 file"):
-        return "h5"
-    return None
-
-
+_MODEL_FILE = (
+    "a compat model file (written by compat's Model.save; compat cannot read Keras's own "
+    ".keras, .h5 or SavedModel formats)"
+)
+_WEIGHTS_FILE = (
+    "a compat weights file (written by compat's Model.save_weights; compat cannot read "
+    "Keras's .weights.h5 files)"
+)
 _FUNCTION_MODULES = ("compat.activations", "compat.losses", "compat.metrics")
 # NumPy arrays and scalars as pickled by older weights files and layer attributes.
 _NUMPY = [
@@ -140,15 +109,6 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     """Called by ``Model.save`` (so ``model`` is a compat Model; no import of models)."""
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
-    if _suffix(path) in _KERAS_SUFFIXES + _H5_SUFFIXES:
-        from compat import keras_files
-
-        save = keras_files.save_keras if _suffix(path) == ".keras" else keras_files.save_legacy_h5
-        try:
-            save(model, path)
-            return
-        except keras_files.NotWritableError as err:
-            _warn_torch_file(path, err)
     config = model._compile_config
     compiled = None if config is None else config.compile_kwargs()
     optimizer = model.__dict__.get("optimizer")  # set by compile() only, as in Keras
@@ -187,19 +147,6 @@ def load_model(
     ``model_class`` is compat's ``Model``, passed in because compat.models imports this module.
     """
     path = os.fspath(filepath)
-    keras_kind = _sniff_keras(path)
-    if keras_kind is not None:
-        from compat import keras_files
-
-        if custom_objects:
-            raise NotImplementedError(
-                f"load_model({path!r}, custom_objects=...): compat builds only its own layers "
-                "from a Keras file's config, never classes of your own; build the model in "
-                "code and call load_weights()."
-            )
-
-        load = keras_files.load_keras if keras_kind == "keras" else keras_files.load_legacy_h5
-        return load(path, compile=compile)
     payload = _load(
         path,
         _MODEL_FILE,
@@ -325,14 +272,6 @@ def _hides_a_method(cls: type, key: str) -> bool:
 def save_weights(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
-    if _suffix(path) in _H5_SUFFIXES:
-        from compat import keras_files
-
-        try:
-            keras_files.save_weights_h5(model, path)
-            return
-        except keras_files.NotWritableError as err:
-            _warn_torch_file(path, err)
     entries = [(v.path, torch.from_numpy(np.ascontiguousarray(v.numpy()))) for v in model.weights]
     with atomic_path(path) as tmp:
         torch.save({"format": WEIGHTS_FORMAT, "weights": entries}, tmp)
@@ -342,11 +281,6 @@ def load_weights(
     model: Any, filepath: Any, *, skip_mismatch: bool = False, trust_pickle: bool = False
 ) -> None:
     path = os.fspath(filepath)
-    if _sniff_keras(path) is not None:
-        from compat import keras_files
-
-        keras_files.load_weights(model, path, skip_mismatch=skip_mismatch)
-        return
     payload = _load(
         path, _WEIGHTS_FILE, None, trust_pickle, "trust_pickle=True to compat.saving.load_weights"
     )

@@ -423,10 +423,7 @@ class Layer(nn.Module):
         return self._single_node("output").outputs[0]
 
     def get_config(self) -> dict[str, Any]:
-        """Keras's base config: name, trainable and the (float32) ``DTypePolicy``."""
-        from compat.keras_files import DTYPE_POLICY
-
-        return {"name": self.name, "trainable": self.trainable, "dtype": dict(DTYPE_POLICY)}
+        return {"name": self.name, "trainable": self.trainable}
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
