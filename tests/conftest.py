@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    from ftlight import ImageDataModule
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -66,3 +70,16 @@ def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
             out[f"{name}.running_var"] = m.running_var.clone()
             out[f"{name}.num_batches_tracked"] = m.num_batches_tracked.clone()
     return out
+
+
+def two_class_arrays_dm() -> ImageDataModule:
+    """32 images (32 px) in two classes told apart by the red channel; 8 for validation."""
+    from ftlight import ImageDataModule
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
+    y = np.repeat([0, 1], 16)
+    x[y == 1, :, :, 0] = 255
+    return ImageDataModule.from_arrays(
+        x, y, batch_size=8, val_split=0.25, augment=False, image_size=32
+    )

@@ -5,26 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ftlight import FineTuner, ImageDataModule
+from ftlight import FineTuner
 from ftlight.callbacks import EMA, FeatureCache
 from ftlight.callbacks.feature_cache import weights_version
+from tests.conftest import two_class_arrays_dm
 
 DECAY = 0.8
 
 
-def make_dm() -> ImageDataModule:
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
-    y = np.repeat([0, 1], 16)
-    x[y == 1, :, :, 0] = 255
-    return ImageDataModule.from_arrays(
-        x, y, batch_size=8, val_split=0.25, augment=False, image_size=32
-    )
+make_dm = two_class_arrays_dm
 
 
 def model(**kw) -> FineTuner:

@@ -20,24 +20,17 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
 
-from ftlight import FineTuner, ImageDataModule
+from ftlight import FineTuner
 from ftlight.callbacks import Milestone, StagedUnfreeze
 from ftlight.cli.main import main as cli_main
 from ftlight.cli.main import reconcile_with_checkpoint
 from ftlight.tuning import LRFinder, LRFinderError, lr_find
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, two_class_arrays_dm
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_dm() -> ImageDataModule:
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
-    y = np.repeat([0, 1], 16)
-    x[y == 1, :, :, 0] = 255
-    return ImageDataModule.from_arrays(
-        x, y, batch_size=8, val_split=0.25, augment=False, image_size=32
-    )
+make_dm = two_class_arrays_dm
 
 
 class RecordingTuner(FineTuner):
