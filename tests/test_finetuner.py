@@ -209,6 +209,19 @@ def test_cached_features_give_the_same_logits(colour_arrays) -> None:
         cache_features(arrays_dm(colour_arrays, augment=True), model.backbone)
 
 
+def test_default_finetuner_fits_on_precomputed_features(colour_arrays) -> None:
+    # The demo's path: cache_features() first, then a FineTuner whose own cache is on by
+    # default; the callback must serve the rows as they are, not feed them to the backbone.
+    model = ftlight.FineTuner("resnet18", num_classes=2, freeze=True, image_size=32)
+    cached = cache_features(arrays_dm(colour_arrays, augment=False), model.backbone, progress=False)
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(model, datamodule=cached)
+    assert trainer.current_epoch == 2
+    assert torch.isfinite(trainer.callback_metrics["val_loss"])
+
+
 def test_engine_never_imports_compat() -> None:
     root = Path(ftlight.__file__).parent
     offenders = []

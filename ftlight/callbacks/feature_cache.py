@@ -496,6 +496,8 @@ class FeatureCache(Callback):
                 "ftlight.callbacks.feature_cache.LoaderDataModule(train_loader, val_loader)"
             )
             return
+        if isinstance(datamodule, FeatureDataModule):  # cache_features(): rows already
+            return
         self._datamodule = datamodule
         self._reload = trainer.reload_dataloaders_every_n_epochs
         for split in ("train", "val"):
@@ -755,6 +757,8 @@ class FeatureCache(Callback):
     def _cached_loader(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader, split: str
     ) -> DataLoader:
+        if isinstance(loader.dataset, FeatureRows):  # already cached rows: served as they are
+            return loader
         batch_size, shuffle, drop_last = _batching(loader)
         if isinstance(loader.dataset, IterableDataset):
             raise CachingUnavailableError("the data is an IterableDataset")
