@@ -11,6 +11,7 @@ from compat import (
     backend,
     callbacks,
     distribution,
+    keras_files,  # noqa: F401  (registers Keras's file formats: keras_format)
     layers,
     losses,
     metrics,

@@ -7,6 +7,7 @@ from :class:`compat.engine.TorchTrainer` (a LightningModule driven by ``lightnin
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import torch
@@ -65,7 +66,10 @@ class Model(TorchTrainer, Layer):
         nodes, layers = map_graph(flat_in, flat_out)
         self._layer_list = layers
         if register:
-            self._graph_layers = nn.ModuleDict({layer.name: layer for layer in layers})
+            # torch's module names cannot hold "." (Keras's "mobilenetv2_1.00_224" can)
+            self._graph_layers = nn.ModuleDict(
+                {layer.name.replace(".", "_dot_"): layer for layer in layers}
+            )
         ids: dict[int, int] = {id(t): i for i, t in enumerate(flat_in)}
         plan = []
         for node in nodes:
@@ -233,11 +237,13 @@ class Model(TorchTrainer, Layer):
     def save(
         self, filepath: Any, overwrite: bool = True, zipped: bool | None = None, **kwargs: Any
     ) -> None:
-        """Save architecture, weights and compile configuration in ONE self-contained file.
+        """Save architecture, weights and compile configuration in ONE file.
 
-        The file is a PyTorch file (``torch.save``), not TensorFlow's SavedModel nor the
-        ``.keras`` zip format; load it with :func:`compat.models.load_model` (which never runs
-        code from the file: see :mod:`compat.saving`).
+        ``.keras``: Keras 3's archive (real Keras loads it; compiled with names, the compile
+        configuration comes along, not the optimizer's state). ``.h5``/``.hdf5``: Keras's
+        legacy HDF5 model file. Any other suffix (``.pt``, ``.model``, ...): compat's own
+        PyTorch file, which keeps the optimizer state and any compat model. Loading never runs
+        code from the file (see :mod:`compat.saving` and :mod:`compat.keras_files`).
         """
         from compat import saving
 
@@ -250,7 +256,8 @@ class Model(TorchTrainer, Layer):
     def save_weights(
         self, filepath: Any, overwrite: bool = True, max_shard_size: Any = None
     ) -> None:
-        """Save the weights (Keras order and shapes) to one file (a torch file, not HDF5)."""
+        """Save the weights: ``.h5`` (``.weights.h5``) as Keras 3's HDF5 weights file, any
+        other suffix as compat's torch file (Keras order and shapes)."""
         from compat import saving
 
         if max_shard_size is not None:
@@ -259,9 +266,29 @@ class Model(TorchTrainer, Layer):
         saving.save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath: Any, skip_mismatch: bool = False) -> None:
+        """Load weights written by compat or by Keras (``.weights.h5``, ``.h5``, ``.keras``);
+        the file's bytes decide how it is read."""
         from compat import saving
 
         saving.load_weights(self, filepath, skip_mismatch=skip_mismatch)
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's ``Functional.get_config()``: layers with their inbound nodes."""
+        from compat import keras_format
+
+        return keras_format.hook("functional_config")(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Model:
+        """A model from Keras's config (compat's own layers only; see compat.keras_files)."""
+        from compat import keras_format
+
+        if custom_objects:
+            raise NotImplementedError("from_config(custom_objects=...): compat's layers only")
+        name = "Sequential" if issubclass(cls, Sequential) else "Functional"
+        config = json.loads(json.dumps(config))  # Keras's configs hold tuples too
+        build = keras_format.hook("build")
+        return build({"class_name": name, "config": config}, f"{name}.from_config")
 
     def to_json(self, **kwargs: Any) -> str:
         raise NotImplementedError("Model.to_json(): use model.save() / load_model()")
@@ -451,6 +478,13 @@ class Sequential(Model):
             # what a file declares (an unbuilt layer builds on the first call instead)
             if all(getattr(layer, "built", False) for layer in self._stack):
                 self._rebuild_graph()
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's ``Sequential.get_config()``: the input layer, then each layer's Keras
+        config (``module``, ``class_name``, ``config`` with its ``dtype``, ``build_config``)."""
+        from compat import keras_format
+
+        return keras_format.hook("sequential_config")(self)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         self._check_input_shape(input_shape)

@@ -1,5 +1,9 @@
-"""One-file model saving (a PyTorch file, NOT TensorFlow's SavedModel/HDF5/``.keras``) and
-weights files (Keras order and shapes, stored as tensors with ``torch.save``).
+"""One-file model saving and weights files. The suffix chooses what is written: ``.keras``
+(Keras 3's archive), ``.h5``/``.hdf5`` (Keras's legacy HDF5 model; ``.weights.h5`` for
+weights) go through :mod:`compat.keras_files` and real Keras reads them; any other suffix
+(``.pt``, ``.model``...) is compat's own PyTorch file (the whole compat model and its compile
+state and optimizer state, ``torch.save``). Loading goes by the file's bytes, not its name, so
+compat files saved under a ``.keras`` name before still load.
 
 Writes are atomic (a failure keeps the previous file). Loading never runs code from the file:
 ``torch.load(weights_only=True)`` with compat's own layer classes, torch modules and
@@ -19,18 +23,46 @@ import numpy as np
 import torch
 from torch import nn
 
+from compat.keras_format import NotWritableError, hook
 from ftlight.files import UnreadableFileError, _first_line, atomic_path, load_torch_file
 
 FORMAT = "compat-model-v1"
 WEIGHTS_FORMAT = "compat-weights-v1"
-_MODEL_FILE = (
-    "a compat model file (written by compat's Model.save; compat cannot read Keras's own "
-    ".keras, .h5 or SavedModel formats)"
-)
-_WEIGHTS_FILE = (
-    "a compat weights file (written by compat's Model.save_weights; compat cannot read "
-    "Keras's .weights.h5 files)"
-)
+_MODEL_FILE = "a compat model file (compat's torch file, or Keras's .keras or legacy .h5)"
+_WEIGHTS_FILE = "a compat weights file (compat's torch file, or Keras's .weights.h5, .h5 or .keras)"
+_KERAS_SUFFIXES = (".keras",)
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _suffix(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def _warn_torch_file(path: str, err: Exception) -> None:
+    import warnings
+
+    warnings.warn(
+        f"{path} is written as compat's own torch file, not Keras's format: {err} compat's "
+        "load_model/load_weights read it back; real Keras cannot. Name it .pt to say so.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _sniff_keras(path: str) -> str | None:
+    """``"keras"`` (a .keras archive) or ``"h5"`` (HDF5) when Keras wrote ``path``."""
+    from ftlight.files import sniff
+
+    if not os.path.isfile(path):
+        return None
+    kind = sniff(path)
+    if kind.startswith("a Keras 3 .keras archive"):
+        return "keras"
+    if kind.startswith("an HDF5 file"):
+        return "h5"
+    return None
+
+
 _FUNCTION_MODULES = ("compat.activations", "compat.losses", "compat.metrics")
 # NumPy arrays and scalars as pickled by older weights files and layer attributes.
 _NUMPY = [
@@ -109,6 +141,13 @@ def save_model(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     """Called by ``Model.save`` (so ``model`` is a compat Model; no import of models)."""
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
+    if _suffix(path) in _KERAS_SUFFIXES + _H5_SUFFIXES:
+        save = hook("save_keras" if _suffix(path) == ".keras" else "save_legacy_h5")
+        try:
+            save(model, path)
+            return
+        except NotWritableError as err:
+            _warn_torch_file(path, err)
     config = model._compile_config
     compiled = None if config is None else config.compile_kwargs()
     optimizer = model.__dict__.get("optimizer")  # set by compile() only, as in Keras
@@ -147,6 +186,17 @@ def load_model(
     ``model_class`` is compat's ``Model``, passed in because compat.models imports this module.
     """
     path = os.fspath(filepath)
+    keras_kind = _sniff_keras(path)
+    if keras_kind is not None:
+        if custom_objects:
+            raise NotImplementedError(
+                f"load_model({path!r}, custom_objects=...): compat builds only its own layers "
+                "from a Keras file's config, never classes of your own; build the model in "
+                "code and call load_weights()."
+            )
+
+        load = hook("load_keras" if keras_kind == "keras" else "load_legacy_h5")
+        return load(path, compile=compile)
     payload = _load(
         path,
         _MODEL_FILE,
@@ -272,6 +322,12 @@ def _hides_a_method(cls: type, key: str) -> bool:
 def save_weights(model: Any, filepath: Any, *, overwrite: bool = True) -> None:
     path = os.fspath(filepath)
     _check_overwrite(path, overwrite)
+    if _suffix(path) in _H5_SUFFIXES:
+        try:
+            hook("save_weights_h5")(model, path)
+            return
+        except NotWritableError as err:
+            _warn_torch_file(path, err)
     entries = [(v.path, torch.from_numpy(np.ascontiguousarray(v.numpy()))) for v in model.weights]
     with atomic_path(path) as tmp:
         torch.save({"format": WEIGHTS_FORMAT, "weights": entries}, tmp)
@@ -281,6 +337,9 @@ def load_weights(
     model: Any, filepath: Any, *, skip_mismatch: bool = False, trust_pickle: bool = False
 ) -> None:
     path = os.fspath(filepath)
+    if _sniff_keras(path) is not None:
+        hook("load_weights")(model, path, skip_mismatch=skip_mismatch)
+        return
     payload = _load(
         path, _WEIGHTS_FILE, None, trust_pickle, "trust_pickle=True to compat.saving.load_weights"
     )

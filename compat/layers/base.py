@@ -423,7 +423,10 @@ class Layer(nn.Module):
         return self._single_node("output").outputs[0]
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "trainable": self.trainable}
+        """Keras's base config: name, trainable and the (float32) ``DTypePolicy``."""
+        from compat.keras_format import DTYPE_POLICY
+
+        return {"name": self.name, "trainable": self.trainable, "dtype": dict(DTYPE_POLICY)}
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
