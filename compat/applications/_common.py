@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
@@ -393,6 +394,20 @@ def classifier_or_pool(
     return global_pool(x, request.pooling, pool_names)
 
 
+def keras_model(
+    inputs: KerasTensor,
+    x: Any,
+    request: Request,
+    classifier: nn.Linear,
+    *,
+    pool_names: tuple[str | None, str | None] = ("avg_pool", "max_pool"),
+) -> Model:
+    """Keras's usual end of an application: :func:`classifier_or_pool`, the ``Model`` under
+    the requested name, then :func:`finish_weights`."""
+    x = classifier_or_pool(x, request, classifier, pool_names=pool_names)
+    return finish_weights(Model(inputs, x, name=request.name), request.weights)
+
+
 def keras_application(
     build: Callable[[Request], Any], keras_name: str, default_name: str, timm: str
 ) -> Callable[..., Any]:
@@ -420,3 +435,24 @@ def keras_application(
     builder.__module__ = module
     builder.__doc__ = f"Keras's ``{keras_name}`` on timm's ``{timm}`` (see {module})."
     return builder
+
+
+def keras_applications(
+    build: Callable[[Any, Request], Any],
+    variants: Iterable[Any],
+    keras_name: str,
+    default_name: str,
+    timm: str,
+) -> list[Callable[..., Any]]:
+    """:func:`keras_application` for each variant of a family (ResNet50/101/152, ...):
+    ``build(variant, request)`` makes the model; the names are ``str.format`` patterns filled
+    with the variant."""
+    return [
+        keras_application(
+            functools.partial(build, variant),
+            keras_name.format(variant),
+            default_name.format(variant),
+            timm.format(variant),
+        )
+        for variant in variants
+    ]

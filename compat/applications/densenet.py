@@ -11,7 +11,6 @@ weights: BatchNorm epsilon is 1e-5 (Keras 1.001e-5).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from torch import nn
@@ -58,18 +57,10 @@ def build_densenet(depth: int, request: _common.Request) -> Model:
                 x = layers.AveragePooling2D(2, strides=2, name=f"{prefix}_pool")(x)
         x = layers.BatchNormalization.from_torch(_common.no_act_bn(f.norm5), name="bn")(x)
         x = layers.Activation("relu", name="relu")(x)
-        x = _common.classifier_or_pool(x, request, tm.classifier)
-        model = Model(inputs, x, name=request.name)
-    return _common.finish_weights(model, request.weights)
+        return _common.keras_model(inputs, x, request, tm.classifier)
 
 
-def _application(depth: int) -> Any:
-    name = f"densenet{depth}"
-    build = functools.partial(build_densenet, depth)
-    return _common.keras_application(build, f"DenseNet{depth}", name, name)
-
-
-DenseNet121 = _application(121)
-DenseNet169 = _application(169)
-DenseNet201 = _application(201)
+DenseNet121, DenseNet169, DenseNet201 = _common.keras_applications(
+    build_densenet, (121, 169, 201), "DenseNet{}", "densenet{}", "densenet{}"
+)
 preprocess_input = convention("torch", __name__)

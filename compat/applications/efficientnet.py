@@ -17,7 +17,6 @@ No difference is forced by the torch weights.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -233,19 +232,9 @@ def top(x: Any, tm: nn.Module, request: _common.Request, dropout_rate: float) ->
     return x
 
 
-def _application(b: int) -> Any:
-    build = functools.partial(build_efficientnet, b)
-    return _common.keras_application(
-        build, f"EfficientNetB{b}", f"efficientnetb{b}", f"tf_efficientnet_b{b}"
-    )
-
-
-EfficientNetB0 = _application(0)
-EfficientNetB1 = _application(1)
-EfficientNetB2 = _application(2)
-EfficientNetB3 = _application(3)
-EfficientNetB4 = _application(4)
-EfficientNetB5 = _application(5)
-EfficientNetB6 = _application(6)
-EfficientNetB7 = _application(7)
+_B0_TO_B7 = _common.keras_applications(
+    build_efficientnet, range(8), "EfficientNetB{}", "efficientnetb{}", "tf_efficientnet_b{}"
+)
+EfficientNetB0, EfficientNetB1, EfficientNetB2, EfficientNetB3 = _B0_TO_B7[:4]
+EfficientNetB4, EfficientNetB5, EfficientNetB6, EfficientNetB7 = _B0_TO_B7[4:]
 preprocess_input = convention(None, __name__)

@@ -109,9 +109,7 @@ def build_inception_resnet_v2(request: _common.Request) -> Model:
     timm_name = "inception_resnet_v2.tf_in1k"
     with _common.keras_graph(request, timm_name, 299, 75) as (tm, inputs):
         x = _build(inputs, tm, _Units(tm))
-        x = _common.classifier_or_pool(x, request, tm.classif, pool_names=(None, None))
-        model = Model(inputs, x, name=request.name)
-    return _common.finish_weights(model, request.weights)
+        return _common.keras_model(inputs, x, request, tm.classif, pool_names=(None, None))
 
 
 InceptionResNetV2 = _common.keras_application(

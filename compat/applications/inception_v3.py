@@ -121,9 +121,7 @@ def _build(img: Any, c: _Units) -> Any:
 def build_inception_v3(request: _common.Request) -> Model:
     with _common.keras_graph(request, "inception_v3", 299, 75) as (tm, inputs):
         x = _build(inputs, _Units(tm))
-        x = _common.classifier_or_pool(x, request, tm.fc, pool_names=(None, None))
-        model = Model(inputs, x, name=request.name)
-    return _common.finish_weights(model, request.weights)
+        return _common.keras_model(inputs, x, request, tm.fc, pool_names=(None, None))
 
 
 InceptionV3 = _common.keras_application(

@@ -15,7 +15,6 @@ spatial size. The stem's 7x7 convolution and max-pool padding are moved into Ker
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from compat import layers
@@ -47,8 +46,8 @@ def _block(x: Any, block: Any, name: str) -> Any:
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def build_resnet(timm_name: str, request: _common.Request) -> Model:
-    with _common.keras_graph(request, timm_name, 224, 32) as (tm, inputs):
+def build_resnet(depth: int, request: _common.Request) -> Model:
+    with _common.keras_graph(request, f"resnet{depth}", 224, 32) as (tm, inputs):
         pad = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")
         x = _common.map_input(pad, _common.input_map("caffe", tm))(inputs)
         tm.conv1.padding = (0, 0)
@@ -60,18 +59,10 @@ def build_resnet(timm_name: str, request: _common.Request) -> Model:
         for stage, stack in enumerate((tm.layer1, tm.layer2, tm.layer3, tm.layer4), start=2):
             for b, block in enumerate(stack, start=1):
                 x = _block(x, block, f"conv{stage}_block{b}")
-        x = _common.classifier_or_pool(x, request, tm.fc)
-        model = Model(inputs, x, name=request.name)
-    return _common.finish_weights(model, request.weights)
+        return _common.keras_model(inputs, x, request, tm.fc)
 
 
-def _application(depth: int) -> Any:
-    name = f"resnet{depth}"
-    build = functools.partial(build_resnet, name)
-    return _common.keras_application(build, f"ResNet{depth}", name, name)
-
-
-ResNet50 = _application(50)
-ResNet101 = _application(101)
-ResNet152 = _application(152)
+ResNet50, ResNet101, ResNet152 = _common.keras_applications(
+    build_resnet, (50, 101, 152), "ResNet{}", "resnet{}", "resnet{}"
+)
 preprocess_input = convention("caffe", __name__)

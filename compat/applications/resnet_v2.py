@@ -24,7 +24,6 @@ there; ``weights=None`` and weight files work.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -100,19 +99,10 @@ def build_resnet_v2(depth: int, request: _common.Request) -> Model:
                 x = _block(x, block, f"conv{s + 2}_block{b}", keras_pool)
         x = _bn(x, tm.norm, "post_bn")
         x = layers.Activation("relu", name="post_relu")(x)
-        x = _common.classifier_or_pool(x, request, _linear(tm.head.fc))
-        model = Model(inputs, x, name=request.name)
-    return _common.finish_weights(model, request.weights)
+        return _common.keras_model(inputs, x, request, _linear(tm.head.fc))
 
 
-def _application(depth: int) -> Any:
-    build = functools.partial(build_resnet_v2, depth)
-    return _common.keras_application(
-        build, f"ResNet{depth}V2", f"resnet{depth}v2", f"resnetv2_{depth}"
-    )
-
-
-ResNet50V2 = _application(50)
-ResNet101V2 = _application(101)
-ResNet152V2 = _application(152)
+ResNet50V2, ResNet101V2, ResNet152V2 = _common.keras_applications(
+    build_resnet_v2, (50, 101, 152), "ResNet{}V2", "resnet{}v2", "resnetv2_{}"
+)
 preprocess_input = convention("tf", __name__)

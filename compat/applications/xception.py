@@ -84,9 +84,7 @@ def build_xception(request: _common.Request) -> Model:
         x = _sep(x, tm.conv4, "block14_sepconv2")
         x = _bn(x, tm.bn4, "block14_sepconv2_bn")
         x = layers.Activation("relu", name="block14_sepconv2_act")(x)
-        x = _common.classifier_or_pool(x, request, tm.fc, pool_names=(None, None))
-        model = Model(inputs, x, name=request.name)
-    return _common.finish_weights(model, request.weights)
+        return _common.keras_model(inputs, x, request, tm.fc, pool_names=(None, None))
 
 
 Xception = _common.keras_application(build_xception, "Xception", "xception", "legacy_xception")
