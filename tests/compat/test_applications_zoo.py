@@ -424,6 +424,14 @@ def _layer_digest(model) -> str:
     return _layers_digest(model.layers)
 
 
+def _structure(model) -> tuple[int, int, str, int]:
+    """(layer count, parameter count, _layer_digest, input size), as the recorded tables
+    below hold them; the input is a square RGB image."""
+    size = model.input.shape[1]
+    assert tuple(model.input.shape) == (None, size, size, 3)
+    return len(model.layers), model.count_params(), _layer_digest(model), size
+
+
 def test_efficientnet_b1_structure_matches_keras(keras, ck):
     """B1 against real Keras, with the top: names, classes, count, parameters, dropout rates."""
     k_model = keras.applications.EfficientNetB1(weights=None)
@@ -459,13 +467,7 @@ EFFICIENTNET_KERAS = {
 )
 def test_efficientnet_b2_to_b7_structure_matches_recorded_keras(ck, b):
     model = getattr(ck.applications, f"EfficientNetB{b}")(weights=None)
-    count, params, digest, size = EFFICIENTNET_KERAS[b]
-    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
-        count,
-        params,
-        digest,
-    )
-    assert tuple(model.input.shape) == (None, size, size, 3)
+    assert _structure(model) == EFFICIENTNET_KERAS[b]
 
 
 def test_efficientnet_pads_odd_sizes_as_keras_built_for_them(keras, ck):
@@ -531,19 +533,32 @@ def test_reshape_multiply_and_drop_connect_as_keras(keras, ck):
     np.testing.assert_array_equal(drop(ones).detach().numpy(), ones)
 
 
-# Keras 3.15.1's DenseNet169/201 (weights=None, with the top) as (layer count, parameter
-# count, _layer_digest); DenseNet121 is compared with live Keras in APPS.
-DENSENET_KERAS = {
-    169: (597, 14307880, "e2001af42d862c0f"),
-    201: (709, 20242984, "d67dc72b9737ad0d"),
+# Keras 3.15.1's deeper variants (weights=None, with the top) as (layer count, parameter
+# count, _layer_digest, model name); each family's first model (DenseNet121, ResNet50V2,
+# MobileNetV3Small) is compared with live Keras in APPS.
+WITH_TOP_KERAS = {
+    "DenseNet169": (597, 14307880, "e2001af42d862c0f", "densenet169"),
+    "DenseNet201": (709, 20242984, "d67dc72b9737ad0d", "densenet201"),
+    "ResNet101V2": (379, 44675560, "517e5473fff33784", "resnet101v2"),
+    "ResNet152V2": (566, 60380648, "bc57a854f6c73c90", "resnet152v2"),
+    "MobileNetV3Large": (194, 5507432, "ffb32e30d88b2273", "MobileNetV3Large"),
 }
 
 
-@pytest.mark.parametrize("depth", [169, 201])
-def test_densenet169_201_structure_matches_recorded_keras(ck, depth):
-    model = getattr(ck.applications, f"DenseNet{depth}")(weights=None)
-    assert (len(model.layers), model.count_params(), _layer_digest(model)) == DENSENET_KERAS[depth]
-    assert model.name == f"densenet{depth}"
+def _documented_missing_parameters(fn: str, model) -> int:
+    """ResNetV2 has no conv biases (Keras's conv1_conv, *_0_conv and *_3_conv have them)."""
+    if not fn.startswith("ResNet"):
+        return 0
+    biased = [la for la in model.layers if la.name.endswith(("conv1_conv", "_0_conv", "_3_conv"))]
+    return sum(la.filters for la in biased)
+
+
+@pytest.mark.parametrize("fn", list(WITH_TOP_KERAS))
+def test_deeper_variants_with_top_match_recorded_keras(ck, fn):
+    model = getattr(ck.applications, fn)(weights=None)
+    count, params, digest, name = WITH_TOP_KERAS[fn]
+    assert (len(model.layers), _layer_digest(model), model.name) == (count, digest, name)
+    assert model.count_params() == params - _documented_missing_parameters(fn, model)
 
 
 def test_separable_conv2d_equals_keras(keras, ck):
@@ -557,40 +572,6 @@ def test_separable_conv2d_equals_keras(keras, ck):
         assert [w.shape for w in layer.get_weights()] == [tuple(w.shape) for w in k_layer.weights]
         layer.set_weights([keras.ops.convert_to_numpy(w) for w in k_layer.weights])
         np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-6)
-
-
-# Keras 3.15.1's ResNet101V2/152V2 (weights=None, with the top) as (layer count, parameter
-# count, _layer_digest); ResNet50V2 is compared with live Keras in APPS.
-RESNET_V2_KERAS = {
-    101: (379, 44675560, "517e5473fff33784"),
-    152: (566, 60380648, "bc57a854f6c73c90"),
-}
-
-
-@pytest.mark.parametrize("depth", [101, 152])
-def test_resnet101v2_152v2_structure_matches_recorded_keras(ck, depth):
-    model = getattr(ck.applications, f"ResNet{depth}V2")(weights=None)
-    count, params, digest = RESNET_V2_KERAS[depth]
-    assert (len(model.layers), _layer_digest(model), model.name) == (
-        count,
-        digest,
-        f"resnet{depth}v2",
-    )
-    # documented: no conv biases (Keras's conv1_conv, *_0_conv and *_3_conv have them)
-    biased = [la for la in model.layers if la.name.endswith(("conv1_conv", "_0_conv", "_3_conv"))]
-    assert model.count_params() == params - sum(la.filters for la in biased)
-
-
-def test_mobilenet_v3_large_structure_matches_recorded_keras(ck):
-    """Keras 3.15.1's MobileNetV3Large (weights=None, with the top): (layer count, parameter
-    count, _layer_digest); MobileNetV3Small is compared with live Keras in APPS."""
-    model = ck.applications.MobileNetV3Large(weights=None)
-    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
-        194,
-        5507432,
-        "ffb32e30d88b2273",
-    )
-    assert model.name == "MobileNetV3Large"
 
 
 def test_mobilenet_v3_top_takes_any_size_and_hard_activations_equal_keras(keras, ck):
@@ -733,16 +714,6 @@ def test_convnext_keras_input_gives_timm_predictions(ck, tmp_path):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 
 
-# Keras 3.15.1's ConvNeXtSmall..XLarge (weights=None, with the top) as (layer count,
-# parameter count, _layer_digest); ConvNeXtTiny is compared with live Keras in APPS.
-CONVNEXT_KERAS = {
-    "Small": (261, 50223688, "24c35375617ef96c"),
-    "Base": (261, 88591464, "e49c3bee07b95cab"),
-    "Large": (261, 197767336, "2dc982c1684233bd"),
-    "XLarge": (261, 350196968, "dcf41b5b308cf84a"),
-}
-
-
 def _meta_build(builder):
     """An application built on torch's meta device: its graph, layers and parameter shapes,
     no weights drawn (a second for ConvNeXtXLarge's 350M parameters; Keras's initialisation
@@ -751,15 +722,6 @@ def _meta_build(builder):
 
     with torch.device("meta"):
         return builder(weights=None)
-
-
-@pytest.mark.parametrize("variant", list(CONVNEXT_KERAS))
-def test_convnext_small_to_xlarge_structure_matches_recorded_keras(ck, variant):
-    model = _meta_build(getattr(ck.applications, f"ConvNeXt{variant}"))
-    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
-        CONVNEXT_KERAS[variant]
-    )
-    assert model.name == f"convnext_{variant.lower()}"
 
 
 def test_efficientnet_v2_preprocessing_and_drop_connect_as_keras(ck, tmp_path):
@@ -797,30 +759,28 @@ def test_efficientnet_v2_preprocessing_and_drop_connect_as_keras(ck, tmp_path):
     np.testing.assert_allclose(model.predict_on_batch(img), ref, atol=1e-5)
 
 
-# Keras 3.15.1's EfficientNetV2B1..L (weights=None, with the top) as (layer count, parameter
-# count, _layer_digest, input size): building them in Keras takes 12-50 s each.
-# EfficientNetV2B0 is compared with live Keras in APPS.
-EFFICIENTNET_V2_KERAS = {
-    "B1": (337, 8212124, "718e306798223046", 240),
-    "B2": (352, 10178374, "702d9d715986654d", 260),
-    "B3": (412, 14467622, "ae2dd61fad87bb94", 300),
-    "S": (516, 21612360, "6cb0efe558cf011f", 384),
-    "M": (743, 54431388, "47585e0a007df5af", 480),
-    "L": (1031, 119027848, "d35abc30e6bd88d0", 480),
+# Keras 3.15.1's ConvNeXtSmall..XLarge and EfficientNetV2B1..L (weights=None, with the top)
+# as (layer count, parameter count, _layer_digest, input size, model name): building them
+# in Keras takes 12-50 s each. ConvNeXtTiny and EfficientNetV2B0 are compared with live
+# Keras in APPS.
+META_BUILT_KERAS = {
+    "ConvNeXtSmall": (261, 50223688, "24c35375617ef96c", 224, "convnext_small"),
+    "ConvNeXtBase": (261, 88591464, "e49c3bee07b95cab", 224, "convnext_base"),
+    "ConvNeXtLarge": (261, 197767336, "2dc982c1684233bd", 224, "convnext_large"),
+    "ConvNeXtXLarge": (261, 350196968, "dcf41b5b308cf84a", 224, "convnext_xlarge"),
+    "EfficientNetV2B1": (337, 8212124, "718e306798223046", 240, "efficientnetv2-b1"),
+    "EfficientNetV2B2": (352, 10178374, "702d9d715986654d", 260, "efficientnetv2-b2"),
+    "EfficientNetV2B3": (412, 14467622, "ae2dd61fad87bb94", 300, "efficientnetv2-b3"),
+    "EfficientNetV2S": (516, 21612360, "6cb0efe558cf011f", 384, "efficientnetv2-s"),
+    "EfficientNetV2M": (743, 54431388, "47585e0a007df5af", 480, "efficientnetv2-m"),
+    "EfficientNetV2L": (1031, 119027848, "d35abc30e6bd88d0", 480, "efficientnetv2-l"),
 }
 
 
-@pytest.mark.parametrize("variant", list(EFFICIENTNET_V2_KERAS))
-def test_efficientnet_v2_b1_to_l_structure_matches_recorded_keras(ck, variant):
-    model = _meta_build(getattr(ck.applications, f"EfficientNetV2{variant}"))
-    count, params, digest, size = EFFICIENTNET_V2_KERAS[variant]
-    assert (len(model.layers), model.count_params(), _layer_digest(model)) == (
-        count,
-        params,
-        digest,
-    )
-    assert tuple(model.input.shape) == (None, size, size, 3)
-    assert model.name == f"efficientnetv2-{variant.lower()}"
+@pytest.mark.parametrize("fn", list(META_BUILT_KERAS))
+def test_large_variants_match_recorded_keras(ck, fn):
+    model = _meta_build(getattr(ck.applications, fn))
+    assert (*_structure(model), model.name) == META_BUILT_KERAS[fn]
 
 
 def test_headless_vgg_does_not_allocate_the_unused_top(ck):
