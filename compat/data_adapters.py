@@ -17,19 +17,12 @@ import itertools
 import math
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    IterableDataset,
-    RandomSampler,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 # ----- conversions -----------------------------------------------------------------------
 
@@ -212,8 +205,10 @@ class ArrayDataAdapter(DataAdapter):
         if not batch_size:
             batch_size = math.ceil(n / steps) if steps else 32
         self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
-        order = RandomSampler(range(n)) if self.shuffle else SequentialSampler(range(n))
-        sampler = BatchSampler(order, self.batch_size, drop_last=False)
+        samplers = torch.utils.data
+        indices = range(n)
+        order = (samplers.RandomSampler if self.shuffle else samplers.SequentialSampler)(indices)
+        sampler = samplers.BatchSampler(order, self.batch_size, drop_last=False)
         self._loader = DataLoader(
             _ArrayBatches(self.x, self.y, self.sample_weight), batch_size=None, sampler=sampler
         )
@@ -399,6 +394,51 @@ def steps_per_epoch_loader(loader: Any, steps: int, num_batches: int | None) -> 
 # ----- the entry point -------------------------------------------------------------------
 
 
+def _refuse_targets_and_weights(kind: str, y: Any, sample_weight: Any) -> None:
+    """Keras's errors for ``y`` or ``sample_weight`` next to a ``kind`` of dataset (which
+    carries its own)."""
+    if y is not None:
+        raise_unsupported_arg("y", "the targets", kind)
+    if sample_weight is not None:
+        raise_unsupported_arg("sample_weights", "the sample weights", kind)
+
+
+def _ignore_shuffle(shuffle: bool, provided_as: str) -> None:
+    """Keras's warning that ``shuffle=True`` does not reorder data ``provided_as`` a dataset
+    (reported where ``get_data_adapter`` was called, as Keras's)."""
+    if shuffle:
+        warnings.warn(
+            f"`shuffle=True` was passed, but will be ignored since the data `x` was provided "
+            f"as {provided_as}",
+            stacklevel=3,
+        )
+
+
+# Inputs that yield whole batches and take no ``class_weight``: (test, the name Keras's
+# errors give them, Keras's refusal of class_weight, the end of Keras's shuffle warning,
+# adapter), in the order get_data_adapter tries them.
+_BATCH_ITERATORS: tuple[tuple[Callable[[Any], bool], str, str, str, type[DataAdapter]], ...] = (
+    (
+        is_torch_dataloader,
+        "torch DataLoader",
+        "Argument `class_weight` is not supported for torch DataLoader inputs. You can modify "
+        "your `__getitem__ ` method to return input tensor, label and class_weight. "
+        "Alternatively, use a custom training loop. See the User Guide "
+        "https://keras.io/guides/custom_train_step_in_torch/"
+        "#supporting-sampleweight-amp-classweight for more details. ",
+        "a torch DataLoader. The DataLoader is expected to already be shuffled.",
+        TorchDataLoaderAdapter,
+    ),
+    (
+        is_generator,
+        "generator",
+        "Argument `class_weight` is not supported for Python generator inputs. ",
+        "a generator. The generator is expected to yield already-shuffled data.",
+        GeneratorDataAdapter,
+    ),
+)
+
+
 def get_data_adapter(
     x: Any,
     y: Any = None,
@@ -416,62 +456,22 @@ def get_data_adapter(
         return x
     if is_py_dataset(x):
         kind = "tf.data.Dataset" if is_image_dataset(x) else "PyDataset"
-        if y is not None:
-            raise_unsupported_arg("y", "the targets", kind)
-        if sample_weight is not None:
-            raise_unsupported_arg("sample_weights", "the sample weights", kind)
+        _refuse_targets_and_weights(kind, y, sample_weight)
         if is_image_dataset(x):
-            if shuffle:
-                warnings.warn(
-                    "`shuffle=True` was passed, but will be ignored since the "
-                    "data `x` was provided as a tf.data.Dataset. The Dataset is "
-                    "expected to already be shuffled "
-                    "(via `.shuffle(buffer_size)`).",
-                    stacklevel=2,
-                )
+            _ignore_shuffle(
+                shuffle,
+                "a tf.data.Dataset. The Dataset is expected to already be shuffled "
+                "(via `.shuffle(buffer_size)`).",
+            )
             return ImageDatasetAdapter(x, class_weight=class_weight)
         return PyDatasetAdapter(x, shuffle=shuffle, class_weight=class_weight)
-    if is_torch_dataloader(x):
-        if y is not None:
-            raise_unsupported_arg("y", "the targets", "torch DataLoader")
-        if sample_weight is not None:
-            raise_unsupported_arg("sample_weights", "the sample weights", "torch DataLoader")
-        if class_weight is not None:
-            raise ValueError(
-                "Argument `class_weight` is not supported for torch "
-                f"DataLoader inputs. You can modify your `__getitem__ ` method"
-                " to return input tensor, label and class_weight. "
-                "Alternatively, use a custom training loop. See the User Guide "
-                "https://keras.io/guides/custom_train_step_in_torch/"
-                "#supporting-sampleweight-amp-classweight for more details. "
-                f"Received: class_weight={class_weight}"
-            )
-        if shuffle:
-            warnings.warn(
-                "`shuffle=True` was passed, but will be ignored since the "
-                "data `x` was provided as a torch DataLoader. The DataLoader "
-                "is expected to already be shuffled.",
-                stacklevel=2,
-            )
-        return TorchDataLoaderAdapter(x)
-    if is_generator(x):
-        if y is not None:
-            raise_unsupported_arg("y", "the targets", "generator")
-        if sample_weight is not None:
-            raise_unsupported_arg("sample_weights", "the sample weights", "generator")
-        if class_weight is not None:
-            raise ValueError(
-                "Argument `class_weight` is not supported for Python "
-                f"generator inputs. Received: class_weight={class_weight}"
-            )
-        if shuffle:
-            warnings.warn(
-                "`shuffle=True` was passed, but will be ignored since the "
-                "data `x` was provided as a generator. The generator "
-                "is expected to yield already-shuffled data.",
-                stacklevel=2,
-            )
-        return GeneratorDataAdapter(x)
+    for is_kind, kind, class_weight_refusal, provided_as, adapter in _BATCH_ITERATORS:
+        if is_kind(x):
+            _refuse_targets_and_weights(kind, y, sample_weight)
+            if class_weight is not None:
+                raise ValueError(f"{class_weight_refusal}Received: class_weight={class_weight}")
+            _ignore_shuffle(shuffle, provided_as)
+            return adapter(x)
     if isinstance(x, dict):
         raise NotImplementedError(f"{what} as a dict of arrays: multi-input models")
     if not is_array_like(x):
