@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -70,6 +70,39 @@ def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
             out[f"{name}.running_var"] = m.running_var.clone()
             out[f"{name}.num_batches_tracked"] = m.num_batches_tracked.clone()
     return out
+
+
+def two_batch_pydataset(mod: Any, x: np.ndarray, y: np.ndarray) -> Any:
+    """A ``mod.utils.PyDataset`` (``mod``: real Keras or compat) serving ``x``, ``y`` as two
+    equal batches."""
+    half = len(x) // 2
+
+    class Batches(mod.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            return x[i * half : (i + 1) * half], y[i * half : (i + 1) * half]
+
+    return Batches()
+
+
+def batches_per_epoch(mod: Any) -> tuple[Any, list[int]]:
+    """A ``mod.callbacks.Callback`` (``mod``: real Keras or compat) and the list in which it
+    counts the training batches of each epoch."""
+    counts: list[int] = []
+
+    class Count(mod.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            counts.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            counts[-1] += 1
+
+    return Count(), counts
 
 
 def two_class_arrays_dm() -> ImageDataModule:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from compat import data_adapters
+from tests.conftest import batches_per_epoch, two_batch_pydataset
 
 X = np.random.default_rng(0).uniform(0, 1, (8, 3)).astype("float32")
 Y = np.eye(2, dtype="float32")[np.arange(8) % 2]
@@ -26,17 +27,7 @@ def _model(mod, seed_weights=None):
 
 
 def _batches(mod):
-    class Batches(mod.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-
-        def __len__(self) -> int:
-            return 2
-
-        def __getitem__(self, i: int):
-            return X[i * 4 : (i + 1) * 4], Y[i * 4 : (i + 1) * 4]
-
-    return Batches()
+    return two_batch_pydataset(mod, X, Y)
 
 
 def _generator(n: int = 2, tuples: bool = True):
@@ -116,17 +107,9 @@ def test_ignored_shuffle_warns_like_keras(keras, ck, kind) -> None:
 
 
 def _history_and_steps(mod, weights, *data, **kw) -> tuple[list[float], list[int]]:
-    steps: list[int] = []
-
-    class Count(mod.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            steps.append(0)
-
-        def on_train_batch_end(self, batch, logs=None):
-            steps[-1] += 1
-
+    count, steps = batches_per_epoch(mod)
     model = _model(mod, weights)
-    history = model.fit(*data, verbose=0, shuffle=False, callbacks=[Count()], **kw)
+    history = model.fit(*data, verbose=0, shuffle=False, callbacks=[count], **kw)
     return history.history["loss"], steps
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import batches_per_epoch, two_batch_pydataset
+
 X = np.random.RandomState(0).rand(10, 4).astype("float32")
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
 SOFT = np.array([0.9, 0.2, 0.6, 0.4, 1.0, 0.0, 0.7, 0.3, 0.5, 0.51], "float32")
@@ -29,20 +31,6 @@ def _model(
 
 def _history(h) -> dict[str, list[float]]:
     return {k: [round(float(v), 5) for v in vs] for k, vs in h.history.items()}
-
-
-def _pydataset(mod, y):
-    class Batches(mod.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-
-        def __len__(self) -> int:
-            return 2
-
-        def __getitem__(self, i: int):
-            return X[i * 5 : (i + 1) * 5], y[i * 5 : (i + 1) * 5]
-
-    return Batches()
 
 
 CASES = {
@@ -83,7 +71,7 @@ CASES = {
     # a PyDataset's batches are weighted per batch
     "pydataset": lambda mod: _history(
         _model(mod).fit(
-            _pydataset(mod, Y), verbose=0, class_weight={1: 3.0}, validation_data=(X, Y)
+            two_batch_pydataset(mod, X, Y), verbose=0, class_weight={1: 3.0}, validation_data=(X, Y)
         )
     ),
     # float64 inputs are cast to the model's float32 (compat raised torch's dtype error)
@@ -155,14 +143,7 @@ def _steps_run(mod, kind: str) -> tuple:
     """Batches per epoch, per-epoch losses, PyDataset indices fetched and "ran out of data"
     warnings for ``fit(steps_per_epoch=2, epochs=3)`` on 5 batches, unshuffled."""
     fetched: list[int] = []
-    counts: list[int] = []
-
-    class Count(mod.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            counts.append(0)
-
-        def on_train_batch_end(self, batch, logs=None):
-            counts[-1] += 1
+    count, counts = batches_per_epoch(mod)
 
     class Batches(mod.utils.PyDataset):
         def __len__(self) -> int:
@@ -193,7 +174,7 @@ def _steps_run(mod, kind: str) -> tuple:
             epochs=4,
             shuffle=False,
             verbose=0,
-            callbacks=[Count()],
+            callbacks=[count],
         )
     ran_out = sum("ran out of data" in str(w.message) for w in caught)
     return counts, _history(h), fetched, ran_out
