@@ -18,7 +18,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -35,9 +37,9 @@ def data(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _compat_model():
-    import compat as keras
-
+def _model(keras: Any) -> Any:
+    """The benchmarked model in ``keras`` (real Keras or compat): headless ResNet50, average
+    pooling, a softmax Dense head."""
     base = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling="avg"
     )
@@ -45,12 +47,20 @@ def _compat_model():
     return keras.Model(base.input, out)
 
 
-def bench_plain_same_model(steps: int, warmup: int) -> float:
-    """compat's model module in a hand loop: what ``fit`` would cost with no framework."""
-    model = _compat_model()
-    params = [p for p in model.parameters() if p.requires_grad]
-    bufs = [torch.zeros_like(p) for p in params]
-    lr, momentum = 0.01, 0.9
+def _compat_model() -> Any:
+    import compat as keras
+
+    return _model(keras)
+
+
+def _hand_loop(
+    model: torch.nn.Module,
+    steps: int,
+    warmup: int,
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+) -> float:
+    """Images/s of ``step(x, y)`` on NCHW batches (``model`` in training mode), timed after
+    ``warmup`` steps."""
     x, y = data(BATCH * (steps + warmup))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)  # NHWC -> NCHW view, as compat's engine
     yt = torch.from_numpy(y)
@@ -59,7 +69,18 @@ def bench_plain_same_model(steps: int, warmup: int) -> float:
     for i in range(steps + warmup):
         if i == warmup:
             t0 = time.perf_counter()
-        xb, yb = xt[i * BATCH : (i + 1) * BATCH], yt[i * BATCH : (i + 1) * BATCH]
+        step(xt[i * BATCH : (i + 1) * BATCH], yt[i * BATCH : (i + 1) * BATCH])
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def bench_plain_same_model(steps: int, warmup: int) -> float:
+    """compat's model module in a hand loop: what ``fit`` would cost with no framework."""
+    model = _compat_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    bufs = [torch.zeros_like(p) for p in params]
+    lr, momentum = 0.01, 0.9
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
         p = model.forward(xb)
         p = (p / p.sum(-1, keepdim=True)).clamp(1e-7, 1 - 1e-7)
         loss = -(yb * p.log()).sum(-1).mean()
@@ -71,7 +92,8 @@ def bench_plain_same_model(steps: int, warmup: int) -> float:
             torch._foreach_mul_(bufs, momentum)
             torch._foreach_add_(bufs, grads, alpha=-lr)
             torch._foreach_add_(params, bufs)
-    return steps * BATCH / (time.perf_counter() - t0)
+
+    return _hand_loop(model, steps, warmup, step)
 
 
 def bench_plain(steps: int, warmup: int) -> float:
@@ -79,21 +101,15 @@ def bench_plain(steps: int, warmup: int) -> float:
 
     model = timm.create_model("resnet50", pretrained=False, num_classes=CLASSES)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = data(BATCH * (steps + warmup))
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2)
-    yt = torch.from_numpy(y)
-    model.train()
-    t0 = 0.0
-    for i in range(steps + warmup):
-        if i == warmup:
-            t0 = time.perf_counter()
-        xb, yb = xt[i * BATCH : (i + 1) * BATCH], yt[i * BATCH : (i + 1) * BATCH]
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
         p = torch.softmax(model(xb), -1).clamp(1e-7, 1 - 1e-7)
         loss = -(yb * p.log()).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return steps * BATCH / (time.perf_counter() - t0)
+
+    return _hand_loop(model, steps, warmup, step)
 
 
 class _Timer:
@@ -175,11 +191,7 @@ def bench_keras(steps: int, warmup: int) -> float:
         def on_train_end(self, logs=None):
             t_end.append(time.perf_counter())
 
-    base = keras.applications.ResNet50(
-        weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling="avg"
-    )
-    out = keras.layers.Dense(CLASSES, activation="softmax")(base.output)
-    model = keras.Model(base.input, out)
+    model = _model(keras)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
         loss="categorical_crossentropy",
