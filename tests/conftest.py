@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -70,6 +71,27 @@ def frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
             out[f"{name}.running_var"] = m.running_var.clone()
             out[f"{name}.num_batches_tracked"] = m.num_batches_tracked.clone()
     return out
+
+
+def quiet_trainer_options(root: Path | str | None = None, **kw: Any) -> dict[str, Any]:
+    """Arguments of a Lightning Trainer on the CPU, in ``root``, that writes and prints nothing
+    it is not asked for: no logger, checkpoints, progress bar, model summary or sanity
+    validation; ``kw`` add to or override them."""
+    return {
+        "accelerator": "cpu",
+        "default_root_dir": root,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kw,
+    }
+
+
+def quiet_trainer(root: Path | str | None = None, **kw: Any) -> L.Trainer:
+    """A Lightning Trainer with :func:`quiet_trainer_options`."""
+    return L.Trainer(**quiet_trainer_options(root, **kw))
 
 
 def two_batch_pydataset(mod: Any, x: np.ndarray, y: np.ndarray) -> Any:

@@ -27,7 +27,7 @@ from ftlight.cli.predict import predict_probabilities
 from ftlight.data.fast_decode import BatchDecoder
 from ftlight.data.transforms import eval_transform
 from ftlight.tta import CROP_FRACTION
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, quiet_trainer
 
 
 def arrays(n: int = 24, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,18 +47,7 @@ def make_dm(classes: int = 3, **kw) -> ImageDataModule:
 
 
 def trainer(tmp_path: Path, **kw) -> L.Trainer:
-    options = {
-        "max_epochs": 1,
-        "accelerator": "cpu",
-        "default_root_dir": tmp_path,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **kw,
-    }
-    return L.Trainer(**options)
+    return quiet_trainer(tmp_path, **{"max_epochs": 1, **kw})
 
 
 def model(num_classes: int = 3, **kw) -> FineTuner:

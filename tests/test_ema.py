@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from ftlight import FineTuner
 from ftlight.callbacks import EMA, FeatureCache
 from ftlight.callbacks.feature_cache import weights_version
-from tests.conftest import two_class_arrays_dm
+from tests.conftest import quiet_trainer, two_class_arrays_dm
 
 DECAY = 0.8
 
@@ -27,17 +27,8 @@ def model(**kw) -> FineTuner:
 
 
 def trainer(root: Path, epochs: int, callbacks: list, **kw) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        **kw,
-    )
+    options = {"max_epochs": epochs, "callbacks": callbacks, "enable_checkpointing": True, **kw}
+    return quiet_trainer(root, **options)
 
 
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:

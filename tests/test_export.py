@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -16,6 +15,7 @@ from ftlight.cli.export import export
 from ftlight.cli.predict import class_name_mismatch, predict_probabilities, write_predictions
 from ftlight.data import load_rgb
 from ftlight.data.transforms import eval_transform
+from tests.conftest import quiet_trainer
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +26,7 @@ def binary_checkpoint(tmp_path_factory):
     y = np.repeat([0, 1], 8)
     dm = ImageDataModule.from_arrays(x, y, class_names=["no", "yes"], batch_size=8, val_split=0)
     model = FineTuner("resnet18", 1, None, task="binary", image_size=32, class_names=["no", "yes"])
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp,
-    )
+    trainer = quiet_trainer(tmp, max_steps=1)  # no validation data: no sanity check either
     trainer.fit(model, dm)
     path = tmp / "binary.ckpt"
     trainer.save_checkpoint(path)

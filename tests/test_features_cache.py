@@ -26,7 +26,7 @@ from ftlight.callbacks.feature_cache import (
     stochastic_modules,
 )
 from ftlight.callbacks.staged import Milestone, StagedUnfreeze
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, quiet_trainer
 
 
 def make_dm(augment: bool = False) -> ImageDataModule:
@@ -41,18 +41,8 @@ def make_dm(augment: bool = False) -> ImageDataModule:
     return dm
 
 
-def trainer(tmp_path, epochs: int = 1, callbacks: list | None = None) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks or [],
-    )
+def trainer(tmp_path, epochs: int = 1, callbacks: list | None = None, **kw) -> L.Trainer:
+    return quiet_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks or [], **kw)
 
 
 class BackboneCalls(L.Callback):
@@ -215,16 +205,8 @@ def test_caching_keeps_the_backbone_idle_for_every_later_epoch(tmp_path) -> None
     dm = make_dm()
     m = model(freeze=True, cache_features=True)
     calls = BackboneCalls()
-    t = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[calls],
-    )  # with the sanity check: validation rows are cached before the first epoch
+    # with the sanity check: validation rows are cached before the first epoch
+    t = trainer(tmp_path, 3, [calls], num_sanity_val_steps=None)
     t.fit(m, datamodule=dm)
     assert calls.rows == {0: 24}  # 18 train + 6 val rows once; epochs 1 and 2 never call it
     cache = next(cb for cb in t.callbacks if isinstance(cb, FeatureCache))

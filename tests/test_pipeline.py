@@ -16,6 +16,7 @@ from ftlight import FineTuner, ImageDataModule
 from ftlight.data.config import DataConfig
 from ftlight.data.fast_decode import BatchDecoder, DecodedImages
 from ftlight.data.transforms import eval_transform, split_transform
+from tests.conftest import quiet_trainer
 
 
 def jpeg_folder(root: Path, sizes=((60, 44), (40, 70), (90, 90)), per_class: int = 4) -> Path:
@@ -115,16 +116,9 @@ def test_encoded_batches_are_decoded_in_the_transfer_hook_during_fit(tmp_path, m
     dm = folder_dm(jpeg_folder(tmp_path / "imgs"), augment=True, decode_device="cuda")
     probe = BatchProbe()
     model = FineTuner("resnet18", 2, None, image_size=32, freeze=True, cache_features=False)
-    L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[probe],
-    ).fit(model, datamodule=dm)
+    quiet_trainer(tmp_path, max_epochs=1, callbacks=[probe], num_sanity_val_steps=None).fit(
+        model, datamodule=dm
+    )
     assert probe.shapes == [
         ((n, 3, 32, 32), torch.float32, torch.int64) for n in (4, 2)
     ]  # 6 training images, decoded per batch after the transfer

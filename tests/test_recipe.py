@@ -6,7 +6,6 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -17,6 +16,7 @@ import yaml
 import ftlight
 from ftlight import FineTuner, ImageDataModule, recipes
 from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache, random_transforms
+from tests.conftest import quiet_trainer, quiet_trainer_options
 
 
 class BatchKinds(L.Callback):
@@ -60,19 +60,6 @@ def model(**kw) -> FineTuner:
     return FineTuner("resnet18", 2, None, image_size=32, **{"freeze": True, **kw})
 
 
-def quiet(tmp_path: Path, **kw) -> dict:
-    return {
-        "accelerator": "cpu",
-        "default_root_dir": tmp_path,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **kw,
-    }
-
-
 def cache_of(trainer: L.Trainer) -> FeatureCache:
     return next(cb for cb in trainer.callbacks if isinstance(cb, FeatureCache))
 
@@ -88,7 +75,7 @@ def test_fine_tune_caches_the_frozen_phase_then_trains_the_top_groups(tmp_path) 
         backbone_lr=0.01,
         layer_decay=0.5,
         callbacks=[kinds],
-        **quiet(tmp_path),
+        **quiet_trainer_options(tmp_path),
     )
     assert trainer.max_epochs == 3 and trainer.current_epoch == 3
     # frozen phase on cached rows, images once the groups train (batch markers, not timing)
@@ -111,14 +98,14 @@ def test_fine_tune_trainer_of_ones_own_and_bad_arguments(tmp_path) -> None:
     trainer = L.Trainer(
         max_epochs=2,
         callbacks=[kinds, *ftlight.fine_tune_callbacks(1, 1, unfreeze="all")],
-        **quiet(tmp_path),
+        **quiet_trainer_options(tmp_path),
     )
     assert ftlight.fine_tune(m, dm, 1, 1, trainer=trainer) is trainer
     assert kinds.kinds == {0: {"cached"}, 1: {"images"}}
     with pytest.raises(ValueError, match="max_epochs=5"):
         ftlight.fine_tune(m, dm, 1, 1, max_epochs=5)
     with pytest.raises(ValueError, match="expected max_epochs=3"):
-        ftlight.fine_tune(m, dm, 1, 2, trainer=L.Trainer(max_epochs=3, **quiet(tmp_path)))
+        ftlight.fine_tune(m, dm, 1, 2, trainer=quiet_trainer(tmp_path, max_epochs=3))
     with pytest.raises(ValueError, match=r"epochs must be an integer >= 0\. Received: -1"):
         ftlight.fine_tune(m, dm, -1, 1)
 
@@ -126,7 +113,7 @@ def test_fine_tune_trainer_of_ones_own_and_bad_arguments(tmp_path) -> None:
 def test_default_fully_frozen_finetuner_caches_and_says_so(tmp_path, lightning_log) -> None:
     dm, m, kinds = make_dm(), model(), BatchKinds()  # every default: augment=None, cache None
     assert dm.augment is True and dm.augment_auto  # before a fit: the old default
-    trainer = L.Trainer(max_epochs=2, callbacks=[kinds], **quiet(tmp_path))
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[kinds])
     trainer.fit(m, dm)
     assert kinds.kinds == {0: {"cached"}, 1: {"cached"}}
     assert cache_of(trainer).epochs_cached == [0, 1]
@@ -135,7 +122,7 @@ def test_default_fully_frozen_finetuner_caches_and_says_so(tmp_path, lightning_l
     assert len(said) == 1 and "no random augmentation" in said[0]
     assert any("computed once" in line for line in lightning_log.lines)
     # the same data module with a backbone that trains: augmentation comes back (auto)
-    trainer = L.Trainer(max_epochs=1, callbacks=[kinds], **quiet(tmp_path))
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[kinds])
     trainer.fit(model(freeze=None), dm)
     assert dm.augment is True and "RandomResizedCrop" in random_transforms(
         dm.transform_for("train")
@@ -147,7 +134,7 @@ def test_explicit_augment_is_never_changed(tmp_path, augment: bool) -> None:
     dm, kinds = make_dm(augment=augment), BatchKinds()
     # frozen (would turn auto augmentation off) with True; trainable (on) with False
     m = model() if augment else model(freeze=None)
-    trainer = L.Trainer(max_epochs=1, callbacks=[kinds], **quiet(tmp_path))
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[kinds])
     trainer.fit(m, dm)
     assert dm.augment is augment and not dm.augment_auto
     assert kinds.kinds == {0: {"images"}}

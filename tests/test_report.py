@@ -216,21 +216,14 @@ def test_staged_unfreeze_log_and_report_name_the_same_epoch(tmp_path: Path, capl
     announces is the epoch the report and its learning curves mark."""
     import re
 
-    import lightning as L
-
     from ftlight.callbacks.staged import Milestone, StagedUnfreeze
     from ftlight.cli.report import MetricsHistory, epoch_numbers, learning_curves_figure
+    from tests.conftest import quiet_trainer
     from tests.test_staged import make_data, make_model
 
     history = MetricsHistory()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         callbacks=[StagedUnfreeze([Milestone(epoch=2, groups=["stage4"])]), history],
     )
     with caplog.at_level("INFO"):

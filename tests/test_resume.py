@@ -24,7 +24,7 @@ import yaml
 
 from ftlight import FineTuner
 from ftlight.data import ImageDataModule
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, quiet_trainer
 
 REPO = Path(__file__).parents[1]
 
@@ -289,17 +289,8 @@ def test_a_new_lr_on_resume_scales_the_restored_schedule(tmp_path, colour_arrays
         )
 
     def trainer(**kwargs) -> L.Trainer:
-        return L.Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            default_root_dir=tmp_path,
-            **kwargs,
-        )
+        limits = {"limit_train_batches": 2, "limit_val_batches": 1, "num_sanity_val_steps": None}
+        return quiet_trainer(tmp_path, **limits, **kwargs)
 
     first = trainer(max_epochs=3, callbacks=[StopAfterOneEpoch()])  # mid-schedule
     first.fit(model(0.01), dm)

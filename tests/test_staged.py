@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight import FineTuner, ImageDataModule
 from ftlight.callbacks.staged import Milestone, StagedUnfreeze
-from tests.conftest import frozen_bn_state
+from tests.conftest import frozen_bn_state, quiet_trainer
 
 LR_STAGE4 = 0.05
 
@@ -31,15 +31,8 @@ def make_model() -> FineTuner:
 
 
 def make_trainer(tmp_path, max_epochs: int, callbacks: list) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
+    return quiet_trainer(
+        tmp_path, max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=True
     )
 
 

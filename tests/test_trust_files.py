@@ -30,7 +30,7 @@ from ftlight.cli import predict
 from ftlight.cli.demo import DIGITS_MARKER, prepare_digits_folder, write_digits_folder
 from ftlight.files import UnreadableFileError, UntrustedFileError, load_torch_file
 from ftlight.models.weights import WeightsMismatchError, load_state_dict_file
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, quiet_trainer
 
 REPO = Path(__file__).parents[1]
 
@@ -79,15 +79,7 @@ def run(tmp_path_factory) -> dict:
     images = make_image_folder(work / "imgs", classes=("cat", "dog"), per_class=4, size=32)
     dm = ImageDataModule.from_folder(images, batch_size=4, val_split=0.25, num_workers=0)
     model = FineTuner("resnet18", 2, None, image_size=32)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=work,
-    )
+    trainer = quiet_trainer(work, max_steps=1, num_sanity_val_steps=None)
     trainer.fit(model, dm)
     ckpt = work / "model.ckpt"
     trainer.save_checkpoint(ckpt)
