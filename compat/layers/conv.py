@@ -125,6 +125,26 @@ def depthwise_kernel(layer: Layer, name: str, conv: nn.Conv2d, multiplier: int) 
     )
 
 
+def conv_kernel(layer: Layer, name: str, conv: nn.Conv2d) -> Variable:
+    """Keras's ``(kh, kw, in, out)`` view of a convolution's ``(out, in, kh, kw)`` weight."""
+    return Variable(
+        layer,
+        name,
+        conv,
+        "weight",
+        trainable=True,
+        to_keras=conv_kernel_to_keras,
+        from_keras=conv_kernel_from_keras,
+    )
+
+
+def with_bias(layer: Layer, kernels: list[Variable], conv: nn.Conv2d) -> list[Variable]:
+    """``kernels``, then Keras's ``bias`` (``conv``'s) when the convolution has one."""
+    if conv.bias is None:
+        return kernels
+    return [*kernels, Variable(layer, "bias", conv, "bias", trainable=True)]
+
+
 class Conv2D(Layer):
     """2-D convolution; kernel is ``(kh, kw, in, out)`` in Keras's weights.
 
@@ -213,20 +233,7 @@ class Conv2D(Layer):
     def _own_variables(self) -> list[Variable]:
         if self.conv is None:
             return []
-        out = [
-            Variable(
-                self,
-                "kernel",
-                self.conv,
-                "weight",
-                trainable=True,
-                to_keras=conv_kernel_to_keras,
-                from_keras=conv_kernel_from_keras,
-            )
-        ]
-        if self.conv.bias is not None:
-            out.append(Variable(self, "bias", self.conv, "bias", trainable=True))
-        return out
+        return with_bias(self, [conv_kernel(self, "kernel", self.conv)], self.conv)
 
 
 class MaxPooling2D(Layer):

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from compat.layers.base import Shape, Variable
-from compat.layers.conv import Conv2D, depthwise_kernel
+from compat.layers.conv import Conv2D, depthwise_kernel, with_bias
 from compat.layers.core import _init_weight
 
 
@@ -82,10 +82,8 @@ class DepthwiseConv2D(Conv2D):
     def _own_variables(self) -> list[Variable]:
         if self.conv is None:
             return []
-        out = [depthwise_kernel(self, "kernel", self.conv, self.depth_multiplier)]
-        if self.conv.bias is not None:
-            out.append(Variable(self, "bias", self.conv, "bias", trainable=True))
-        return out
+        kernel = depthwise_kernel(self, "kernel", self.conv, self.depth_multiplier)
+        return with_bias(self, [kernel], self.conv)
 
 
 __all__ = ["DepthwiseConv2D"]

@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 from compat import activations
-from compat.layers.base import Layer, Shape, Variable, conv_kernel_from_keras, conv_kernel_to_keras
+from compat.layers.base import Layer, Shape, Variable
 from compat.layers.conv import (
     check_in_channels,
+    conv_kernel,
     conv_output_shape,
     depthwise_kernel,
     keras_same_pad,
     set_conv_arguments,
+    with_bias,
 )
 from compat.layers.core import _expect_rank, _init_weight
 
@@ -115,21 +117,11 @@ class SeparableConv2D(Layer):
     def _own_variables(self) -> list[Variable]:
         if self.depthwise is None:
             return []
-        out = [
+        kernels = [
             depthwise_kernel(self, "depthwise_kernel", self.depthwise, self.depth_multiplier),
-            Variable(
-                self,
-                "pointwise_kernel",
-                self.pointwise,
-                "weight",
-                trainable=True,
-                to_keras=conv_kernel_to_keras,
-                from_keras=conv_kernel_from_keras,
-            ),
+            conv_kernel(self, "pointwise_kernel", self.pointwise),
         ]
-        if self.pointwise.bias is not None:
-            out.append(Variable(self, "bias", self.pointwise, "bias", trainable=True))
-        return out
+        return with_bias(self, kernels, self.pointwise)
 
     def get_config(self) -> dict[str, Any]:
         return {
