@@ -26,7 +26,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -182,18 +182,36 @@ def _conv_common(layer: Any) -> dict[str, Any]:
     }
 
 
+def _initializers(where: str, **initializers: Any) -> dict[str, Any]:
+    """Keras's ``<weight>_initializer`` entries, in the order given."""
+    return {f"{w}_initializer": _initializer_config(v, where) for w, v in initializers.items()}
+
+
+def _unset(*options: str) -> dict[str, None]:
+    """Keras's options that compat does not have, at their default ``None``."""
+    return dict.fromkeys(options)
+
+
+def _activation_and_bias(layer: Any, where: str) -> dict[str, Any]:
+    return {"activation": _activation_name(layer.activation, where), "use_bias": layer.use_bias}
+
+
+def _unset_for(*weights: str, activity: bool = True) -> dict[str, None]:
+    """Keras's ``<weight>_regularizer`` (then ``activity_regularizer``) and
+    ``<weight>_constraint`` entries, all ``None`` (compat has none of them)."""
+    regularizers = [f"{w}_regularizer" for w in weights]
+    activity_regularizer = ["activity_regularizer"] if activity else []
+    return _unset(*regularizers, *activity_regularizer, *(f"{w}_constraint" for w in weights))
+
+
 def _dense(layer: Any, where: str) -> dict[str, Any]:
     return {
         "units": layer.units,
-        "activation": _activation_name(layer.activation, where),
-        "use_bias": layer.use_bias,
-        "kernel_initializer": _initializer_config(layer.kernel_initializer, where),
-        "bias_initializer": _initializer_config(layer.bias_initializer, where),
+        **_activation_and_bias(layer, where),
+        **_initializers(where, kernel=layer.kernel_initializer, bias=layer.bias_initializer),
         "kernel_regularizer": _regularizer_config(layer.kernel_regularizer, where),
         "bias_regularizer": _regularizer_config(layer.bias_regularizer, where),
-        "kernel_constraint": None,
-        "bias_constraint": None,
-        "quantization_config": None,
+        **_unset("kernel_constraint", "bias_constraint", "quantization_config"),
     }
 
 
@@ -202,15 +220,9 @@ def _conv2d(layer: Any, where: str) -> dict[str, Any]:
         "filters": layer.filters,
         **_conv_common(layer),
         "groups": layer.groups,
-        "activation": _activation_name(layer.activation, where),
-        "use_bias": layer.use_bias,
-        "kernel_initializer": _initializer_config(layer.kernel_initializer, where),
-        "bias_initializer": _initializer_config(layer.bias_initializer, where),
-        "kernel_regularizer": None,
-        "bias_regularizer": None,
-        "activity_regularizer": None,
-        "kernel_constraint": None,
-        "bias_constraint": None,
+        **_activation_and_bias(layer, where),
+        **_initializers(where, kernel=layer.kernel_initializer, bias=layer.bias_initializer),
+        **_unset_for("kernel", "bias"),
     }
 
 
@@ -218,15 +230,9 @@ def _depthwise(layer: Any, where: str) -> dict[str, Any]:
     return {
         "depth_multiplier": layer.depth_multiplier,
         **_conv_common(layer),
-        "activation": _activation_name(layer.activation, where),
-        "use_bias": layer.use_bias,
-        "depthwise_initializer": _initializer_config(layer.depthwise_initializer, where),
-        "bias_initializer": _initializer_config(layer.bias_initializer, where),
-        "depthwise_regularizer": None,
-        "bias_regularizer": None,
-        "activity_regularizer": None,
-        "depthwise_constraint": None,
-        "bias_constraint": None,
+        **_activation_and_bias(layer, where),
+        **_initializers(where, depthwise=layer.depthwise_initializer, bias=layer.bias_initializer),
+        **_unset_for("depthwise", "bias"),
     }
 
 
@@ -235,18 +241,14 @@ def _separable(layer: Any, where: str) -> dict[str, Any]:
         "depth_multiplier": layer.depth_multiplier,
         "filters": layer.filters,
         **_conv_common(layer),
-        "activation": _activation_name(layer.activation, where),
-        "use_bias": layer.use_bias,
-        "depthwise_initializer": _initializer_config(layer.depthwise_initializer, where),
-        "pointwise_initializer": _initializer_config(layer.pointwise_initializer, where),
-        "bias_initializer": _initializer_config(layer.bias_initializer, where),
-        "depthwise_regularizer": None,
-        "pointwise_regularizer": None,
-        "bias_regularizer": None,
-        "activity_regularizer": None,
-        "depthwise_constraint": None,
-        "pointwise_constraint": None,
-        "bias_constraint": None,
+        **_activation_and_bias(layer, where),
+        **_initializers(
+            where,
+            depthwise=layer.depthwise_initializer,
+            pointwise=layer.pointwise_initializer,
+            bias=layer.bias_initializer,
+        ),
+        **_unset_for("depthwise", "pointwise", "bias"),
     }
 
 
@@ -257,14 +259,10 @@ def _batchnorm(layer: Any, where: str) -> dict[str, Any]:
         "epsilon": layer.epsilon,
         "center": True,
         "scale": True,
-        "beta_initializer": _initializer_config("zeros", where),
-        "gamma_initializer": _initializer_config("ones", where),
-        "moving_mean_initializer": _initializer_config("zeros", where),
-        "moving_variance_initializer": _initializer_config("ones", where),
-        "beta_regularizer": None,
-        "gamma_regularizer": None,
-        "beta_constraint": None,
-        "gamma_constraint": None,
+        **_initializers(
+            where, beta="zeros", gamma="ones", moving_mean="zeros", moving_variance="ones"
+        ),
+        **_unset_for("beta", "gamma", activity=False),
         "synchronized": False,
         "renorm": False,
         "renorm_clipping": None,
@@ -279,12 +277,8 @@ def _layernorm(layer: Any, where: str) -> dict[str, Any]:
         "center": layer.center,
         "scale": layer.scale,
         "rms_scaling": False,
-        "beta_initializer": _initializer_config("zeros", where),
-        "gamma_initializer": _initializer_config("ones", where),
-        "beta_regularizer": None,
-        "gamma_regularizer": None,
-        "beta_constraint": None,
-        "gamma_constraint": None,
+        **_initializers(where, beta="zeros", gamma="ones"),
+        **_unset_for("beta", "gamma", activity=False),
     }
 
 
@@ -307,41 +301,35 @@ def _spec(
 
 
 _CONV = ("kernel_size", "strides", "padding", "data_format", "dilation_rate")
-_NONE = None
 LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
     "Dense": _spec(
         "Dense",
         ("units", "activation", "use_bias", "kernel_initializer", "bias_initializer",
          "kernel_regularizer", "bias_regularizer"),
-        {"kernel_constraint": _NONE, "bias_constraint": _NONE, "quantization_config": _NONE,
-         "activity_regularizer": _NONE, "lora_rank": _NONE, "lora_alpha": _NONE},
+        _unset("kernel_constraint", "bias_constraint", "quantization_config",
+               "activity_regularizer", "lora_rank", "lora_alpha"),
         _dense,
     ),
     "Conv2D": _spec(
         "Conv2D",
         ("filters", *_CONV, "groups", "activation", "use_bias", "kernel_initializer",
          "bias_initializer", "kernel_regularizer"),
-        {"bias_regularizer": _NONE, "activity_regularizer": _NONE, "kernel_constraint": _NONE,
-         "bias_constraint": _NONE, "lora_rank": _NONE, "lora_alpha": _NONE},
+        _unset("bias_regularizer", "activity_regularizer", "kernel_constraint",
+               "bias_constraint", "lora_rank", "lora_alpha"),
         _conv2d,
     ),
     "DepthwiseConv2D": _spec(
         "DepthwiseConv2D",
         ("depth_multiplier", *_CONV, "activation", "use_bias", "depthwise_initializer",
          "bias_initializer"),
-        {"depthwise_regularizer": _NONE, "bias_regularizer": _NONE,
-         "activity_regularizer": _NONE, "depthwise_constraint": _NONE,
-         "bias_constraint": _NONE},
+        _unset_for("depthwise", "bias"),
         _depthwise,
     ),
     "SeparableConv2D": _spec(
         "SeparableConv2D",
         ("depth_multiplier", "filters", *_CONV, "activation", "use_bias",
          "depthwise_initializer", "pointwise_initializer", "bias_initializer"),
-        {"depthwise_regularizer": _NONE, "pointwise_regularizer": _NONE,
-         "bias_regularizer": _NONE, "activity_regularizer": _NONE,
-         "depthwise_constraint": _NONE, "pointwise_constraint": _NONE,
-         "bias_constraint": _NONE},
+        _unset_for("depthwise", "pointwise", "bias"),
         _separable,
     ),
     "BatchNormalization": _spec(
@@ -349,16 +337,14 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
         ("axis", "momentum", "epsilon", "center", "scale", "beta_initializer",
          "gamma_initializer", "moving_mean_initializer", "moving_variance_initializer",
          "synchronized"),
-        {"beta_regularizer": _NONE, "gamma_regularizer": _NONE, "beta_constraint": _NONE,
-         "gamma_constraint": _NONE, "renorm": False, "renorm_clipping": _NONE,
-         "renorm_momentum": 0.99},
+        {**_unset_for("beta", "gamma", activity=False), "renorm": False,
+         "renorm_clipping": None, "renorm_momentum": 0.99},
         _batchnorm,
     ),
     "LayerNormalization": _spec(
         "LayerNormalization",
         ("axis", "epsilon", "center", "scale", "beta_initializer", "gamma_initializer"),
-        {"rms_scaling": False, "beta_regularizer": _NONE, "gamma_regularizer": _NONE,
-         "beta_constraint": _NONE, "gamma_constraint": _NONE},
+        {"rms_scaling": False, **_unset_for("beta", "gamma", activity=False)},
         _layernorm,
     ),
     "Dropout": _spec(
@@ -1118,6 +1104,43 @@ def _check_h5_sizes(f: Any, where: str, file_size: int) -> None:
         raise KerasFileError(f"{where} is crafted or damaged: {problems[0]}.")
 
 
+def _plan_layer(
+    plan: list[tuple[Any, Any]],
+    labelled: Iterable[tuple[str, Any, Any]],
+    where: str,
+    skip_mismatch: bool,
+) -> None:
+    """Add one layer's ``(variable, dataset)`` pairs to ``plan`` once every dataset has its
+    variable's shape; a mismatch raises (``label`` names the variable) or, with
+    ``skip_mismatch``, leaves the whole layer out, as Keras's ``skip_mismatch``."""
+    h5py = _h5py()
+    layer_plan = []
+    for label, var, data in labelled:
+        if not isinstance(data, h5py.Dataset) or tuple(data.shape) != var.shape:
+            if skip_mismatch:
+                return
+            got = tuple(data.shape) if isinstance(data, h5py.Dataset) else "a group"
+            raise KerasFileError(
+                f"{where}: variable {label} has shape {got} in the file; the model expects "
+                f"{var.shape}."
+            )
+        layer_plan.append((var, data))
+    plan.extend(layer_plan)
+
+
+def _listed_weights(
+    group: Any, variables: list[Any], weight_names: list[str], layer_name: str, where: str
+) -> Iterator[tuple[str, Any, Any]]:
+    """A legacy ``.h5`` layer's ``(label, variable, dataset)`` for :func:`_plan_layer`; a
+    weight that the group lists but lacks is an error (whatever ``skip_mismatch`` says)."""
+    h5py = _h5py()
+    for var, wname in zip(variables, weight_names, strict=True):
+        data = group.get(wname)
+        if not isinstance(data, h5py.Dataset):
+            raise KerasFileError(f"{where}: layer '{layer_name}' lists {wname} but lacks it.")
+        yield f"{wname} of layer '{layer_name}'", var, data
+
+
 def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
     """Check every variable of ``model`` against the file, then assign them all."""
     h5py = _h5py()
@@ -1146,21 +1169,11 @@ def _read_weights_h5(model: Any, f: Any, where: str, skip_mismatch: bool = False
                 f"{where}: layer '{name}' ({path}/vars) holds variables {keys}; the model's "
                 f"layer has {len(variables)} ({[v.name for v in variables]})."
             )
-        layer_plan = []
-        for i, var in enumerate(variables):
-            data = group[str(i)]
-            if not isinstance(data, h5py.Dataset) or tuple(data.shape) != var.shape:
-                if skip_mismatch:
-                    layer_plan = None
-                    break
-                got = tuple(data.shape) if isinstance(data, h5py.Dataset) else "a group"
-                raise KerasFileError(
-                    f"{where}: variable {var.name} of layer '{name}' ({path}/vars/{i}) has shape "
-                    f"{got} in the file; the model expects {var.shape}."
-                )
-            layer_plan.append((var, data))
-        if layer_plan is not None:
-            plan.extend(layer_plan)
+        labelled = (
+            (f"{var.name} of layer '{name}' ({path}/vars/{i})", var, group[str(i)])
+            for i, var in enumerate(variables)
+        )
+        _plan_layer(plan, labelled, where, skip_mismatch)
     extra = _extra_groups(f, seen)
     if extra and not skip_mismatch:
         raise KerasFileError(
@@ -1452,22 +1465,9 @@ def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = F
                 f"({weight_names[:4]}); the model's layer has {len(variables)} "
                 f"({[v.name for v in variables]})."
             )
-        layer_plan = []
-        for var, wname in zip(variables, weight_names, strict=True):
-            data = group.get(wname)
-            if not isinstance(data, h5py.Dataset):
-                raise KerasFileError(f"{where}: layer '{layer.name}' lists {wname} but lacks it.")
-            if tuple(data.shape) != var.shape:
-                if skip_mismatch:
-                    layer_plan = None
-                    break
-                raise KerasFileError(
-                    f"{where}: variable {wname} of layer '{layer.name}' has shape "
-                    f"{tuple(data.shape)} in the file; the model expects {var.shape}."
-                )
-            layer_plan.append((var, data))
-        if layer_plan is not None:
-            plan.extend(layer_plan)
+
+        listed = _listed_weights(group, variables, weight_names, layer.name, where)
+        _plan_layer(plan, listed, where, skip_mismatch)
     extra = [
         n
         for n, g in file_layers.items()

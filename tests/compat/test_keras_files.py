@@ -74,6 +74,16 @@ def _json(config):
     return json.loads(json.dumps(config))
 
 
+def _keras_saves(k_model, folder: Path) -> list[Path]:
+    """``k.keras`` and the legacy ``k.h5``, saved by real Keras in ``folder``."""
+    paths = [folder / "k.keras", folder / "k.h5"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "HDF5 is a legacy format"
+        for path in paths:
+            k_model.save(path)
+    return paths
+
+
 @pytest.mark.parametrize("build", [_sequential, _functional])
 def test_keras_files_load_in_compat_and_compat_files_load_in_keras(
     keras, ck, tmp_path: Path, build
@@ -83,14 +93,9 @@ def test_keras_files_load_in_compat_and_compat_files_load_in_keras(
     k_model = build(keras)
     _randomise(k_model)
     expected = k_model.predict(x, verbose=0)
-    k_model.save(tmp_path / "k.keras")
     k_model.save_weights(tmp_path / "k.weights.h5")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras: "HDF5 is a legacy format"
-        k_model.save(tmp_path / "k.h5")
-
-    for name in ("k.keras", "k.h5"):
-        loaded = ck.models.load_model(tmp_path / name)
+    for path in _keras_saves(k_model, tmp_path):
+        loaded = ck.models.load_model(path)
         assert type(loaded).__name__ == type(k_model).__name__.replace("Functional", "Model")
         assert [layer.name for layer in loaded.layers] == [layer.name for layer in k_model.layers]
         _close(loaded.predict(x, verbose=0), expected)
@@ -124,12 +129,8 @@ def test_keras_files_load_in_compat_and_compat_files_load_in_keras(
 def test_compile_config_travels_both_ways(keras, ck, tmp_path: Path) -> None:
     k_model = _sequential(keras)
     k_model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.5), loss="mse")
-    k_model.save(tmp_path / "k.keras")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras: "HDF5 is a legacy format"
-        k_model.save(tmp_path / "k.h5")
-    for name in ("k.keras", "k.h5"):
-        loaded = ck.models.load_model(tmp_path / name)
+    for path in _keras_saves(k_model, tmp_path):
+        loaded = ck.models.load_model(path)
         assert type(loaded.optimizer).__name__ == "SGD" and loaded.optimizer.momentum == 0.5
         np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.05, rtol=1e-6)
         assert loaded._compile_config.loss == "mse"
