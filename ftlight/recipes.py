@@ -79,8 +79,10 @@ def fine_tune(
     (``trainer.test(model, datamodule)`` next).
 
     Args:
-        model: a :class:`~ftlight.FineTuner` (any ``freeze``; the staged groups unfreeze at
-            the milestone, the others stay as ``freeze`` says).
+        model: a :class:`~ftlight.FineTuner`. With ``freeze_epochs`` its whole backbone is
+            frozen first (fastai's ``fine_tune`` calls ``freeze()`` too, whatever ``freeze``
+            said), so only the head trains, on cached features; at the milestone the top
+            ``unfreeze`` groups join and the rest stay frozen (``unfreeze="all"`` for all).
         datamodule: the data (a LightningDataModule, so the frozen phase can be cached).
         epochs: unfrozen epochs; freeze_epochs: head-only epochs before them.
         unfreeze: top N layer groups, ``"all"``, or group names.
@@ -124,6 +126,8 @@ def fine_tune(
                 f"max_epochs={total} and fine_tune_callbacks({epochs}, {freeze_epochs}) among "
                 "its callbacks."
             )
+    if freeze_epochs:
+        model.set_freeze(True)  # the frozen phase trains the head only
     trainer.fit(model, datamodule=datamodule)
     return trainer
 

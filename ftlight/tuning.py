@@ -199,6 +199,8 @@ class LRFinder(LearningRateFinder):
             raise ValueError(
                 f"Expected 0 < min_lr < max_lr. Received: min_lr={min_lr}, max_lr={max_lr}"
             )
+        if mode not in ("exponential", "linear"):
+            raise ValueError(f"mode must be 'exponential' or 'linear'. Received: mode={mode!r}")
         if num_training_steps < 13:
             raise ValueError(
                 f"num_training_steps must be >= 13 (the suggestion leaves out the first 10 "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +59,8 @@ def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
 
     uint8 stays uint8; uint16 is scaled by 65535 and other integer types by 255 (decided by the
     dtype, never by the values: a dark 16-bit image stays dark), bool by 1; floats are scaled
-    to [0, 1] (values above 1 are taken as 0-255).
+    to [0, 1] (values above 1 are taken as 0-255, with a warning when the brightest is under
+    128; beyond 255 or below 0 is an error).
     """
     t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
     if t.ndim == 3:  # (N, H, W) grayscale
@@ -86,7 +88,21 @@ def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
             bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
             raise ValueError(f"Images contain NaN or Inf values ({bad} images affected).")
         t = t.float()
-        if t.max() > 1.0 + 1e-6:
+        low, high = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+        if high > 1.0 + 1e-6:
+            if high > 255.0 + 1e-3 or low < -1e-6:
+                raise ValueError(
+                    f"Float images are read as [0, 1], or as 0..255 when above 1; these hold "
+                    f"{low:g}..{high:g}. Scale them to [0, 1] first (e.g. x / x.max())."
+                )
+            if high < 128.0:  # e.g. scikit-learn's digits (0..16): nearly black as 0..255
+                warnings.warn(
+                    f"Float images hold {low:g}..{high:g}: values above 1 are read as 0..255, "
+                    f"so their brightest pixel is {high / 255:.0%} white. If {high:g} is white, "
+                    f"scale them to [0, 1] first (x / {high:g}).",
+                    UserWarning,
+                    stacklevel=3,
+                )
             t = t / 255.0
     elif t.dtype == torch.bool:
         t = t.float()
