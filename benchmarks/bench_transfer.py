@@ -75,8 +75,12 @@ def _trainer(d: Digits, name: str, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-def _test(trainer: L.Trainer, model: Any, dm: Any) -> float:
-    return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test_acc"])
+def _scores(trainer: L.Trainer, model: Any, dm: Any) -> dict[str, Any]:
+    """Held-out test accuracy, the last validation accuracy (read before ``test`` resets the
+    Trainer's metrics) and the image size used."""
+    val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))
+    test_acc = float(trainer.test(model, datamodule=dm, verbose=False)[0]["test_acc"])
+    return {"test_acc": test_acc, "val_acc": val_acc, "image_size": dm.data_config.image_size}
 
 
 # ---- variants ---------------------------------------------------------------------------
@@ -134,11 +138,8 @@ def plain_default(
             (cb for cb in trainer.callbacks if isinstance(cb, ftlight.callbacks.FeatureCache)),
             None,
         )
-        val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))  # before test resets it
         return {
-            "test_acc": _test(trainer, model, dm),
-            "val_acc": val_acc,
-            "image_size": dm.data_config.image_size,
+            **_scores(trainer, model, dm),
             "augment": dm.augment,
             "epochs_cached": list(cache.epochs_cached) if cache else [],
         }
@@ -167,13 +168,7 @@ def recipe(
             **{**kw, **(model_kw or {})},
         )
         trainer = model.fine_tune(dm, **fine_tune_kw, **_trainer(d, "recipe"))
-        val_acc = float(trainer.callback_metrics.get("val_acc", -1.0))  # before test resets it
-        return {
-            "test_acc": _test(trainer, model, dm),
-            "val_acc": val_acc,
-            "image_size": dm.data_config.image_size,
-            "epochs": trainer.current_epoch,
-        }
+        return {**_scores(trainer, model, dm), "epochs": trainer.current_epoch}
 
     return run
 

@@ -41,21 +41,11 @@ from PIL import Image
 import ftlight
 from ftlight.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ftlight.data import images_to_tensor
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, quiet_trainer
 
 
 def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    options = dict(
-        max_epochs=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
+    return quiet_trainer(tmp_path, **{"max_epochs": 1, **kwargs})
 
 
 def test_images_smaller_than_the_input_size_are_upscaled(tmp_path: Path) -> None:

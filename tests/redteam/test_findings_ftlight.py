@@ -19,21 +19,16 @@ import torch.nn.functional as F
 from ftlight import FineTuner, ImageDataModule, fine_tune
 from ftlight.cli.main import main as cli_main
 from ftlight.tta import tta_probabilities
-from tests.conftest import make_image_folder, two_class_arrays_dm
+from tests.conftest import (
+    make_image_folder,
+    quiet_trainer,
+    quiet_trainer_options,
+    two_class_arrays_dm,
+)
 
 
 def _trainer(root: Path, epochs: int, **kw) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        **kw,
-    )
+    return quiet_trainer(root, max_epochs=epochs, **kw)
 
 
 def test_tta_test_loss_is_the_models_loss_of_the_averaged_probabilities(tmp_path: Path) -> None:
@@ -132,13 +127,8 @@ def test_fine_tune_frozen_phase_keeps_the_backbone_still(tmp_path: Path) -> None
         epochs=1,
         freeze_epochs=1,
         unfreeze=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
         callbacks=[seen],
+        **quiet_trainer_options(tmp_path, num_sanity_val_steps=None),
     )
     moved = [k for k in start if not torch.equal(start[k], seen.state[k])]
     assert moved == []  # the frozen phase: head only (fastai's fine_tune freezes first)
