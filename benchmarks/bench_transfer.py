@@ -181,6 +181,13 @@ VARIANTS: dict[str, Callable[[Digits], dict[str, Any]]] = {
     "default_96_10_epochs": plain_default(96, epochs=10),  # the head needs ~10 epochs
     "default_augment": plain_default(augment=True),  # the old default, for comparison
     "fine_tune": recipe(96),
+    # the recipe plus each option (issue 14); options that mix or augment training images
+    # turn caching off, so their frozen phase is shorter (5 epochs) to stay affordable
+    "fine_tune_ema": recipe(96, model_kw={"ema_decay": 0.99}),
+    "fine_tune_tta_crops": recipe(96, model_kw={"tta": "crops"}),
+    "fine_tune_label_smoothing": recipe(96, model_kw={"label_smoothing": 0.1}),
+    "fine_tune_mixup": recipe(96, model_kw={"mixup_alpha": 0.2}, freeze_epochs=5),
+    "fine_tune_randaugment": recipe(96, data_kw={"auto_augment": "randaugment"}, freeze_epochs=5),
 }
 DEFAULT_VARIANTS = [
     "logreg_frozen",
