@@ -686,7 +686,11 @@ def functional_config(model: Any) -> dict[str, Any]:
 
     def ends(tensors: list[Any], structured: bool) -> Any:
         refs = [
-            [t._keras_history[0].name, node_index[id(_node(t))], t._keras_history[2]]
+            [
+                t._keras_history[0].name,
+                node_index[id(_node(t))] + _first_call(t._keras_history[0]),
+                t._keras_history[2],
+            ]
             for t in tensors
         ]
         return refs if structured or len(refs) > 1 else refs[0]
@@ -698,6 +702,16 @@ def functional_config(model: Any) -> dict[str, Any]:
         "input_layers": ends(model._inputs, model._struct_in),
         "output_layers": ends(model._outputs, model._struct_out),
     }
+
+
+def _first_call(layer: Any) -> int:
+    """Where Keras numbers a layer's calls from in ``input_layers``/``output_layers``: 1 for
+    a nested Functional (Keras counts its construction as node 0 there; its
+    ``get_config`` starts such a layer's ``kept_nodes`` at 1 and ``from_config`` subtracts
+    1), 0 for every other layer, Sequential included. ``inbound_nodes`` count from 0."""
+    from compat.models import Model, Sequential
+
+    return int(isinstance(layer, Model) and not isinstance(layer, Sequential))
 
 
 def _node(t: Any) -> Any:
@@ -970,7 +984,7 @@ def _functional(config: dict[str, Any], where: str) -> Any:
         structured = isinstance(value, list) and bool(value) and isinstance(value[0], list)
         refs = [_ref(v, where) for v in (value if structured else [value])]
         try:
-            return [outputs[(r[0], r[1])] for r in refs], structured
+            return [outputs[(r[0], r[1] - _first_call(built.get(r[0])))] for r in refs], structured
         except KeyError:
             raise KerasFileError(f"{where}: {what} {_short(value)} name no built tensor.") from None
 
