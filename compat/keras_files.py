@@ -1436,61 +1436,76 @@ def _attr_text(value: Any) -> Any:
     return value
 
 
-def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
-    """Keras's legacy HDF5 layout: a group per layer name, ``weight_names`` in order."""
+def _legacy_variables(layer: Any) -> list[Any]:
+    """Keras's ``_legacy_weights``: a layer's trainable then non-trainable variables, the
+    order of a legacy ``.h5`` layer group's ``weight_names``."""
+    if isinstance(layer, _Pseudo):
+        return layer._own_variables()
+    return layer.trainable_weights + layer.non_trainable_weights
+
+
+def _legacy_pairs(model: Any, f: Any, where: str) -> list[tuple[Any, str, Any, list[str]]]:
+    """``(layer, file layer name, its group, its weight_names)`` as Keras 3's legacy
+    ``load_weights_from_hdf5_group`` pairs them: the model's layers that have weights with
+    the file's layer groups that list weights, by order (names are not compared)."""
     h5py = _h5py()
 
     root = f.get("model_weights", f)
     names = _attr_text(root.attrs.get("layer_names", []))
-    file_layers = {n: root[n] for n in names if n in root}
-    plan = []
-    used = set()
-    for layer in _expanded(model):
-        if isinstance(layer, _Pseudo):
-            group = file_layers.get(layer.name)
-            if layer.name not in names:
-                raise _torch_way(layer.name, where)
-            used.add(layer.name)
-            if layer._variables:
-                arrays = [group.get(n) for n in _attr_text(group.attrs.get("weight_names", []))]
-                if len(arrays) != len(layer._variables) or not all(
-                    isinstance(a, h5py.Dataset)
-                    and tuple(a.shape) == v.shape
-                    and np.array_equal(np.asarray(a[()]), v.numpy())
-                    for a, v in zip(arrays, layer._variables, strict=True)
-                ):
-                    raise _torch_way(layer.name, where)
-            continue
-        variables = layer.weights
-        if not variables:
-            continue
-        group = file_layers.get(layer.name)
-        if group is None:
-            raise KerasFileError(
-                f"{where} has no weights for layer '{layer.name}' (its layers: {names[:8]})."
-            )
-        used.add(layer.name)
+    if not isinstance(names, list):
+        raise KerasFileError(f"{where}: its layer_names attribute is not a list of names.")
+    saved = []
+    for name in names:
+        group = root.get(name)
+        if not isinstance(group, h5py.Group):
+            raise KerasFileError(f"{where} lists layer '{name}' but holds no group for it.")
         weight_names = _attr_text(group.attrs.get("weight_names", []))
-        if len(weight_names) != len(variables):
-            if skip_mismatch:
-                continue
-            raise KerasFileError(
-                f"{where}: layer '{layer.name}' holds {len(weight_names)} variables "
-                f"({weight_names[:4]}); the model's layer has {len(variables)} "
-                f"({[v.name for v in variables]})."
-            )
-
-        listed = _listed_weights(group, variables, weight_names, layer.name, where)
-        _plan_layer(plan, listed, where, skip_mismatch)
-    extra = [
-        n
-        for n, g in file_layers.items()
-        if n not in used and _attr_text(g.attrs.get("weight_names", []))
-    ]
-    if extra and not skip_mismatch:
+        if not isinstance(weight_names, list):
+            raise KerasFileError(f"{where}: layer '{name}' has no list of weight_names.")
+        if weight_names:
+            saved.append((name, group, weight_names))
+    layers = [layer for layer in _keras_order(model) if _legacy_variables(layer)]
+    if len(saved) != len(layers):
         raise KerasFileError(
-            f"{where} holds weights for layers the model does not have: {extra[:5]}."
+            f"{where} holds weights for {len(saved)} layers ({[s[0] for s in saved][:6]}); "
+            f"model '{model.name}' has {len(layers)} layers with weights "
+            f"({[layer.name for layer in layers][:6]}). A legacy .h5 is matched to the model's "
+            "layers by order, as Keras 3 does."
         )
+    top = root.get("top_level_model_weights")
+    if isinstance(top, h5py.Group) and _attr_text(top.attrs.get("weight_names", [])):
+        raise KerasFileError(
+            f"{where} holds top-level model weights; model '{model.name}' has none."
+        )
+    return [(layer, *entry) for layer, entry in zip(layers, saved, strict=True)]
+
+
+def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
+    """Keras's legacy HDF5 layout (a group per layer, ``weight_names`` in order), matched as
+    Keras 3 matches it: layer by layer in order, variable by variable in order;
+    ``skip_mismatch`` skips a variable whose shape differs (Keras's ``_set_weights``). Every
+    variable is checked before any is assigned."""
+    plan: list[tuple[Any, Any]] = []
+    for k, (layer, saved_name, group, weight_names) in enumerate(_legacy_pairs(model, f, where)):
+        variables = _legacy_variables(layer)
+        label = f"layer #{k} ('{layer.name}' in the model, '{saved_name}' in the file)"
+        if isinstance(layer, _Pseudo):
+            arrays = [group.get(n) for n in weight_names]
+            if len(arrays) != len(variables) or not all(
+                isinstance(a, _h5py().Dataset)
+                and tuple(a.shape) == v.shape
+                and np.array_equal(np.asarray(a[()]), v.numpy())
+                for a, v in zip(arrays, variables, strict=True)
+            ):
+                raise _torch_way(layer.name, where)
+            continue
+        if len(weight_names) != len(variables):
+            raise KerasFileError(
+                f"{where}: {label} holds {len(weight_names)} variables ({weight_names[:4]}); "
+                f"the model's layer has {len(variables)} ({[v.name for v in variables]})."
+            )
+        for item in _listed_weights(group, variables, weight_names, saved_name, where):
+            _plan_layer(plan, [item], where, skip_mismatch)  # per variable, as Keras skips
     _assign(plan)
 
 
@@ -1532,19 +1547,16 @@ def load_legacy_h5(path: str, *, compile: bool = True) -> Any:
 
 
 def _check_legacy_against(model: Any, f: Any, where: str) -> None:
+    """Shape checks on a meta-device model, paired with the file as :func:`_read_legacy_weights`
+    pairs them (nothing allocated, nothing assigned)."""
     h5py = _h5py()
 
-    root = f.get("model_weights", f)
-    for layer in _keras_layers(model):
-        group = root.get(layer.name)
-        names = (
-            _attr_text(group.attrs.get("weight_names", [])) if isinstance(group, h5py.Group) else []
-        )
-        for var, wname in zip(layer.weights, names, strict=False):
+    for layer, saved_name, group, weight_names in _legacy_pairs(model, f, where):
+        for var, wname in zip(_legacy_variables(layer), weight_names, strict=False):
             data = group.get(wname)
             if isinstance(data, h5py.Dataset) and tuple(data.shape) != var.shape:
                 raise KerasFileError(
-                    f"{where}: variable {wname} of layer '{layer.name}' has shape "
+                    f"{where}: variable {wname} of layer '{saved_name}' has shape "
                     f"{tuple(data.shape)} in the file; the model's config gives {var.shape}."
                 )
 
@@ -1592,8 +1604,7 @@ def save_legacy_h5(model: Any, filepath: str) -> None:
                     f"Model '{layer.name}' inside '{model.name}' pads or maps its input the "
                     "torch way; save it as .keras, which Keras loads exactly."
                 )
-            variables = layer._own_variables() if isinstance(layer, _Pseudo) else layer.weights
-            for var in variables:
+            for var in _legacy_variables(layer):
                 if isinstance(layer, Model):
                     name = f"{layer.name}/{var.layer.name}/{var.name}"
                 else:

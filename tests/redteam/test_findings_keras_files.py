@@ -96,12 +96,6 @@ def test_nested_functional_output_ref_is_keras(keras, ck) -> None:
     assert build(ck).get_config()["output_layers"] == build(keras).get_config()["output_layers"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff: legacy .h5 load_weights matches layers by name; Keras 3 matches them "
-    "by order, so the same architecture built after another model (dense_3... instead of "
-    "dense...) loads in Keras and is refused by compat",
-)
 def test_legacy_h5_load_weights_matches_layers_by_order(keras, ck, tmp_path: Path) -> None:
     x = np.random.default_rng(1).uniform(-1, 1, (2, 5)).astype("float32")
 
@@ -125,11 +119,6 @@ def test_legacy_h5_load_weights_matches_layers_by_order(keras, ck, tmp_path: Pat
     assert _close(c_model.predict(x, verbose=0), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff, silent: with names permuted between equal-shaped layers, compat's "
-    "legacy .h5 load_weights assigns by name where Keras assigns by order",
-)
 def test_legacy_h5_load_weights_permuted_names_follow_keras(keras, ck, tmp_path: Path) -> None:
     x = np.random.default_rng(1).uniform(-1, 1, (2, 4)).astype("float32")
 
@@ -313,3 +302,46 @@ def test_nested_functional_called_twice_goes_to_keras(keras, ck, tmp_path: Path)
     got = keras.models.load_model(tmp_path / "c.keras").predict(X, verbose=0)
     assert _close(got[0], first) and _close(got[1], second)
     assert not _close(first.reshape(-1), second)  # the two calls differ: order is checked
+
+
+def test_legacy_h5_nested_model_keeps_keras_weight_order(keras, ck, tmp_path: Path) -> None:
+    """A nested model's legacy group lists trainable then non-trainable variables (Keras's
+    ``_legacy_weights``: BatchNormalization's moving stats last), both ways."""
+
+    def build(K):
+        inner = K.Sequential(
+            [K.Input((8, 8, 3)), K.layers.Conv2D(2, 3), K.layers.BatchNormalization(),
+             K.layers.Flatten(), K.layers.Dense(2)],
+            name="inner",
+        )  # fmt: skip
+        i = K.Input((8, 8, 3))
+        return K.Model(i, K.layers.Dense(1, name="top")(inner(i)))
+
+    k_model = build(keras)
+    _randomise(k_model)
+    expected = k_model.predict(X, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k_model.save(tmp_path / "k.h5")
+    c_model = build(ck)
+    c_model.load_weights(tmp_path / "k.h5")
+    assert _close(c_model.predict(X, verbose=0), expected)
+    assert _close(ck.models.load_model(tmp_path / "k.h5").predict(X, verbose=0), expected)
+    c_model.save(tmp_path / "c.h5")
+    again = build(keras)
+    again.load_weights(tmp_path / "c.h5")
+    assert _close(again.predict(X, verbose=0), expected)
+
+
+def test_legacy_h5_layer_count_mismatch_is_one_clear_error(keras, ck, tmp_path: Path) -> None:
+    k_model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k_model.save(tmp_path / "k.h5")
+    c_model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(3)])
+    before = [w.copy() for w in c_model.get_weights()]
+    from compat.keras_files import KerasFileError
+
+    with pytest.raises(KerasFileError, match=r"2 layers.*has 1 layers with weights.*by order"):
+        c_model.load_weights(tmp_path / "k.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(before, c_model.get_weights(), strict=True))
