@@ -137,11 +137,6 @@ def test_legacy_h5_load_weights_permuted_names_follow_keras(keras, ck, tmp_path:
     assert _close(c_swapped.predict(x, verbose=0), k_swapped.predict(x, verbose=0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crash-unclear: a model with two inputs (e.g. loaded from a Keras file) cannot "
-    "predict: numpy's 'inhomogeneous shape' ValueError",
-)
 def test_two_input_model_predicts_like_keras(keras, ck, tmp_path: Path) -> None:
     v = np.random.default_rng(2).uniform(-1, 1, (2, 5)).astype("float32")
 
@@ -159,11 +154,6 @@ def test_two_input_model_predicts_like_keras(keras, ck, tmp_path: Path) -> None:
     assert _close(loaded.predict([X, v], verbose=0), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crash-unclear: a model with two outputs cannot predict: "
-    "\"'list' object has no attribute 'ndim'\" from compat.backend.to_keras",
-)
 def test_two_output_model_predicts_like_keras(keras, ck, tmp_path: Path) -> None:
     def build(K):
         i = K.Input((8, 8, 3))
@@ -345,3 +335,28 @@ def test_legacy_h5_layer_count_mismatch_is_one_clear_error(keras, ck, tmp_path: 
     with pytest.raises(KerasFileError, match=r"2 layers.*has 1 layers with weights.*by order"):
         c_model.load_weights(tmp_path / "k.h5")
     assert all(np.array_equal(a, b) for a, b in zip(before, c_model.get_weights(), strict=True))
+
+
+def test_two_input_model_refuses_the_wrong_number_of_arrays(ck) -> None:
+    a, b = ck.Input((3,)), ck.Input((2,))
+    model = ck.Model([a, b], ck.layers.Concatenate()([a, b]))
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match=r"2 inputs: pass x as a list of 2 arrays.*a list of 1"):
+        model.predict([x], verbose=0)
+    with pytest.raises(ValueError, match="x sizes: 2, 3"):
+        model.predict([x, np.ones((3, 2), "float32")], verbose=0)
+    got = model.predict_on_batch([x, np.zeros((2, 2), "float32")])
+    assert got.shape == (2, 5)
+
+
+def test_two_output_model_predict_on_batch_is_a_list(keras, ck) -> None:
+    def build(K):
+        i = K.Input((3,))
+        return K.Model(i, [K.layers.Dense(2, name="a")(i), K.layers.Dense(1, name="b")(i)])
+
+    k_model, c_model = build(keras), build(ck)
+    _randomise(k_model)
+    c_model.set_weights(k_model.get_weights())
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 3)).astype("float32")
+    want, got = k_model.predict_on_batch(x), c_model.predict_on_batch(x)
+    assert isinstance(got, list) and all(_close(g, w) for g, w in zip(got, want, strict=True))
