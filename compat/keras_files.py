@@ -730,6 +730,112 @@ def model_config(model: Any) -> dict[str, Any]:
 
 
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "Nadam")
+# Keras's loss and metric classes that compat has, by class name: (options passed to
+# compat's class of that name, options compat lacks and their Keras defaults). A file's loss
+# or metric object is built only from this table (its module is never imported). Keras's
+# ``Accuracy`` class (exact equality) is not compat's ``Accuracy`` (the "accuracy" string's
+# chooser): left out.
+_CROSSENTROPY = ("name", "reduction", "from_logits", "label_smoothing", "axis", "dtype")
+_LOSSES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "CategoricalCrossentropy": (_CROSSENTROPY, {}),
+    "SparseCategoricalCrossentropy": (
+        ("name", "reduction", "from_logits", "ignore_class", "dtype"),
+        {},
+    ),
+    "BinaryCrossentropy": (_CROSSENTROPY, {}),
+    "MeanSquaredError": (("name", "reduction", "dtype"), {}),
+}
+_METRICS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "CategoricalAccuracy": (("name", "dtype"), {}),
+    "SparseCategoricalAccuracy": (("name", "dtype"), {}),
+    "BinaryAccuracy": (("name", "dtype", "threshold"), {}),
+    "TopKCategoricalAccuracy": (("name", "dtype", "k"), {}),
+    "SparseTopKCategoricalAccuracy": (("name", "dtype", "k"), {}),
+    "AUC": (
+        ("name", "dtype", "num_thresholds", "curve"),
+        {"summation_method": "interpolation", "multi_label": False, "num_labels": None,
+         "label_weights": None, "from_logits": False},
+    ),
+    "Precision": (("name", "dtype", "thresholds"), {"top_k": None, "class_id": None}),
+    "Recall": (("name", "dtype", "thresholds"), {"top_k": None, "class_id": None}),
+}  # fmt: skip
+
+
+def _loss_config(loss: Any) -> dict[str, Any] | None:
+    """Keras's serialised form of one of compat's own loss objects (``None``: not one)."""
+    from compat import losses
+
+    cls = type(loss).__name__
+    if cls not in _LOSSES or type(loss) is not getattr(losses, cls):
+        return None
+    config: dict[str, Any] = {"name": loss.name, "reduction": "sum_over_batch_size"}
+    if cls != "MeanSquaredError":
+        config["from_logits"] = loss.from_logits
+    if cls == "SparseCategoricalCrossentropy":
+        config["ignore_class"] = None
+    elif cls != "MeanSquaredError":
+        config.update(label_smoothing=loss.label_smoothing, axis=-1)
+    return {"module": "keras.losses", "class_name": cls, "config": config,
+            "registered_name": None}  # fmt: skip
+
+
+def _metric_config(metric: Any) -> Any:
+    """Keras's serialised form of a compiled metric: a name as given, or one of compat's
+    own metric objects as Keras's config (``None``: neither)."""
+    from compat import metrics
+
+    if isinstance(metric, str):
+        return metric
+    cls = type(metric).__name__
+    if cls not in _METRICS or type(metric) is not getattr(metrics, cls):
+        return None
+    config: dict[str, Any] = {"name": metric.name, "dtype": "float32"}
+    if cls == "BinaryAccuracy":
+        config["threshold"] = metric.threshold
+    elif "k" in _METRICS[cls][0]:
+        config["k"] = metric.k
+    elif cls == "AUC":
+        config.update(num_thresholds=metric.num_thresholds, curve="ROC", **_METRICS[cls][1])
+    elif cls in ("Precision", "Recall"):
+        config["thresholds"] = None if metric.threshold == 0.5 else metric.threshold
+        config.update(_METRICS[cls][1])
+    return {"module": "keras.metrics", "class_name": cls, "config": config,
+            "registered_name": None}  # fmt: skip
+
+
+def _compile_object(value: Any, what: str) -> tuple[Any, str | None]:
+    """A file's loss (``what="loss"``) or metric: a name as it is, Keras's serialised object
+    as compat's own class of that name from :data:`_LOSSES`/:data:`_METRICS`; else the
+    problem, for one error."""
+    from compat import losses, metrics
+
+    if isinstance(value, str):
+        return value, None
+    table, module = (_LOSSES, losses) if what == "loss" else (_METRICS, metrics)
+    if not isinstance(value, dict) or not isinstance(value.get("config"), dict):
+        return None, f"{what} {_short(value)}"
+    cls, config = value.get("class_name"), value["config"]
+    source = str(value.get("module") or "keras")
+    if not (source == "keras" or source.startswith("keras.")) or value.get(
+        "registered_name"
+    ) not in (None, cls):
+        return None, (
+            f"{what} {cls!r} from module {source!r} registered as "
+            f"{value.get('registered_name')!r}, a custom object (never imported)"
+        )
+    if cls not in table:
+        return None, f"{what} {cls!r} (compat builds {sorted(table)} and names)"
+    passed, fixed = table[cls]
+    unknown = sorted(set(config) - set(passed) - set(fixed))
+    if unknown:
+        return None, f"{what} {cls} with unknown options {unknown}"
+    for key, default in fixed.items():
+        if key in config and config[key] != default:
+            return None, f"{what} {cls}({key}={_short(config[key])}): compat has only {default!r}"
+    try:
+        return getattr(module, cls)(**{k: config[k] for k in passed if k in config}), None
+    except (TypeError, ValueError, NotImplementedError) as err:
+        return None, f"{what} {cls} ({err})"
 
 
 def _compile_config(model: Any) -> dict[str, Any] | None:
@@ -755,8 +861,12 @@ def _compile_config(model: Any) -> dict[str, Any] | None:
                "registered_name": None}  # fmt: skip
     elif not isinstance(opt, str):
         return None
-    loss, metrics = kwargs["loss"], list(kwargs["metrics"])
-    if not (loss is None or isinstance(loss, str)) or not all(isinstance(m, str) for m in metrics):
+    loss, metrics = kwargs["loss"], [_metric_config(m) for m in kwargs["metrics"]]
+    if not (loss is None or isinstance(loss, str)):
+        loss = _loss_config(loss)
+        if loss is None:
+            return None
+    if any(m is None for m in metrics):
         return None
     return {
         "optimizer": opt,
@@ -1253,8 +1363,8 @@ def _warn_uncompiled(model: Any, filepath: str) -> None:
         import warnings
 
         warnings.warn(
-            f"{filepath}: the model's compile() arguments (a loss or metric object, a "
-            "learning-rate schedule) have no Keras config in compat and are not written: "
+            f"{filepath}: the model's compile() arguments (a loss or metric object of your "
+            "own, a learning-rate schedule) have no Keras config in compat and are not written: "
             "load_model gives the model uncompiled (save as .pt to keep them).",
             UserWarning,
             stacklevel=4,
@@ -1356,8 +1466,9 @@ def _check_against(model: Any, f: Any, where: str) -> None:
 
 
 def _compile(model: Any, config: Any, path: str) -> None:
-    """``compile()`` from Keras's ``compile_config``: optimizers by name or as compat's own
-    classes, losses and metrics by name; anything else is one error with the way out."""
+    """``compile()`` from Keras's ``compile_config``: optimizers, losses and metrics by name
+    or as compat's own classes (fixed tables, nothing imported); anything else is one error
+    with the way out."""
     from compat import optimizers
 
     if not isinstance(config, dict) or not config:
@@ -1380,12 +1491,16 @@ def _compile(model: Any, config: Any, path: str) -> None:
                 problem = f"optimizer {cls} ({err})"
     elif not isinstance(opt, str):
         problem = f"optimizer {_short(opt)}"
-    if not (loss is None or isinstance(loss, str)):
-        problem = problem or f"loss {_short(loss)}"
-    if metrics is not None and not (
-        isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)
-    ):
-        problem = problem or f"metrics {_short(metrics)}"
+    if loss is not None:
+        loss, loss_problem = _compile_object(loss, "loss")
+        problem = problem or loss_problem
+    if metrics is not None:
+        if not isinstance(metrics, list):
+            problem = problem or f"metrics {_short(metrics)}"
+        else:
+            built = [_compile_object(m, "metric") for m in metrics]
+            metrics = [m for m, _ in built]
+            problem = problem or next((p for _, p in built if p), None)
     if problem is None:
         try:
             model.compile(optimizer=opt, loss=loss, metrics=metrics or None)
@@ -1539,7 +1654,7 @@ def load_legacy_h5(path: str, *, compile: bool = True) -> Any:
             if isinstance(opt, dict) and not opt.get("config"):
                 opt = str(opt.get("class_name", "")).lower()  # written by name
             metrics = training_config.get("metrics")
-            if not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+            if not (isinstance(metrics, list) and all(isinstance(m, (str, dict)) for m in metrics)):
                 metrics = None  # Keras's nested per-output lists: compile() yourself
             _compile(model, {"optimizer": opt, "loss": training_config.get("loss"),
                              "metrics": metrics}, path)  # fmt: skip

@@ -241,12 +241,6 @@ def test_a_config_with_zero_strides_is_a_keras_file_error(keras, ck, tmp_path: P
         ck.models.load_model(tmp_path / "bad.keras")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff: a Keras file compiled with a loss object (the common "
-    "SparseCategoricalCrossentropy(from_logits=True)) does not load at all: 'compat cannot "
-    "compile the model from its compile_config' (clear, but compile=False is the only way)",
-)
 def test_a_file_compiled_with_a_loss_object_loads_and_evaluates_as_keras(
     keras, ck, tmp_path: Path
 ) -> None:
@@ -360,3 +354,57 @@ def test_two_output_model_predict_on_batch_is_a_list(keras, ck) -> None:
     x = np.random.default_rng(3).uniform(-1, 1, (4, 3)).astype("float32")
     want, got = k_model.predict_on_batch(x), c_model.predict_on_batch(x)
     assert isinstance(got, list) and all(_close(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_loss_and_metric_objects_go_both_ways(keras, ck, tmp_path: Path) -> None:
+    """Keras's serialised loss/metric objects load as compat's own classes and compat writes
+    the same compile_config Keras writes, so evaluate agrees after either trip."""
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 6)).astype("float32")
+    y = np.random.default_rng(2).integers(0, 3, 16)
+
+    def build(K):
+        model = K.Sequential([K.Input((6,)), K.layers.Dense(3, name="d")])
+        model.compile(
+            optimizer="adam",
+            loss=K.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[K.metrics.SparseCategoricalAccuracy(), "accuracy",
+                     K.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")],
+        )  # fmt: skip
+        return model
+
+    k_model, c_model = build(keras), build(ck)
+    _randomise(k_model)
+    c_model.set_weights(k_model.get_weights())
+    expected = k_model.evaluate(x, y, verbose=0, return_dict=True)
+    assert c_model.get_config()["layers"][1]["config"]["name"] == "d"
+    k_model.save(tmp_path / "k.keras")
+    c_model.save(tmp_path / "c.keras")
+    from_keras = ck.models.load_model(tmp_path / "k.keras")
+    assert from_keras.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(expected)
+    from_compat = keras.models.load_model(tmp_path / "c.keras")
+    assert from_compat.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(expected)
+    k_cfg = k_model.get_compile_config()
+    c_cfg = from_compat.get_compile_config()
+    assert (c_cfg["loss"], c_cfg["metrics"]) == (k_cfg["loss"], k_cfg["metrics"])
+
+
+def test_a_loss_object_from_another_module_is_refused(keras, ck, tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from compat.keras_files import KerasFileError
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy())
+    model.save(tmp_path / "k.keras")
+    with zipfile.ZipFile(tmp_path / "k.keras") as z:
+        data = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(data["config.json"])
+    config["compile_config"]["loss"]["module"] = "os"
+    data["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as z:
+        for name, blob in data.items():
+            z.writestr(name, blob)
+    with pytest.raises(KerasFileError, match=r"loss .*'os'.*compile=False"):
+        ck.models.load_model(tmp_path / "bad.keras")
+    assert ck.models.load_model(tmp_path / "bad.keras", compile=False).compiled is False
