@@ -216,11 +216,6 @@ def test_layer_get_config_keeps_its_options(keras, ck) -> None:
         assert set(got) == set(want), (cls, sorted(set(want) - set(got)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crash-unclear (minor): strides [0, 0] in a crafted config.json raises a bare "
-    "ZeroDivisionError, not the KerasFileError naming the layer",
-)
 def test_a_config_with_zero_strides_is_a_keras_file_error(keras, ck, tmp_path: Path) -> None:
     import json
     import zipfile
