@@ -135,15 +135,12 @@ def _regularizer(value: Any, where: str) -> Any:
 
 
 def _activation_name(value: Any, where: str) -> str:
-    from compat.activations import _ACTIVATIONS
+    from compat.activations import _ACTIVATIONS, keras_name
 
-    if value is None:
-        return "linear"
-    if isinstance(value, str) and value in _ACTIVATIONS:
-        return value
-    for name, fn in _ACTIVATIONS.items():
-        if value is fn:
-            return name
+    try:
+        return keras_name(value)  # Keras's own name ("swish" is written "silu")
+    except ValueError:
+        pass
     raise NotWritableError(
         f"{where}: activation {value!r} cannot be written to a Keras file (a function of your "
         f"own); compat writes {sorted(_ACTIVATIONS)}."

@@ -183,11 +183,6 @@ def test_per_channel_rescaling_file_loads(keras, ck, tmp_path: Path) -> None:
     assert _close(ck.models.load_model(tmp_path / "k.keras").predict(X, verbose=0), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff: compat's get_config writes the aliases 'swish'/'hard_swish' where "
-    "Keras writes the canonical 'silu'/'hard_silu' (configs and .keras files differ)",
-)
 def test_activation_aliases_serialise_as_keras(keras, ck) -> None:
     def build(K):
         return K.Sequential(
