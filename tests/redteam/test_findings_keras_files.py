@@ -169,11 +169,6 @@ def test_two_output_model_predicts_like_keras(keras, ck, tmp_path: Path) -> None
     assert all(_close(g, e) for g, e in zip(got, expected, strict=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff: Rescaling with a per-channel scale/offset (Keras accepts lists) fails "
-    "with \"float() argument must be a string or a real number, not 'list'\"",
-)
 def test_per_channel_rescaling_file_loads(keras, ck, tmp_path: Path) -> None:
     k_model = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Rescaling([1.0, 2.0, 3.0], offset=[0.1, 0.2, 0.3])]
@@ -199,11 +194,6 @@ def test_activation_aliases_serialise_as_keras(keras, ck) -> None:
     assert acts(build(ck)) == acts(build(keras))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff: compat's layer-level get_config of Activation and Rescaling drops "
-    "their own keys ('activation'; 'scale', 'offset')",
-)
 def test_layer_get_config_keeps_its_options(keras, ck) -> None:
     for cls, kwargs in (("Activation", {"activation": "relu"}), ("Rescaling", {"scale": 2.0})):
         want = getattr(keras.layers, cls)(**kwargs).get_config()
