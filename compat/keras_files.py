@@ -589,6 +589,8 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
         "registered_name": None,
     }
     shape = getattr(layer, "_build_shape", None) or input_shape
+    if _fixed_batch(input_shape):  # Input(batch_size=4): Keras built it on (4, ...)
+        shape = input_shape
     if cls not in ("InputLayer", "Functional", *_NO_BUILD_CONFIG) and shape is not None:
         out["build_config"] = {"input_shape": _json_shape(shape)}
     if cls in ("Sequential", "Functional"):
@@ -596,12 +598,22 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
     return out
 
 
+def _fixed_batch(shape: Any) -> bool:
+    return (
+        isinstance(shape, (tuple, list))
+        and bool(shape)
+        and isinstance(shape[0], int)
+        and not isinstance(shape[0], bool)
+    )
+
+
 def sequential_config(model: Any) -> dict[str, Any]:
     """Keras's ``Sequential.get_config()``: the layer list, the input layer first."""
     entries = []
     if model._input_layer is not None:
         entries.append(serialize_layer(model._input_layer))
-    shape = None if model._input_layer is None else (None, *model._input_layer.batch_shape[1:])
+    # Keras's shapes keep a fixed batch size (Input(batch_size=4): (4, ...))
+    shape = None if model._input_layer is None else tuple(model._input_layer.batch_shape)
     for layer in _expanded(model):
         entries.append(serialize_layer(layer, shape))
         shape = None if shape is None else layer.compute_output_shape(shape)
@@ -612,7 +624,7 @@ def sequential_config(model: Any) -> dict[str, Any]:
         "layers": entries,
     }
     if model._input_layer is not None:
-        config["build_input_shape"] = (None, *model._input_layer.batch_shape[1:])
+        config["build_input_shape"] = tuple(model._input_layer.batch_shape)
     return config
 
 
@@ -720,9 +732,7 @@ def model_config(model: Any) -> dict[str, Any]:
     """What Keras writes as a ``.keras`` archive's ``config.json``."""
     out = serialize_layer(model)
     if out["class_name"] == "Sequential" and model._input_layer is not None:
-        out["build_config"] = {
-            "input_shape": _json_shape((None, *model._input_layer.batch_shape[1:]))
-        }
+        out["build_config"] = {"input_shape": _json_shape(model._input_layer.batch_shape)}
     return out
 
 

@@ -237,11 +237,6 @@ def test_a_file_compiled_with_a_loss_object_loads_and_evaluates_as_keras(
     assert loaded.evaluate(x, y, verbose=0) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras-diff (minor): Input(batch_size=4) keeps its batch size in Keras's "
-    "get_config (build_input_shape, build_config); compat writes None",
-)
 def test_fixed_batch_size_is_kept_in_the_config(keras, ck) -> None:
     def build(K):
         return K.Sequential([K.Input((6,), batch_size=4), K.layers.Dense(3)])
@@ -388,3 +383,27 @@ def test_a_loss_object_from_another_module_is_refused(keras, ck, tmp_path: Path)
     with pytest.raises(KerasFileError, match=r"loss .*'os'.*compile=False"):
         ck.models.load_model(tmp_path / "bad.keras")
     assert ck.models.load_model(tmp_path / "bad.keras", compile=False).compiled is False
+
+
+def test_sequential_config_with_fixed_batch_and_aliases_is_keras(keras, ck, tmp_path: Path) -> None:
+    """The whole config (every layer's build_config, canonical activation names, per-channel
+    Rescaling) equals Keras's, and the .keras file loads back into Keras computing the same."""
+    import json
+
+    def build(K):
+        return K.Sequential(
+            [K.Input((6,), batch_size=4), K.layers.Dense(3, activation="swish"),
+             K.layers.Activation("hard_swish"), K.layers.Rescaling([1.0, 2.0, 3.0], offset=0.5)]
+        )  # fmt: skip
+
+    k_model, c_model = build(keras), build(ck)
+    assert json.loads(json.dumps(c_model.get_config())) == json.loads(
+        json.dumps(k_model.get_config())
+    )
+    _randomise(k_model)
+    c_model.set_weights(k_model.get_weights())
+    x = np.random.default_rng(4).uniform(-1, 1, (4, 6)).astype("float32")
+    c_model.save(tmp_path / "c.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    assert _close(back.predict(x, verbose=0), k_model.predict(x, verbose=0))
+    assert _close(c_model.predict(x, verbose=0), k_model.predict(x, verbose=0))
