@@ -1,7 +1,7 @@
 """Red-team findings on Keras's own files in compat: real Keras 3 (torch backend) is the oracle.
 
-Each test states the right behaviour and is marked ``xfail(strict=True)`` while the library
-gets it wrong, so a fix turns it into a pass (and the strict mark then asks for its removal).
+Each test states the right behaviour; it was filed ``xfail(strict=True)`` while the library
+got it wrong and runs as a normal test once fixed (all fixed now, with the tests the fixes added).
 """
 
 from __future__ import annotations
@@ -67,13 +67,10 @@ def test_nested_functional_called_twice_keeps_each_output(keras, ck, tmp_path: P
 
     k_model = build(keras)
     _randomise(k_model)
-    first, _ = k_model.predict(X, verbose=0)
+    first, second = k_model.predict(X, verbose=0)
     k_model.save(tmp_path / "k.keras")
-    loaded = ck.models.load_model(tmp_path / "k.keras")
-    # compat's predict refuses several outputs (another finding): read the first through a
-    # one-output model on the loaded graph
-    got = ck.Model(loaded.inputs, loaded.outputs[0]).predict(X, verbose=0)
-    assert _close(got, first)
+    got = ck.models.load_model(tmp_path / "k.keras").predict(X, verbose=0)
+    assert _close(got[0], first) and _close(got[1], second)
 
 
 def test_nested_functional_as_the_output_loads(keras, ck, tmp_path: Path) -> None:
