@@ -57,6 +57,25 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# Keras's own names for the aliases (``keras.activations.serialize`` writes these)
+_CANONICAL = {"swish": "silu", "hard_swish": "hard_silu"}
+
+
+def keras_name(activation: str | Callable | None) -> str:
+    """The name Keras's ``keras.activations.serialize`` gives: ``"swish"`` is ``"silu"``,
+    ``"hard_swish"`` is ``"hard_silu"``; ``None`` is ``"linear"``."""
+    if activation is None:
+        return "linear"
+    if isinstance(activation, str) and activation in _ACTIVATIONS:
+        return _CANONICAL.get(activation, activation)
+    for name, fn in _ACTIVATIONS.items():
+        if activation is fn:
+            return _CANONICAL.get(name, name)
+    raise ValueError(
+        f"Activation {activation!r} has no Keras name; compat names {sorted(_ACTIVATIONS)}."
+    )
+
+
 def get(identifier: str | Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``None``/name/callable -> callable (a callable receives internal-layout tensors)."""
     if identifier is None:
@@ -72,4 +91,11 @@ def get(identifier: str | Callable | None) -> Callable[[torch.Tensor], torch.Ten
 
 
 def serialize(identifier: str | Callable | None) -> str | Callable | None:
-    return identifier
+    """Keras's name of a known activation (aliases canonical, as Keras's ``serialize``); a
+    function of your own (or ``None``) is returned as it is."""
+    if identifier is None:
+        return None
+    try:
+        return keras_name(identifier)
+    except ValueError:
+        return identifier

@@ -159,7 +159,14 @@ class _ArrayBatches(Dataset):
 
     def __getitem__(self, idx: list[int]) -> tuple:
         index = torch.as_tensor(idx)
-        return tuple(None if t is None else t[index] for t in self.tensors)
+        return tuple(_take(t, index) for t in self.tensors)
+
+
+def _take(t: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` of a tensor, or of each tensor of a multi-input model's list."""
+    if t is None:
+        return None
+    return [x[index] for x in t] if isinstance(t, list) else t[index]
 
 
 class ArrayDataAdapter(DataAdapter):
@@ -175,15 +182,21 @@ class ArrayDataAdapter(DataAdapter):
         shuffle: bool = False,
         class_weight: Any = None,
         what: str = "x",
+        inputs: int = 1,
     ) -> None:
         if sample_weight is not None and class_weight is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
-        if isinstance(x, dict) or (
-            isinstance(x, list) and x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1
-        ):
-            raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
-        self.x = to_tensor(x, what)
-        check_finite(self.x, what)
+        if inputs > 1:
+            self.x: Any = _input_list(x, inputs, what)
+            n = len(self.x[0])
+        else:
+            if isinstance(x, dict) or (
+                isinstance(x, list) and x and isinstance(x[0], np.ndarray) and np.ndim(x[0]) > 1
+            ):
+                raise NotImplementedError(f"{what} as a list/dict of arrays: multi-input models")
+            self.x = to_tensor(x, what)
+            check_finite(self.x, what)
+            n = len(self.x)
         self.y = None if y is None else to_tensor(y, "y")
         if self.y is not None:
             check_finite(self.y, "y")
@@ -195,12 +208,11 @@ class ArrayDataAdapter(DataAdapter):
                 raise ValueError("`class_weight` needs targets `y` to weigh. Received y=None.")
             self.sample_weight = class_weight_to_sample_weights(self.y, class_weight)
         for label, t in (("y", self.y), ("sample_weight", self.sample_weight)):
-            if t is not None and len(t) != len(self.x):  # Keras: ValueError too
+            if t is not None and len(t) != n:  # Keras: ValueError too
                 raise ValueError(
-                    f"Data cardinality is ambiguous: x sizes: {len(self.x)}, {label} sizes: "
+                    f"Data cardinality is ambiguous: x sizes: {n}, {label} sizes: "
                     f"{len(t)}. Make sure all arrays contain the same number of samples."
                 )
-        n = len(self.x)
         # as Keras: without batch_size, steps decide it; else 32
         if not batch_size:
             batch_size = math.ceil(n / steps) if steps else 32
@@ -215,6 +227,26 @@ class ArrayDataAdapter(DataAdapter):
 
     def get_torch_dataloader(self) -> DataLoader:
         return self._loader
+
+
+def _input_list(x: Any, inputs: int, what: str) -> list[torch.Tensor]:
+    """A multi-input model's ``x``: a list (or tuple) of one array per input, in order."""
+    if not isinstance(x, (list, tuple)) or len(x) != inputs:
+        got = f"a list of {len(x)}" if isinstance(x, (list, tuple)) else type(x).__name__
+        raise ValueError(
+            f"The model has {inputs} inputs: pass {what} as a list of {inputs} arrays, one per "
+            f"input in the order of model.inputs. Received: {got}."
+        )
+    tensors = [to_tensor(v, f"{what}[{i}]") for i, v in enumerate(x)]
+    for i, t in enumerate(tensors):
+        check_finite(t, f"{what}[{i}]")
+    sizes = [len(t) for t in tensors]
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"Data cardinality is ambiguous: {what} sizes: {', '.join(map(str, sizes))}. Make "
+            "sure all arrays contain the same number of samples."
+        )
+    return tensors
 
 
 class _BatchSequence(Dataset):
@@ -448,6 +480,7 @@ def get_data_adapter(
     shuffle: bool = False,
     class_weight: Any = None,
     what: str = "x",
+    inputs: int = 1,
 ) -> DataAdapter:
     """The adapter for ``x`` (Keras's ``get_data_adapter``), with Keras's errors for
     arguments that a dataset must carry itself. ``batch_size`` is ignored for datasets, as
@@ -485,6 +518,7 @@ def get_data_adapter(
         shuffle=shuffle,
         class_weight=class_weight,
         what=what,
+        inputs=inputs,
     )
 
 

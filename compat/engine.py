@@ -142,8 +142,13 @@ class KerasLightningModule(L.LightningModule):
         outputs."""
         if isinstance(x, FeatureBatch):
             return backend.to_keras(self._prefix.head(x.features))
-        x = _as_float(x)
-        return backend.to_keras(self.model.forward(backend.to_internal(x)))
+        if isinstance(x, (list, tuple)):  # a multi-input model: one tensor per input
+            out = self.model.forward([backend.to_internal(_as_float(t)) for t in x])
+        else:
+            out = self.model.forward(backend.to_internal(_as_float(x)))
+        if isinstance(out, (list, tuple)):  # a multi-output model
+            return [backend.to_keras(o) for o in out]
+        return backend.to_keras(out)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | None:
         if self._frozen:  # the optimizer stays unbuilt, as Keras's never applies
@@ -199,7 +204,10 @@ class KerasLightningModule(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, _, _ = _unpack(batch)
-        return self(x).detach().cpu()
+        out = self(x)
+        if isinstance(out, list):
+            return [o.detach().cpu() for o in out]
+        return out.detach().cpu()
 
 
 # ----- Lightning callbacks: Keras callbacks and the progress line ----------------------
@@ -572,15 +580,21 @@ def predict(
     steps: int | None,
     callbacks: Any,
 ) -> np.ndarray:
-    _ensure_built(model, x)
+    inputs = len(model._inputs) if getattr(model, "_multi_in", False) else 1
+    if inputs == 1:
+        _ensure_built(model, x)
     adapter = data_adapters.get_data_adapter(
-        x, batch_size=batch_size, steps_per_epoch=steps, shuffle=False
+        x, batch_size=batch_size, steps_per_epoch=steps, shuffle=False, inputs=inputs
     )
+    if inputs > 1:  # checks each array against its input, as Keras
+        model._check_input_shape([(None, *t.shape[1:]) for t in adapter.x])
     module = KerasLightningModule(model)
     with _quiet():
         trainer = make_trainer(limit_predict_batches=steps or 1.0)
         outs = trainer.predict(module, dataloaders=adapter.get_torch_dataloader())
     adapter.on_epoch_end()
+    if outs and isinstance(outs[0], list):  # a multi-output model: a list, as Keras's
+        return [torch.cat(parts).numpy() for parts in zip(*outs, strict=True)]
     return torch.cat(outs).numpy()
 
 
@@ -652,4 +666,6 @@ class TorchTrainer(Trainer):
         self.eval()
         with torch.no_grad():
             out = self._eager_call(x, False)
+        if isinstance(out, list):  # a multi-output model
+            return [o.cpu().numpy() for o in out]
         return out.cpu().numpy()

@@ -135,15 +135,12 @@ def _regularizer(value: Any, where: str) -> Any:
 
 
 def _activation_name(value: Any, where: str) -> str:
-    from compat.activations import _ACTIVATIONS
+    from compat.activations import _ACTIVATIONS, keras_name
 
-    if value is None:
-        return "linear"
-    if isinstance(value, str) and value in _ACTIVATIONS:
-        return value
-    for name, fn in _ACTIVATIONS.items():
-        if value is fn:
-            return name
+    try:
+        return keras_name(value)  # Keras's own name ("swish" is written "silu")
+    except ValueError:
+        pass
     raise NotWritableError(
         f"{where}: activation {value!r} cannot be written to a Keras file (a function of your "
         f"own); compat writes {sorted(_ACTIVATIONS)}."
@@ -592,6 +589,8 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
         "registered_name": None,
     }
     shape = getattr(layer, "_build_shape", None) or input_shape
+    if _fixed_batch(input_shape):  # Input(batch_size=4): Keras built it on (4, ...)
+        shape = input_shape
     if cls not in ("InputLayer", "Functional", *_NO_BUILD_CONFIG) and shape is not None:
         out["build_config"] = {"input_shape": _json_shape(shape)}
     if cls in ("Sequential", "Functional"):
@@ -599,12 +598,22 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
     return out
 
 
+def _fixed_batch(shape: Any) -> bool:
+    return (
+        isinstance(shape, (tuple, list))
+        and bool(shape)
+        and isinstance(shape[0], int)
+        and not isinstance(shape[0], bool)
+    )
+
+
 def sequential_config(model: Any) -> dict[str, Any]:
     """Keras's ``Sequential.get_config()``: the layer list, the input layer first."""
     entries = []
     if model._input_layer is not None:
         entries.append(serialize_layer(model._input_layer))
-    shape = None if model._input_layer is None else (None, *model._input_layer.batch_shape[1:])
+    # Keras's shapes keep a fixed batch size (Input(batch_size=4): (4, ...))
+    shape = None if model._input_layer is None else tuple(model._input_layer.batch_shape)
     for layer in _expanded(model):
         entries.append(serialize_layer(layer, shape))
         shape = None if shape is None else layer.compute_output_shape(shape)
@@ -615,7 +624,7 @@ def sequential_config(model: Any) -> dict[str, Any]:
         "layers": entries,
     }
     if model._input_layer is not None:
-        config["build_input_shape"] = (None, *model._input_layer.batch_shape[1:])
+        config["build_input_shape"] = tuple(model._input_layer.batch_shape)
     return config
 
 
@@ -686,7 +695,11 @@ def functional_config(model: Any) -> dict[str, Any]:
 
     def ends(tensors: list[Any], structured: bool) -> Any:
         refs = [
-            [t._keras_history[0].name, node_index[id(_node(t))], t._keras_history[2]]
+            [
+                t._keras_history[0].name,
+                node_index[id(_node(t))] + _first_call(t._keras_history[0]),
+                t._keras_history[2],
+            ]
             for t in tensors
         ]
         return refs if structured or len(refs) > 1 else refs[0]
@@ -700,6 +713,16 @@ def functional_config(model: Any) -> dict[str, Any]:
     }
 
 
+def _first_call(layer: Any) -> int:
+    """Where Keras numbers a layer's calls from in ``input_layers``/``output_layers``: 1 for
+    a nested Functional (Keras counts its construction as node 0 there; its
+    ``get_config`` starts such a layer's ``kept_nodes`` at 1 and ``from_config`` subtracts
+    1), 0 for every other layer, Sequential included. ``inbound_nodes`` count from 0."""
+    from compat.models import Model, Sequential
+
+    return int(isinstance(layer, Model) and not isinstance(layer, Sequential))
+
+
 def _node(t: Any) -> Any:
     layer, index, _ = t._keras_history
     return layer._inbound_nodes[index]
@@ -709,13 +732,117 @@ def model_config(model: Any) -> dict[str, Any]:
     """What Keras writes as a ``.keras`` archive's ``config.json``."""
     out = serialize_layer(model)
     if out["class_name"] == "Sequential" and model._input_layer is not None:
-        out["build_config"] = {
-            "input_shape": _json_shape((None, *model._input_layer.batch_shape[1:]))
-        }
+        out["build_config"] = {"input_shape": _json_shape(model._input_layer.batch_shape)}
     return out
 
 
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "Nadam")
+# Keras's loss and metric classes that compat has, by class name: (options passed to
+# compat's class of that name, options compat lacks and their Keras defaults). A file's loss
+# or metric object is built only from this table (its module is never imported). Keras's
+# ``Accuracy`` class (exact equality) is not compat's ``Accuracy`` (the "accuracy" string's
+# chooser): left out.
+_CROSSENTROPY = ("name", "reduction", "from_logits", "label_smoothing", "axis", "dtype")
+_LOSSES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "CategoricalCrossentropy": (_CROSSENTROPY, {}),
+    "SparseCategoricalCrossentropy": (
+        ("name", "reduction", "from_logits", "ignore_class", "dtype"),
+        {},
+    ),
+    "BinaryCrossentropy": (_CROSSENTROPY, {}),
+    "MeanSquaredError": (("name", "reduction", "dtype"), {}),
+}
+_METRICS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "CategoricalAccuracy": (("name", "dtype"), {}),
+    "SparseCategoricalAccuracy": (("name", "dtype"), {}),
+    "BinaryAccuracy": (("name", "dtype", "threshold"), {}),
+    "TopKCategoricalAccuracy": (("name", "dtype", "k"), {}),
+    "SparseTopKCategoricalAccuracy": (("name", "dtype", "k"), {}),
+    "AUC": (
+        ("name", "dtype", "num_thresholds", "curve"),
+        {"summation_method": "interpolation", "multi_label": False, "num_labels": None,
+         "label_weights": None, "from_logits": False},
+    ),
+    "Precision": (("name", "dtype", "thresholds"), {"top_k": None, "class_id": None}),
+    "Recall": (("name", "dtype", "thresholds"), {"top_k": None, "class_id": None}),
+}  # fmt: skip
+
+
+def _loss_config(loss: Any) -> dict[str, Any] | None:
+    """Keras's serialised form of one of compat's own loss objects (``None``: not one)."""
+    from compat import losses
+
+    cls = type(loss).__name__
+    if cls not in _LOSSES or type(loss) is not getattr(losses, cls):
+        return None
+    config: dict[str, Any] = {"name": loss.name, "reduction": "sum_over_batch_size"}
+    if cls != "MeanSquaredError":
+        config["from_logits"] = loss.from_logits
+    if cls == "SparseCategoricalCrossentropy":
+        config["ignore_class"] = None
+    elif cls != "MeanSquaredError":
+        config.update(label_smoothing=loss.label_smoothing, axis=-1)
+    return {"module": "keras.losses", "class_name": cls, "config": config,
+            "registered_name": None}  # fmt: skip
+
+
+def _metric_config(metric: Any) -> Any:
+    """Keras's serialised form of a compiled metric: a name as given, or one of compat's
+    own metric objects as Keras's config (``None``: neither)."""
+    from compat import metrics
+
+    if isinstance(metric, str):
+        return metric
+    cls = type(metric).__name__
+    if cls not in _METRICS or type(metric) is not getattr(metrics, cls):
+        return None
+    config: dict[str, Any] = {"name": metric.name, "dtype": "float32"}
+    if cls == "BinaryAccuracy":
+        config["threshold"] = metric.threshold
+    elif "k" in _METRICS[cls][0]:
+        config["k"] = metric.k
+    elif cls == "AUC":
+        config.update(num_thresholds=metric.num_thresholds, curve="ROC", **_METRICS[cls][1])
+    elif cls in ("Precision", "Recall"):
+        config["thresholds"] = None if metric.threshold == 0.5 else metric.threshold
+        config.update(_METRICS[cls][1])
+    return {"module": "keras.metrics", "class_name": cls, "config": config,
+            "registered_name": None}  # fmt: skip
+
+
+def _compile_object(value: Any, what: str) -> tuple[Any, str | None]:
+    """A file's loss (``what="loss"``) or metric: a name as it is, Keras's serialised object
+    as compat's own class of that name from :data:`_LOSSES`/:data:`_METRICS`; else the
+    problem, for one error."""
+    from compat import losses, metrics
+
+    if isinstance(value, str):
+        return value, None
+    table, module = (_LOSSES, losses) if what == "loss" else (_METRICS, metrics)
+    if not isinstance(value, dict) or not isinstance(value.get("config"), dict):
+        return None, f"{what} {_short(value)}"
+    cls, config = value.get("class_name"), value["config"]
+    source = str(value.get("module") or "keras")
+    if not (source == "keras" or source.startswith("keras.")) or value.get(
+        "registered_name"
+    ) not in (None, cls):
+        return None, (
+            f"{what} {cls!r} from module {source!r} registered as "
+            f"{value.get('registered_name')!r}, a custom object (never imported)"
+        )
+    if cls not in table:
+        return None, f"{what} {cls!r} (compat builds {sorted(table)} and names)"
+    passed, fixed = table[cls]
+    unknown = sorted(set(config) - set(passed) - set(fixed))
+    if unknown:
+        return None, f"{what} {cls} with unknown options {unknown}"
+    for key, default in fixed.items():
+        if key in config and config[key] != default:
+            return None, f"{what} {cls}({key}={_short(config[key])}): compat has only {default!r}"
+    try:
+        return getattr(module, cls)(**{k: config[k] for k in passed if k in config}), None
+    except (TypeError, ValueError, NotImplementedError) as err:
+        return None, f"{what} {cls} ({err})"
 
 
 def _compile_config(model: Any) -> dict[str, Any] | None:
@@ -741,8 +868,12 @@ def _compile_config(model: Any) -> dict[str, Any] | None:
                "registered_name": None}  # fmt: skip
     elif not isinstance(opt, str):
         return None
-    loss, metrics = kwargs["loss"], list(kwargs["metrics"])
-    if not (loss is None or isinstance(loss, str)) or not all(isinstance(m, str) for m in metrics):
+    loss, metrics = kwargs["loss"], [_metric_config(m) for m in kwargs["metrics"]]
+    if not (loss is None or isinstance(loss, str)):
+        loss = _loss_config(loss)
+        if loss is None:
+            return None
+    if any(m is None for m in metrics):
         return None
     return {
         "optimizer": opt,
@@ -970,7 +1101,7 @@ def _functional(config: dict[str, Any], where: str) -> Any:
         structured = isinstance(value, list) and bool(value) and isinstance(value[0], list)
         refs = [_ref(v, where) for v in (value if structured else [value])]
         try:
-            return [outputs[(r[0], r[1])] for r in refs], structured
+            return [outputs[(r[0], r[1] - _first_call(built.get(r[0])))] for r in refs], structured
         except KeyError:
             raise KerasFileError(f"{where}: {what} {_short(value)} name no built tensor.") from None
 
@@ -1239,8 +1370,8 @@ def _warn_uncompiled(model: Any, filepath: str) -> None:
         import warnings
 
         warnings.warn(
-            f"{filepath}: the model's compile() arguments (a loss or metric object, a "
-            "learning-rate schedule) have no Keras config in compat and are not written: "
+            f"{filepath}: the model's compile() arguments (a loss or metric object of your "
+            "own, a learning-rate schedule) have no Keras config in compat and are not written: "
             "load_model gives the model uncompiled (save as .pt to keep them).",
             UserWarning,
             stacklevel=4,
@@ -1342,8 +1473,9 @@ def _check_against(model: Any, f: Any, where: str) -> None:
 
 
 def _compile(model: Any, config: Any, path: str) -> None:
-    """``compile()`` from Keras's ``compile_config``: optimizers by name or as compat's own
-    classes, losses and metrics by name; anything else is one error with the way out."""
+    """``compile()`` from Keras's ``compile_config``: optimizers, losses and metrics by name
+    or as compat's own classes (fixed tables, nothing imported); anything else is one error
+    with the way out."""
     from compat import optimizers
 
     if not isinstance(config, dict) or not config:
@@ -1366,12 +1498,16 @@ def _compile(model: Any, config: Any, path: str) -> None:
                 problem = f"optimizer {cls} ({err})"
     elif not isinstance(opt, str):
         problem = f"optimizer {_short(opt)}"
-    if not (loss is None or isinstance(loss, str)):
-        problem = problem or f"loss {_short(loss)}"
-    if metrics is not None and not (
-        isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)
-    ):
-        problem = problem or f"metrics {_short(metrics)}"
+    if loss is not None:
+        loss, loss_problem = _compile_object(loss, "loss")
+        problem = problem or loss_problem
+    if metrics is not None:
+        if not isinstance(metrics, list):
+            problem = problem or f"metrics {_short(metrics)}"
+        else:
+            built = [_compile_object(m, "metric") for m in metrics]
+            metrics = [m for m, _ in built]
+            problem = problem or next((p for _, p in built if p), None)
     if problem is None:
         try:
             model.compile(optimizer=opt, loss=loss, metrics=metrics or None)
@@ -1422,61 +1558,76 @@ def _attr_text(value: Any) -> Any:
     return value
 
 
-def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
-    """Keras's legacy HDF5 layout: a group per layer name, ``weight_names`` in order."""
+def _legacy_variables(layer: Any) -> list[Any]:
+    """Keras's ``_legacy_weights``: a layer's trainable then non-trainable variables, the
+    order of a legacy ``.h5`` layer group's ``weight_names``."""
+    if isinstance(layer, _Pseudo):
+        return layer._own_variables()
+    return layer.trainable_weights + layer.non_trainable_weights
+
+
+def _legacy_pairs(model: Any, f: Any, where: str) -> list[tuple[Any, str, Any, list[str]]]:
+    """``(layer, file layer name, its group, its weight_names)`` as Keras 3's legacy
+    ``load_weights_from_hdf5_group`` pairs them: the model's layers that have weights with
+    the file's layer groups that list weights, by order (names are not compared)."""
     h5py = _h5py()
 
     root = f.get("model_weights", f)
     names = _attr_text(root.attrs.get("layer_names", []))
-    file_layers = {n: root[n] for n in names if n in root}
-    plan = []
-    used = set()
-    for layer in _expanded(model):
-        if isinstance(layer, _Pseudo):
-            group = file_layers.get(layer.name)
-            if layer.name not in names:
-                raise _torch_way(layer.name, where)
-            used.add(layer.name)
-            if layer._variables:
-                arrays = [group.get(n) for n in _attr_text(group.attrs.get("weight_names", []))]
-                if len(arrays) != len(layer._variables) or not all(
-                    isinstance(a, h5py.Dataset)
-                    and tuple(a.shape) == v.shape
-                    and np.array_equal(np.asarray(a[()]), v.numpy())
-                    for a, v in zip(arrays, layer._variables, strict=True)
-                ):
-                    raise _torch_way(layer.name, where)
-            continue
-        variables = layer.weights
-        if not variables:
-            continue
-        group = file_layers.get(layer.name)
-        if group is None:
-            raise KerasFileError(
-                f"{where} has no weights for layer '{layer.name}' (its layers: {names[:8]})."
-            )
-        used.add(layer.name)
+    if not isinstance(names, list):
+        raise KerasFileError(f"{where}: its layer_names attribute is not a list of names.")
+    saved = []
+    for name in names:
+        group = root.get(name)
+        if not isinstance(group, h5py.Group):
+            raise KerasFileError(f"{where} lists layer '{name}' but holds no group for it.")
         weight_names = _attr_text(group.attrs.get("weight_names", []))
-        if len(weight_names) != len(variables):
-            if skip_mismatch:
-                continue
-            raise KerasFileError(
-                f"{where}: layer '{layer.name}' holds {len(weight_names)} variables "
-                f"({weight_names[:4]}); the model's layer has {len(variables)} "
-                f"({[v.name for v in variables]})."
-            )
-
-        listed = _listed_weights(group, variables, weight_names, layer.name, where)
-        _plan_layer(plan, listed, where, skip_mismatch)
-    extra = [
-        n
-        for n, g in file_layers.items()
-        if n not in used and _attr_text(g.attrs.get("weight_names", []))
-    ]
-    if extra and not skip_mismatch:
+        if not isinstance(weight_names, list):
+            raise KerasFileError(f"{where}: layer '{name}' has no list of weight_names.")
+        if weight_names:
+            saved.append((name, group, weight_names))
+    layers = [layer for layer in _keras_order(model) if _legacy_variables(layer)]
+    if len(saved) != len(layers):
         raise KerasFileError(
-            f"{where} holds weights for layers the model does not have: {extra[:5]}."
+            f"{where} holds weights for {len(saved)} layers ({[s[0] for s in saved][:6]}); "
+            f"model '{model.name}' has {len(layers)} layers with weights "
+            f"({[layer.name for layer in layers][:6]}). A legacy .h5 is matched to the model's "
+            "layers by order, as Keras 3 does."
         )
+    top = root.get("top_level_model_weights")
+    if isinstance(top, h5py.Group) and _attr_text(top.attrs.get("weight_names", [])):
+        raise KerasFileError(
+            f"{where} holds top-level model weights; model '{model.name}' has none."
+        )
+    return [(layer, *entry) for layer, entry in zip(layers, saved, strict=True)]
+
+
+def _read_legacy_weights(model: Any, f: Any, where: str, skip_mismatch: bool = False) -> None:
+    """Keras's legacy HDF5 layout (a group per layer, ``weight_names`` in order), matched as
+    Keras 3 matches it: layer by layer in order, variable by variable in order;
+    ``skip_mismatch`` skips a variable whose shape differs (Keras's ``_set_weights``). Every
+    variable is checked before any is assigned."""
+    plan: list[tuple[Any, Any]] = []
+    for k, (layer, saved_name, group, weight_names) in enumerate(_legacy_pairs(model, f, where)):
+        variables = _legacy_variables(layer)
+        label = f"layer #{k} ('{layer.name}' in the model, '{saved_name}' in the file)"
+        if isinstance(layer, _Pseudo):
+            arrays = [group.get(n) for n in weight_names]
+            if len(arrays) != len(variables) or not all(
+                isinstance(a, _h5py().Dataset)
+                and tuple(a.shape) == v.shape
+                and np.array_equal(np.asarray(a[()]), v.numpy())
+                for a, v in zip(arrays, variables, strict=True)
+            ):
+                raise _torch_way(layer.name, where)
+            continue
+        if len(weight_names) != len(variables):
+            raise KerasFileError(
+                f"{where}: {label} holds {len(weight_names)} variables ({weight_names[:4]}); "
+                f"the model's layer has {len(variables)} ({[v.name for v in variables]})."
+            )
+        for item in _listed_weights(group, variables, weight_names, saved_name, where):
+            _plan_layer(plan, [item], where, skip_mismatch)  # per variable, as Keras skips
     _assign(plan)
 
 
@@ -1510,7 +1661,7 @@ def load_legacy_h5(path: str, *, compile: bool = True) -> Any:
             if isinstance(opt, dict) and not opt.get("config"):
                 opt = str(opt.get("class_name", "")).lower()  # written by name
             metrics = training_config.get("metrics")
-            if not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+            if not (isinstance(metrics, list) and all(isinstance(m, (str, dict)) for m in metrics)):
                 metrics = None  # Keras's nested per-output lists: compile() yourself
             _compile(model, {"optimizer": opt, "loss": training_config.get("loss"),
                              "metrics": metrics}, path)  # fmt: skip
@@ -1518,19 +1669,16 @@ def load_legacy_h5(path: str, *, compile: bool = True) -> Any:
 
 
 def _check_legacy_against(model: Any, f: Any, where: str) -> None:
+    """Shape checks on a meta-device model, paired with the file as :func:`_read_legacy_weights`
+    pairs them (nothing allocated, nothing assigned)."""
     h5py = _h5py()
 
-    root = f.get("model_weights", f)
-    for layer in _keras_layers(model):
-        group = root.get(layer.name)
-        names = (
-            _attr_text(group.attrs.get("weight_names", [])) if isinstance(group, h5py.Group) else []
-        )
-        for var, wname in zip(layer.weights, names, strict=False):
+    for layer, saved_name, group, weight_names in _legacy_pairs(model, f, where):
+        for var, wname in zip(_legacy_variables(layer), weight_names, strict=False):
             data = group.get(wname)
             if isinstance(data, h5py.Dataset) and tuple(data.shape) != var.shape:
                 raise KerasFileError(
-                    f"{where}: variable {wname} of layer '{layer.name}' has shape "
+                    f"{where}: variable {wname} of layer '{saved_name}' has shape "
                     f"{tuple(data.shape)} in the file; the model's config gives {var.shape}."
                 )
 
@@ -1578,8 +1726,7 @@ def save_legacy_h5(model: Any, filepath: str) -> None:
                     f"Model '{layer.name}' inside '{model.name}' pads or maps its input the "
                     "torch way; save it as .keras, which Keras loads exactly."
                 )
-            variables = layer._own_variables() if isinstance(layer, _Pseudo) else layer.weights
-            for var in variables:
+            for var in _legacy_variables(layer):
                 if isinstance(layer, Model):
                     name = f"{layer.name}/{var.layer.name}/{var.name}"
                 else:

@@ -15,17 +15,26 @@ from compat.layers.core import _check_data_format, _expect_rank, _init_weight, _
 
 
 def _pair(value: Any, what: str) -> tuple[int, int]:
+    """Keras's ``standardize_tuple``: an int or 2 ints, each > 0."""
     if isinstance(value, int):
-        return (value, value)
-    if (
+        pair = (value, value)
+    elif (
         isinstance(value, (tuple, list))
         and len(value) == 2
         and all(isinstance(v, int) for v in value)
     ):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(
-        f"The `{what}` argument must be an int or a tuple of 2 ints. Received: {what}={value!r}"
-    )
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(
+            f"The `{what}` argument must be an int or a tuple of 2 ints. Received: {what}={value!r}"
+        )
+    bad = {v for v in pair if v <= 0}
+    if bad:
+        raise ValueError(
+            f"The `{what}` argument must be a tuple of 2 integers. Received {what}={value!r}, "
+            f"including values {bad} that do not satisfy `value > 0`"
+        )
+    return pair
 
 
 def _check_padding(padding: str) -> str:

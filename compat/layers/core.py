@@ -212,7 +212,8 @@ class Dense(Layer):
         return out
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "units": self.units, "activation": self.activation}
+        activation = activations.serialize(self.activation)
+        return {**super().get_config(), "units": self.units, "activation": activation}
 
 
 class Dropout(Layer):
@@ -259,6 +260,9 @@ class Activation(Layer):
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "activation": activations.serialize(self.activation)}
 
 
 class Flatten(Layer):

@@ -14,16 +14,50 @@ from compat.layers.core import _expect_rank
 
 
 class Rescaling(Layer):
-    def __init__(self, scale: float, offset: float = 0.0, **kwargs: Any) -> None:
+    """``x * scale + offset``; ``scale``/``offset`` a number or (as Keras) a list that
+    broadcasts against the channels-last input, e.g. one value per channel."""
+
+    def __init__(self, scale: Any, offset: Any = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.scale = float(scale)
-        self.offset = float(offset)
+        self.scale = _rescaling_value(scale, "scale")
+        self.offset = _rescaling_value(offset, "offset")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.offset
+        return x * _broadcast(self.scale, x) + _broadcast(self.offset, x)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+def _rescaling_value(value: Any, what: str) -> float | list[Any]:
+    """A number as a float; a (nested) list or tuple of numbers kept as a list (Keras's
+    config holds it so)."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        arr = np.asarray(value, dtype=object)
+        if arr.size and all(
+            isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in arr.flat
+        ):
+            return np.asarray(value, dtype="float64").tolist() if arr.ndim > 1 else list(value)
+    raise ValueError(
+        f"Rescaling({what}=...) takes a number or a list of numbers (one per channel, say). "
+        f"Received: {what}={value!r}"
+    )
+
+
+def _broadcast(value: float | list[Any], x: torch.Tensor) -> Any:
+    """``value`` broadcast as Keras broadcasts it against the channels-last input, in the
+    internal layout of ``x`` (NCHW for images)."""
+    if isinstance(value, float):
+        return value
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if x.ndim == 4:
+        t = t.reshape((1,) * (4 - t.ndim) + tuple(t.shape)).permute(0, 3, 1, 2)
+    return t
 
 
 class Resizing(Layer):
