@@ -6,34 +6,17 @@ got it wrong and runs as a normal test once fixed (all fixed now, with the tests
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
-
-os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import numpy as np
 import pytest
 
-import compat
 
-
-@pytest.fixture
-def keras():
-    """Real Keras 3.15.1 on the torch backend, fresh session."""
-    import keras as real_keras
-
-    real_keras.backend.clear_session()
-    real_keras.utils.set_random_seed(0)
-    return real_keras
-
-
-@pytest.fixture
-def ck():
-    """``import compat as keras`` with a fresh naming session."""
-    compat.backend.clear_session()
-    compat.utils.set_random_seed(0)
-    return compat
+def _save_legacy_h5(model, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "HDF5 is a legacy format"
+        model.save(path)
 
 
 def _randomise(model, seed: int = 0) -> None:
@@ -102,9 +85,7 @@ def test_legacy_h5_load_weights_matches_layers_by_order(keras, ck, tmp_path: Pat
     k_model = build(keras)
     _randomise(k_model)
     expected = k_model.predict(x, verbose=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        k_model.save(tmp_path / "k.h5")
+    _save_legacy_h5(k_model, tmp_path / "k.h5")
     build(keras)  # a first model in the session shifts the automatic names
     again = build(keras)
     again.load_weights(tmp_path / "k.h5")
@@ -124,9 +105,7 @@ def test_legacy_h5_load_weights_permuted_names_follow_keras(keras, ck, tmp_path:
 
     k_model = build(keras, ["a", "b"])
     _randomise(k_model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        k_model.save(tmp_path / "k.h5")
+    _save_legacy_h5(k_model, tmp_path / "k.h5")
     k_swapped = build(keras, ["b", "a"])
     k_swapped.load_weights(tmp_path / "k.h5")
     c_swapped = build(ck, ["b", "a"])
@@ -276,9 +255,7 @@ def test_legacy_h5_nested_model_keeps_keras_weight_order(keras, ck, tmp_path: Pa
     k_model = build(keras)
     _randomise(k_model)
     expected = k_model.predict(X, verbose=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        k_model.save(tmp_path / "k.h5")
+    _save_legacy_h5(k_model, tmp_path / "k.h5")
     c_model = build(ck)
     c_model.load_weights(tmp_path / "k.h5")
     assert _close(c_model.predict(X, verbose=0), expected)
@@ -291,9 +268,7 @@ def test_legacy_h5_nested_model_keeps_keras_weight_order(keras, ck, tmp_path: Pa
 
 def test_legacy_h5_layer_count_mismatch_is_one_clear_error(keras, ck, tmp_path: Path) -> None:
     k_model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        k_model.save(tmp_path / "k.h5")
+    _save_legacy_h5(k_model, tmp_path / "k.h5")
     c_model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(3)])
     before = [w.copy() for w in c_model.get_weights()]
     from compat.keras_files import KerasFileError
