@@ -81,7 +81,16 @@ class Trainer:
         if not auto_scale_loss and mixed_precision.global_policy().name == "mixed_float16":
             raise NotImplementedError("compile(auto_scale_loss=False) with mixed_float16")
         if loss_weights is not None:
-            raise NotImplementedError("compile(loss_weights=...): multi-output losses")
+            hint = ""
+            if isinstance(loss_weights, (list, tuple)) and any(
+                isinstance(w, str) for w in loss_weights
+            ):
+                hint = (
+                    f" Received loss_weights={list(loss_weights)!r}: in Keras 3 the third "
+                    "positional argument of compile() is loss_weights; did you mean "
+                    "metrics=...?"
+                )
+            raise NotImplementedError(f"compile(loss_weights=...): multi-output losses.{hint}")
         if weighted_metrics:
             raise NotImplementedError("compile(weighted_metrics=...)")
         if steps_per_execution != 1:

@@ -121,3 +121,11 @@ def test_include_top_with_an_input_shape_the_top_cannot_take(ck):
     # Random weights: the top is sized for the input, as in Keras (fc1 takes 2*2*512).
     model = ck.applications.VGG16(weights=None, include_top=True, input_shape=(64, 64, 3))
     assert model.get_layer("fc1").get_weights()[0].shape == (2048, 4096)
+
+
+def test_positional_metrics_in_compile_are_named_as_keras_reads_them(ck):
+    # Keras 3: compile(optimizer, loss, loss_weights, metrics, ...) -- a tutorial's
+    # compile("rmsprop", "sparse_categorical_crossentropy", ["accuracy"]) passes loss_weights.
+    model = ck.Sequential([ck.Input((4,)), ck.layers.Dense(2)])
+    with pytest.raises(NotImplementedError, match=r"loss_weights=\['accuracy'\].*metrics="):
+        model.compile("rmsprop", "sparse_categorical_crossentropy", ["accuracy"])
