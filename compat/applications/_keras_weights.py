@@ -234,22 +234,30 @@ def keras_config(
 
 
 def _file_layers(path: str) -> list[tuple[str, list[tuple[int, ...]]]] | None:
-    """A legacy HDF5 weights file's layers that hold weights, in order, with the shapes."""
+    """A legacy HDF5 weights file's layers that hold weights, in order, with the shapes
+    (None for other files, and for damaged ones: the loader's own checks name the damage)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        root = f.get("model_weights", f)
-        if "layer_names" not in root.attrs:
-            return None
-        out = []
-        for raw in root.attrs["layer_names"]:
-            layer = raw.decode() if isinstance(raw, bytes) else str(raw)
-            group = root[layer]
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in
-                     group.attrs.get("weight_names", [])]  # fmt: skip
-            if names:
-                out.append((layer, [tuple(group[n].shape) for n in names]))
-        return out
+    from compat.saving import _sniff_keras
+
+    if _sniff_keras(path) != "h5":
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            root = f.get("model_weights", f)
+            if "layer_names" not in root.attrs:
+                return None
+            out = []
+            for raw in root.attrs["layer_names"]:
+                layer = raw.decode() if isinstance(raw, bytes) else str(raw)
+                group = root[layer]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in
+                         group.attrs.get("weight_names", [])]  # fmt: skip
+                if names:
+                    out.append((layer, [tuple(group[n].shape) for n in names]))
+            return out
+    except (KeyError, OSError, AttributeError, TypeError):
+        return None
 
 
 def _check_file(model: Any, path: str, application: str, include_top: bool) -> None:

@@ -83,6 +83,10 @@ def _compare(keras, ck, tmp_path: Path, app: str, size: int, **kwargs) -> None:
         # odd size: Keras's correct_pad pads (1, 1) where even sizes get (0, 1)
         ("MobileNetV2", 33, {"include_top": False, "pooling": "avg"}),
         ("MobileNetV2", 32, {"classes": 10, "classifier_activation": None}),
+        # Conv2D classifier + Reshape: classes patched in both
+        ("MobileNet", 32, {"classes": 10}),
+        pytest.param("Xception", 71, {"include_top": False, "pooling": "avg"},
+                     marks=pytest.mark.slow),
         pytest.param("ResNet50", 32, {"include_top": False, "pooling": "avg"},
                      marks=pytest.mark.slow),
         pytest.param("ResNet50", 32, {"classes": 10}, marks=pytest.mark.slow),
@@ -171,6 +175,10 @@ def test_keras_cache_path(ck, mobilenet_files, tmp_path, monkeypatch) -> None:
     keras_model = mobilenet_files["model"]
     pooled = np.asarray(keras_model.predict(x, verbose=0)).mean(axis=(1, 2))
     _close(model.predict(x, verbose=0), pooled)
+    # a whole Keras model file (.keras) as weights, as Keras's load_weights takes it
+    keras_model.save(tmp_path / "whole.keras")
+    model = ck.applications.MobileNetV2(weights=str(tmp_path / "whole.keras"), include_top=False)
+    _close(model.predict(x, verbose=0), keras_model.predict(x, verbose=0))
     with pytest.raises(ValueError, match=r"'EfficientNetB0'; known"):
         _keras_weights.cached_weights("EfficientNetB0")
 
