@@ -193,10 +193,13 @@ def test_every_recorded_application_builds(ck) -> None:
     recorded = sorted(p.name.split(".")[0] for p in _keras_weights.CONFIGS.glob("*.json.gz"))
     assert set(_keras_weights._FILES) <= set(recorded)
     for app in recorded:
-        config = _keras_weights.keras_config(app, include_top=False, pooling="avg")
-        with torch.device("meta"):
-            model = hook("build")(config, app)
-        assert model.output.shape[0] is None and len(model.output.shape) == 2
+        for kwargs in ({"include_top": False, "pooling": "avg"}, {"classes": 7}):
+            config = _keras_weights.keras_config(app, **kwargs)
+            with torch.device("meta"):
+                model = hook("build")(config, app)
+            assert model.output.shape[0] is None and len(model.output.shape) == 2
+            if "classes" in kwargs:
+                assert model.output.shape[1] == 7
 
 
 def test_batchnorm_without_scale_or_center(keras, ck, tmp_path) -> None:
@@ -218,3 +221,26 @@ def test_batchnorm_without_scale_or_center(keras, ck, tmp_path) -> None:
     _close(model.predict(x, verbose=0), source.predict(x, verbose=0), tol=1e-6)
     model.layers[0].trainable = True  # the fixed gamma stays out of training
     assert [w.name for w in model.layers[0].trainable_weights] == ["beta"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compat's legacy .h5 reader matches layers by name; Keras 3 matches them by order "
+    "(keras_files is being changed to order matching elsewhere: then drop this mark)",
+)
+def test_file_with_other_layer_names_loads_by_order(keras, ck, mobilenet_files, tmp_path):
+    """Keras's ImageNet files were written by Keras 2 (layer names such as ``conv2d_1``);
+    Keras 3 loads them by layer order, whatever the names."""
+    import h5py
+
+    path = tmp_path / "renamed.h5"
+    shutil.copy(mobilenet_files["notop"], path)
+    with h5py.File(path, "r+") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+        for name in names:
+            f.move(name, f"keras2_{name}")
+        f.attrs["layer_names"] = [f"keras2_{n}".encode() for n in names]
+    x = np.random.default_rng(5).uniform(-1, 1, (1, 32, 32, 3)).astype("float32")
+    expected = keras.applications.MobileNetV2(weights=str(path), include_top=False)
+    model = ck.applications.MobileNetV2(weights=str(path), include_top=False)
+    _close(model.predict(x, verbose=0), expected.predict(x, verbose=0))
