@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,19 @@ def _unsupported(entry: dict[str, Any]) -> list[str]:
         with torch.device("meta"):
             keras_files.build(entry, "recorded config")
     except Exception as err:  # recorded as the reason
-        return [str(err)]
+        return [_reason(str(err))]
     return []
+
+
+def _reason(message: str) -> str:
+    """compat's build error, short: what in Keras's config it cannot build."""
+    where = re.search(r"(\w+ '[^']+'): initializer .*?\"class_name\": \"(\w+)\"", message)
+    if where:
+        return f"{where.group(1)} has a {where.group(2)} initializer, not built from a config"
+    where = re.search(r"layer '([^']+)' is called with", message)
+    if where:
+        return f"layer '{where.group(1)}' is called with a constant operand (a Keras op node)"
+    return message
 
 
 def _pads(entry: dict[str, Any]) -> dict[str, Any]:
