@@ -4,7 +4,8 @@ Run offline with real Keras 3.15.1 (a dev dependency) on the torch backend::
 
     PYTHONPATH=. KERAS_BACKEND=torch python scripts/record_keras_app_configs.py
 
-For each application it writes ``compat/applications/keras_configs/<Name>.json.gz``: Keras's
+For each application it writes ``compat/applications/keras_configs/<Name>.json.gz``
+(``<Name>_alpha<a>.json.gz`` for MobileNet/MobileNetV2's other widths): Keras's
 serialised model (``weights=None``) with the top at the default size, the headless model for
 any size, and what Keras changes with the builder's arguments, found by building again and
 diffing: the JSON paths holding ``classes`` and ``classifier_activation``, the pooling layer
@@ -71,10 +72,22 @@ def _serialize(model: Any) -> dict[str, Any]:
     return entry
 
 
+# The widths Keras has ImageNet weights for besides alpha=1.0, recorded as <Name>_alpha<a>.
+ALPHAS = {"MobileNet": (0.25, 0.5, 0.75), "MobileNetV2": (0.35, 0.5, 0.75, 1.3, 1.4)}
+VARIANTS = [f"{app}_alpha{alpha}" for app, alphas in ALPHAS.items() for alpha in alphas]
+
+
+def _application(name: str) -> tuple[str, dict[str, Any]]:
+    """``MobileNetV2_alpha0.35`` -> ``("MobileNetV2", {"alpha": 0.35})``."""
+    app, _, alpha = name.partition("_alpha")
+    return app, ({"alpha": float(alpha)} if alpha else {})
+
+
 def _make(name: str, **kwargs: Any) -> dict[str, Any]:
     keras.backend.clear_session()  # Keras's automatic names as in a fresh session
+    app, variant = _application(name)
     with torch.device("meta"):
-        return _serialize(getattr(keras.applications, name)(weights=None, **kwargs))
+        return _serialize(getattr(keras.applications, app)(weights=None, **variant, **kwargs))
 
 
 def _diff(a: Any, b: Any, path: tuple = ()) -> list[tuple[tuple, Any, Any]]:
@@ -128,7 +141,7 @@ def record(name: str) -> dict[str, Any] | list[str]:
     if missing:
         return missing
     record: dict[str, Any] = {"application": name, "keras_version": keras.__version__}
-    record["default_size"], record["min_size"] = SIZES[name]
+    record["default_size"], record["min_size"] = SIZES[_application(name)[0]]
     record["top"] = top
     diff = _diff(top, _make(name, classes=7))
     bad = [d for d in diff if (d[1], d[2]) != (1000, 7)]
@@ -178,4 +191,4 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(SIZES))
+    main(sys.argv[1:] or [*SIZES, *VARIANTS])

@@ -63,19 +63,39 @@ def keras_home() -> str:
     return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
 
 
-def cached_weights(application: str, include_top: bool = True) -> str:
+def _file_name(application: str, include_top: bool, alpha: float, rows: int) -> str:
+    if application == "MobileNetV2":
+        return (
+            f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}"
+            + ("" if include_top else "_no_top")
+            + ".h5"
+        )
+    if application == "MobileNet":
+        text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0"}.get(alpha, "2_5")  # Keras's own rule
+        return f"mobilenet_{text}_{rows}_tf" + ("" if include_top else "_no_top") + ".h5"
+    if alpha != 1.0 or rows != 224:
+        raise ValueError(f"{application} has no `alpha` or `rows` variants of its weights.")
+    return _FILES[application][0 if include_top else 1]
+
+
+def cached_weights(
+    application: str, include_top: bool = True, *, alpha: float = 1.0, rows: int = 224
+) -> str:
     """The path of Keras's ImageNet weights for ``application`` in Keras's cache
     (``<keras home>/models/<file>``, where ``keras.applications.<application>(
-    weights="imagenet")`` downloads it), for ``weights=``. An error when it is not there."""
+    weights="imagenet")`` downloads it), for ``weights=``; ``alpha`` and ``rows`` (the
+    image size the weights were trained at) pick MobileNet/MobileNetV2's files. An error
+    when it is not there."""
     if application not in _FILES:
         raise ValueError(
             f"No Keras weight file name is known for {application!r}; known: {sorted(_FILES)}."
         )
-    path = os.path.join(keras_home(), "models", _FILES[application][0 if include_top else 1])
+    name = _file_name(application, include_top, alpha, rows)
+    path = os.path.join(keras_home(), "models", name)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} is not there: real Keras downloads it with keras.applications."
-            f"{application}(weights='imagenet', include_top={include_top}); compat downloads "
+            f"{application}(weights='imagenet', include_top={include_top}...); compat downloads "
             "no Keras files."
         )
     return path
@@ -93,8 +113,9 @@ def keras_weights_file(weights: Any) -> str | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _record(application: str) -> dict[str, Any]:
-    path = CONFIGS / f"{application}.json.gz"
+def _record(application: str, alpha: float = 1.0) -> dict[str, Any]:
+    variant = application if alpha == 1.0 else f"{application}_alpha{float(alpha)}"
+    path = CONFIGS / f"{variant}.json.gz"
     if not path.is_file():
         unsupported = json.loads((CONFIGS / "_unsupported.json").read_text())
         if application in unsupported:
@@ -106,9 +127,21 @@ def _record(application: str) -> dict[str, Any]:
                 f"compat cannot build from a Keras config ({missing}). Use weights='imagenet' "
                 "or a torch/timm weights file (compat's torch variant)."
             )
+        if alpha != 1.0:
+            recorded = sorted(
+                [1.0]
+                + [
+                    float(p.name[: -len(".json.gz")].partition("_alpha")[2])
+                    for p in CONFIGS.glob(f"{application}_alpha*.json.gz")
+                ]
+            )
+            raise NotImplementedError(
+                f"{application}(alpha={alpha}) with a Keras weights file: Keras's architecture "
+                f"is recorded for the alphas Keras has ImageNet weights for: {recorded}."
+            )
         raise NotImplementedError(
             f"{application} with a Keras weights file: no recorded Keras architecture "
-            f"({path.name}); run scripts/record_keras_app_configs.py {application}."
+            f"({path.name}); run scripts/record_keras_app_configs.py {variant}."
         )
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return json.load(f)
@@ -202,9 +235,10 @@ def keras_config(
     classifier_activation: Any = "softmax",
     name: str | None = None,
     weights: Any = "file",
+    alpha: float = 1.0,
 ) -> dict[str, Any]:
     """Keras's serialised ``keras.applications.<application>(...)`` for these arguments."""
-    record = _record(application)
+    record = _record(application, alpha)
     _common.check_pooling(pooling)
     shape = _common.check_input_shape(
         None, input_shape, record["default_size"], record["min_size"], include_top, weights
@@ -313,6 +347,7 @@ def build(application: str, path: str, arguments: dict[str, Any]) -> Any:
         classifier_activation=arguments.get("classifier_activation", "softmax"),
         name=arguments.get("name"),
         weights=path,
+        alpha=arguments.get("alpha", 1.0),
     )
     model = hook("build")(config, f"Keras's {application}")
     _check_file(model, path, application, include_top)
@@ -347,7 +382,7 @@ def with_keras_weights(builder: Callable[..., Any], application: str) -> Callabl
         extra = {
             k: v
             for k, v in bound.arguments.items()
-            if k not in _REQUEST and v != signature.parameters[k].default
+            if k not in _REQUEST and k != "alpha" and v != signature.parameters[k].default
         }
         if extra:
             raise NotImplementedError(

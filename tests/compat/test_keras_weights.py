@@ -83,6 +83,7 @@ def _compare(keras, ck, tmp_path: Path, app: str, size: int, **kwargs) -> None:
         # odd size: Keras's correct_pad pads (1, 1) where even sizes get (0, 1)
         ("MobileNetV2", 33, {"include_top": False, "pooling": "avg"}),
         ("MobileNetV2", 32, {"classes": 10, "classifier_activation": None}),
+        ("MobileNetV2", 32, {"alpha": 0.35, "include_top": False}),  # tutorials' small width
         # Conv2D classifier + Reshape: classes patched in both
         ("MobileNet", 32, {"classes": 10}),
         pytest.param("Xception", 71, {"include_top": False, "pooling": "avg"},
@@ -153,8 +154,10 @@ def test_wrong_keras_file_is_one_clear_error(ck, mobilenet_files) -> None:
         )
     with pytest.raises(NotImplementedError, match=r"EfficientNetB0 .*Keras weights file"):
         ck.applications.EfficientNetB0(weights=notop, include_top=False)
-    with pytest.raises(NotImplementedError, match=r"alpha"):
-        ck.applications.MobileNetV2(weights=notop, include_top=False, alpha=0.5)
+    with pytest.raises(NotImplementedError, match=r"alpha=0.6.*\[0.35, 0.5, 0.75, 1.0, 1.3, 1.4\]"):
+        ck.applications.MobileNetV2(weights=notop, include_top=False, alpha=0.6)
+    with pytest.raises(NotImplementedError, match=r"dropout"):  # recorded with defaults only
+        ck.applications.MobileNet(weights=notop, include_top=False, dropout=0.5)
     with pytest.raises(NotImplementedError, match=r"input_tensor"):
         ck.applications.MobileNetV2(weights=notop, input_tensor=ck.Input((32, 32, 3)))
 
@@ -179,6 +182,10 @@ def test_keras_cache_path(ck, mobilenet_files, tmp_path, monkeypatch) -> None:
     keras_model.save(tmp_path / "whole.keras")
     model = ck.applications.MobileNetV2(weights=str(tmp_path / "whole.keras"), include_top=False)
     _close(model.predict(x, verbose=0), keras_model.predict(x, verbose=0))
+    # Keras's names for MobileNet's other widths and sizes (keras/src/applications/mobilenet.py)
+    assert _keras_weights._file_name("MobileNet", False, 0.25, 128) == (
+        "mobilenet_2_5_128_tf_no_top.h5"
+    )
     with pytest.raises(ValueError, match=r"'EfficientNetB0'; known"):
         _keras_weights.cached_weights("EfficientNetB0")
 
@@ -190,11 +197,13 @@ def test_every_recorded_application_builds(ck) -> None:
 
     from compat.keras_format import hook
 
-    recorded = sorted(p.name.split(".")[0] for p in _keras_weights.CONFIGS.glob("*.json.gz"))
-    assert set(_keras_weights._FILES) <= set(recorded)
-    for app in recorded:
+    files = _keras_weights.CONFIGS.glob("*.json.gz")
+    recorded = sorted(p.name[: -len(".json.gz")].partition("_alpha") for p in files)
+    assert set(_keras_weights._FILES) <= {app for app, _, _ in recorded}
+    assert len(recorded) == len(_keras_weights._FILES) + 8  # MobileNet(V2)'s other alphas
+    for app, _, alpha in recorded:
         for kwargs in ({"include_top": False, "pooling": "avg"}, {"classes": 7}):
-            config = _keras_weights.keras_config(app, **kwargs)
+            config = _keras_weights.keras_config(app, alpha=float(alpha or 1.0), **kwargs)
             with torch.device("meta"):
                 model = hook("build")(config, app)
             assert model.output.shape[0] is None and len(model.output.shape) == 2
