@@ -114,3 +114,15 @@ __all__ = [
     "vgg19",
     "xception",
 ]
+
+# weights=<a file written by Keras>: Keras's own architecture (see _keras_weights)
+import sys
+
+from compat.applications import _keras_weights
+
+_keras_weights.install(
+    sys.modules[__name__],
+    [module for name, module in list(globals().items()) if name in __all__ and name.islower()],
+    [name for name in __all__ if name[0].isupper()],
+)
+cached_weights = _keras_weights.cached_weights  # compat's: the file Keras's download cached

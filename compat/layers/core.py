@@ -305,8 +305,8 @@ class BatchNormalization(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not (center and scale):
-            raise NotImplementedError("BatchNormalization(center=False or scale=False)")
+        # center/scale=False (Keras's InceptionV3): beta 0 / gamma 1 as fixed buffers
+        self.center, self.scale = bool(center), bool(scale)
         defaults = ("zeros", "ones", "zeros", "ones")
         given = (
             beta_initializer,
@@ -339,6 +339,11 @@ class BatchNormalization(Layer):
         if rank == 3:
             raise NotImplementedError("BatchNormalization on rank-3 inputs")
         self.bn = cls(channels, eps=self.epsilon, momentum=1.0 - self.momentum)
+        for fixed, attr in ((not self.scale, "weight"), (not self.center, "bias")):
+            if fixed:  # a buffer: never trained, not one of Keras's variables
+                value = getattr(self.bn, attr).detach()
+                delattr(self.bn, attr)
+                self.bn.register_buffer(attr, value)
 
     @classmethod
     def from_torch(cls, bn: nn.modules.batchnorm._BatchNorm, *, name: str) -> BatchNormalization:
@@ -379,8 +384,9 @@ class BatchNormalization(Layer):
         if self.bn is None:
             return []
         out = []
-        if self.bn.weight is not None:
+        if self.bn.weight is not None and self.scale:
             out.append(Variable(self, "gamma", self.bn, "weight", trainable=True))
+        if self.bn.bias is not None and self.center:
             out.append(Variable(self, "beta", self.bn, "bias", trainable=True))
         out.append(Variable(self, "moving_mean", self.bn, "running_mean", trainable=False))
         out.append(Variable(self, "moving_variance", self.bn, "running_var", trainable=False))
