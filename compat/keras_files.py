@@ -254,8 +254,8 @@ def _batchnorm(layer: Any, where: str) -> dict[str, Any]:
         "axis": layer.axis,
         "momentum": layer.momentum,
         "epsilon": layer.epsilon,
-        "center": True,
-        "scale": True,
+        "center": layer.center,
+        "scale": layer.scale,
         **_initializers(
             where, beta="zeros", gamma="ones", moving_mean="zeros", moving_variance="ones"
         ),
