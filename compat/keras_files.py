@@ -394,6 +394,15 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
         "Rescaling", ("scale", "offset"), {},
         lambda layer, where: {"scale": layer.scale, "offset": layer.offset},
     ),
+    # EfficientNet's stem; unadapted, its mean/variance/count are variables in the file
+    "Normalization": _spec(
+        "Normalization", ("axis", "mean", "variance", "invert"), {},
+        lambda layer, where: {
+            "axis": tuple(layer.axis), "invert": layer.invert,
+            "mean": np.array(layer.input_mean).tolist(),
+            "variance": np.array(layer.input_variance).tolist(),
+        },
+    ),
 }  # fmt: skip
 _MODELS = ("Sequential", "Functional", "Model")
 # Layers whose Keras build() is the default one: Keras records no build_config for them.

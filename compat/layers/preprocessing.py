@@ -471,40 +471,89 @@ class RandomBrightness(Layer):
 
 class Normalization(Layer):
     """``(x - mean) / max(sqrt(variance), 1e-7)`` per feature of the last axis (Keras);
-    ``adapt(data)`` computes the mean and variance; ``invert=True`` undoes it."""
+    ``adapt(data)`` computes the mean and variance; ``invert=True`` undoes it.
+
+    ``axis`` is Keras's (an int, a list/tuple of ints, or ``None`` for one mean and variance
+    over everything); compat keeps the channels axis (the last) or none. Without ``mean`` and
+    ``variance`` the layer holds Keras's non-trainable variables ``mean``, ``variance`` and
+    ``count`` (what ``adapt`` sets and Keras's files store)."""
 
     def __init__(
         self,
-        axis: int = -1,
+        axis: int | list[int] | tuple[int, ...] | None = -1,
         mean: Any = None,
         variance: Any = None,
         invert: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if axis != -1:
-            raise NotImplementedError(f"Normalization(axis={axis}): only the last axis")
+        if axis is None:
+            axis = ()
+        elif isinstance(axis, int) and not isinstance(axis, bool):
+            axis = (axis,)
+        elif isinstance(axis, (list, tuple)) and all(
+            isinstance(a, int) and not isinstance(a, bool) for a in axis
+        ):
+            axis = tuple(axis)
+        else:
+            raise ValueError(f"Normalization(axis=...): an int, ints or None; received {axis!r}")
+        if len(axis) > 1:
+            raise NotImplementedError(
+                f"Normalization(axis={axis}): compat keeps only the last (channels) axis or none"
+            )
         if (mean is None) != (variance is None):
             raise ValueError(
                 "When setting values directly, both `mean` and `variance` must be set. "
                 f"Received: mean={mean} and variance={variance}"
             )
+        if mean is not None:
+            if np.shape(mean) != np.shape(variance):
+                raise ValueError(
+                    "When setting values directly, `mean` and `variance` must have the same "
+                    f"shape. Received: mean shape {np.shape(mean)} and variance shape "
+                    f"{np.shape(variance)}"
+                )
+            if len(np.shape(mean)) > len(axis):
+                raise ValueError(
+                    f"The rank of `mean` must be less than or equal to the number of axes "
+                    f"({len(axis)}). Received: mean shape {np.shape(mean)} for axis {axis}"
+                )
         self.axis, self.invert = axis, invert
         self.input_mean, self.input_variance = mean, variance
         self.stats: torch.nn.Module | None = None
 
     def build(self, input_shape: Shape) -> None:
-        channels = int(input_shape[-1])
+        ndim = len(input_shape)
+        if any(a < -ndim or a >= ndim for a in self.axis):
+            raise ValueError(
+                "All `axis` values must be in the range [-ndim, ndim). "
+                f"Received inputs with ndim={ndim}, while axis={self.axis}"
+            )
+        if any(a % ndim != ndim - 1 for a in self.axis):
+            raise NotImplementedError(
+                f"Normalization(axis={self.axis}) on {ndim}-d inputs: compat keeps only the "
+                f"last (channels) axis ({ndim - 1} or -1) or none (axis=None)"
+            )
+        shape = (int(input_shape[-1]),) if self.axis else ()
         stats = torch.nn.Module()
         if self.input_mean is not None:
-            mean = torch.as_tensor(np.broadcast_to(self.input_mean, (channels,)).copy()).float()
-            var = torch.as_tensor(np.broadcast_to(self.input_variance, (channels,)).copy()).float()
+            mean = torch.as_tensor(np.broadcast_to(self.input_mean, shape).copy()).float()
+            var = torch.as_tensor(np.broadcast_to(self.input_variance, shape).copy()).float()
         else:
-            mean, var = torch.zeros(channels), torch.ones(channels)
+            mean, var = torch.zeros(shape), torch.ones(shape)
         stats.register_buffer("mean", mean)
         stats.register_buffer("variance", var)
         stats.register_buffer("count", torch.zeros((), dtype=torch.int64))
         self.stats = stats
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "axis": self.axis,
+            "invert": self.invert,
+            "mean": np.array(self.input_mean).tolist(),
+            "variance": np.array(self.input_variance).tolist(),
+        }
 
     def adapt(self, data: Any, steps: int | None = None) -> None:
         """Mean and (biased) variance of ``data`` (an array, or batches of arrays) per

@@ -126,6 +126,52 @@ def test_keras_files_load_in_compat_and_compat_files_load_in_keras(
     _close(fresh.predict(x, verbose=0), expected)
 
 
+def _normalizing(K):
+    """Keras's Normalization: set mean/variance (a config, no variables), unadapted (the
+    variables mean, variance, count: EfficientNet's stem), axis=None and invert=True."""
+    return K.Sequential(
+        [
+            K.Input((4, 4, 3)),
+            K.layers.Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.25, 9.0], name="set"),
+            K.layers.Normalization(axis=3, name="unadapted"),
+            K.layers.Normalization(axis=None, name="scalar"),
+            K.layers.Conv2D(2, 3, name="conv"),
+            K.layers.Normalization(invert=True, name="inverse"),
+            K.layers.Flatten(name="flat"),
+        ],
+        name="norm",
+    )
+
+
+def test_normalization_files_both_ways(keras, ck, tmp_path: Path) -> None:
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 4, 4, 3)).astype("float32")
+    k_model = _normalizing(keras)
+    rng = np.random.default_rng(0)
+    for layer in k_model.layers:  # random statistics: variances positive, counts integral
+        layer.set_weights(
+            [rng.integers(1, 9, w.shape) if w.dtype.kind == "i" else rng.uniform(0.5, 2, w.shape)
+             for w in layer.get_weights()]
+        )  # fmt: skip
+    assert [len(layer.weights) for layer in k_model.layers] == [0, 3, 3, 2, 3, 0]
+    expected = k_model.predict(x, verbose=0)
+    for path in _keras_saves(k_model, tmp_path):
+        loaded = ck.models.load_model(path)
+        assert [type(a).__name__ for a in loaded.layers] == [
+            type(b).__name__ for b in k_model.layers
+        ]
+        _close(loaded.predict(x, verbose=0), expected)
+        for a, b in zip(loaded.layers, k_model.layers, strict=True):  # count included
+            for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
+                np.testing.assert_allclose(u, v, rtol=1e-6)
+    c_model = _normalizing(ck)
+    assert _json(c_model.get_config()) == _json(k_model.get_config())
+    c_model.load_weights(tmp_path / "k.h5")
+    c_model.save(tmp_path / "c.keras")
+    c_model.save(tmp_path / "c.h5")
+    for name in ("c.keras", "c.h5"):
+        _close(keras.models.load_model(tmp_path / name).predict(x, verbose=0), expected)
+
+
 def test_compile_config_travels_both_ways(keras, ck, tmp_path: Path) -> None:
     k_model = _sequential(keras)
     k_model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.5), loss="mse")
