@@ -78,6 +78,9 @@ _VARIANCE_SCALING = {"seed": None, "input_axes": None, "output_axes": None}
 
 
 def _initializer_config(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value.get("class_name") in _FROM_CONFIG:
+        return {"module": "keras.initializers", "class_name": value["class_name"],
+                "config": dict(value["config"]), "registered_name": None}  # fmt: skip
     if not isinstance(value, str) or value not in _INITIALIZERS:
         raise NotWritableError(
             f"{where}: initializer {value!r} cannot be written to a Keras file; compat writes "
@@ -89,9 +92,37 @@ def _initializer_config(value: Any, where: str) -> dict[str, Any]:
             "registered_name": None}  # fmt: skip
 
 
-def _initializer_name(value: Any, where: str) -> str:
+# Keras's initializers compat builds from their whole config (EfficientNet's): the keys
+# Keras writes, and a check of each value.
+_FROM_CONFIG: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "VarianceScaling": {
+        "scale": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "mode": lambda v: v in ("fan_in", "fan_out", "fan_avg"),
+        "distribution": lambda v: (
+            v in ("truncated_normal", "untruncated_normal", "uniform", "normal")
+        ),
+        "seed": lambda v: v is None,
+        "input_axes": lambda v: v is None,
+        "output_axes": lambda v: v is None,
+    },
+    "Constant": {"value": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)},
+}
+
+
+def _initializer_name(value: Any, where: str) -> str | dict[str, Any]:
+    """compat's initializer for a Keras config entry: a name, or (VarianceScaling, Constant)
+    ``{"class_name": ..., "config": ...}`` with Keras's whole config."""
     if isinstance(value, str) and value in _INITIALIZERS:
         return value
+    if isinstance(value, dict) and value.get("class_name") in _FROM_CONFIG:
+        checks = _FROM_CONFIG[value["class_name"]]
+        config = value.get("config")
+        if (
+            isinstance(config, dict)
+            and set(config) <= set(checks)
+            and all(checks[k](v) for k, v in config.items())
+        ):
+            return {"class_name": value["class_name"], "config": dict(config)}
     if isinstance(value, dict):
         by_class = {v: k for k, v in _INITIALIZERS.items()}
         cls, config = value.get("class_name"), value.get("config") or {}
@@ -99,7 +130,8 @@ def _initializer_name(value: Any, where: str) -> str:
             return by_class[cls]
     raise KerasFileError(
         f"{where}: initializer {_short(value)} is not one compat builds "
-        f"({sorted(_INITIALIZERS.values())} without a seed)."
+        f"({sorted(_INITIALIZERS.values())} without a seed; {sorted(_FROM_CONFIG)} with "
+        "Keras's config and no seed)."
     )
 
 
@@ -346,7 +378,8 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
     ),
     "Dropout": _spec(
         "Dropout", ("rate", "seed", "noise_shape"), {},
-        lambda layer, where: {"rate": layer.rate, "seed": layer.seed, "noise_shape": None},
+        lambda layer, where: {"rate": layer.rate, "seed": layer.seed,
+                              "noise_shape": layer.noise_shape},
     ),
     "Flatten": _spec(
         "Flatten", ("data_format",), {}, lambda layer, where: {"data_format": "channels_last"}

@@ -52,6 +52,14 @@ _FILES: dict[str, tuple[str, str]] = {
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
     ),
+    # EfficientNetB0-B7 are not named here: Keras's weights="imagenet" adds a Rescaling
+    # (1/sqrt(stddev)) after the Normalization that weights=<that file> does not, so that
+    # file given as weights= predicts differently from Keras's "imagenet" (in Keras too).
+    **{
+        f"EfficientNetV2{v}": (f"efficientnetv2-{v.lower()}.h5",
+                               f"efficientnetv2-{v.lower()}_notop.h5")
+        for v in ("B0", "B1", "B2", "B3", "S", "M", "L")
+    },
 }  # fmt: skip
 
 

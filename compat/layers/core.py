@@ -83,10 +83,38 @@ def Input(
 # ----- dense & co ----------------------------------------------------------------------
 
 
+def _init_from_config(
+    weight: torch.Tensor, initializer: dict[str, Any], fan_in: int, fan_out: int
+) -> None:
+    """Keras's ``VarianceScaling`` or ``Constant`` from its config (as a Keras file gives
+    it, checked by ``compat.keras_files``)."""
+    config = initializer.get("config") or {}
+    if initializer.get("class_name") == "Constant":
+        weight.fill_(float(config.get("value", 0.0)))
+        return
+    scale, mode = float(config.get("scale", 1.0)), config.get("mode", "fan_in")
+    fan = {"fan_in": fan_in, "fan_out": fan_out}.get(mode, (fan_in + fan_out) / 2.0)
+    scale /= max(1.0, fan)
+    distribution = config.get("distribution", "truncated_normal")
+    if distribution in ("truncated_normal", "normal"):
+        std = math.sqrt(scale) / 0.87962566103423978
+        nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
+    elif distribution == "untruncated_normal":
+        weight.normal_(0.0, math.sqrt(scale))
+    else:
+        limit = math.sqrt(3.0 * scale)
+        weight.uniform_(-limit, limit)
+
+
 def _init_weight(weight: torch.Tensor, initializer: Any, fan_in: int, fan_out: int) -> None:
     name = initializer if isinstance(initializer, str) else None
     with torch.no_grad():
-        if name == "glorot_uniform":
+        if isinstance(initializer, dict) and initializer.get("class_name") in (
+            "VarianceScaling",
+            "Constant",
+        ):
+            _init_from_config(weight, initializer, fan_in, fan_out)
+        elif name == "glorot_uniform":
             limit = math.sqrt(6.0 / (fan_in + fan_out))
             weight.uniform_(-limit, limit)
         elif name == "glorot_normal":
@@ -226,27 +254,56 @@ class Dropout(Layer):
                 f"Invalid value received for argument `rate`. Expected a float value between "
                 f"0 and 1. Received: rate={rate}"
             )
-        if noise_shape is not None:
-            raise NotImplementedError("Dropout(noise_shape=...)")
+        if noise_shape is not None and not (
+            isinstance(noise_shape, (list, tuple))
+            and all(d is None or (isinstance(d, int) and d > 0) for d in noise_shape)
+        ):
+            raise ValueError(
+                f"Dropout(noise_shape=...): a list or tuple of positive ints or None, one per "
+                f"input axis (channels-last); received {noise_shape!r}"
+            )
         self.rate = float(rate)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.dropout = nn.Dropout(self.rate)
         self.seed, self._rng = seed, SeedGenerator(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.seed is None or not self.training or self.rate == 0.0:
+        if not self.training or self.rate == 0.0:
+            return x
+        if self.seed is None and self.noise_shape is None:
             return self.dropout(x)
         if self.rate == 1.0:
             return torch.zeros_like(x)
-        # Keras's seeded torch dropout: a Bernoulli keep mask from the layer's generator
+        # Keras's seeded torch dropout: a Bernoulli keep mask from the layer's generator,
+        # of noise_shape (Keras's channels-last axes, None: the input's) broadcast over x
         keep = 1.0 - self.rate
-        mask = self._rng.rand(*x.shape, device=x.device) < keep
+        shape = tuple(x.shape) if x.ndim != 4 else (x.shape[0], *x.shape[2:], x.shape[1])
+        if self.noise_shape is not None:
+            if len(self.noise_shape) != x.ndim:
+                raise ValueError(
+                    f"Dropout(noise_shape={self.noise_shape}) on an input of shape {shape}"
+                )
+            shape = tuple(
+                s if d is None else d for d, s in zip(self.noise_shape, shape, strict=True)
+            )
+        if self.seed is None:
+            mask = torch.rand(shape, device=x.device) < keep
+        else:
+            mask = self._rng.rand(*shape, device=x.device) < keep
+        if x.ndim == 4:
+            mask = mask.permute(0, 3, 1, 2)
         return torch.where(mask, x / keep, torch.zeros_like(x))
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed, "noise_shape": None}
+        return {
+            **super().get_config(),
+            "rate": self.rate,
+            "seed": self.seed,
+            "noise_shape": self.noise_shape,
+        }
 
 
 class Activation(Layer):

@@ -564,12 +564,14 @@ class Normalization(Layer):
             batches = [np.asarray(data, dtype="float64")]
         else:
             batches = [np.asarray(b[0] if isinstance(b, tuple) else b, "float64") for b in data]
-        flat = np.concatenate([b.reshape(-1, b.shape[-1]) for b in batches])
+        features = batches[0].shape[-1] if self.axis else 1  # axis=None: one mean
+        flat = np.concatenate([b.reshape(-1, features) for b in batches])
         self._maybe_build((None, *batches[0].shape[1:]))
+        shape = self.stats.mean.shape
         with torch.no_grad():
-            self.stats.mean.copy_(torch.from_numpy(flat.mean(0)).float())
-            self.stats.variance.copy_(torch.from_numpy(flat.var(0)).float())
-            self.stats.count.fill_(len(flat))
+            self.stats.mean.copy_(torch.from_numpy(flat.mean(0)).float().reshape(shape))
+            self.stats.variance.copy_(torch.from_numpy(flat.var(0)).float().reshape(shape))
+            # Keras's adapt() leaves `count` as it is (0 unless a file set it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1, 1, 1) if x.ndim == 4 else (1,) * (x.ndim - 1) + (-1,)

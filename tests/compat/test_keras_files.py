@@ -170,6 +170,54 @@ def test_normalization_files_both_ways(keras, ck, tmp_path: Path) -> None:
     c_model.save(tmp_path / "c.h5")
     for name in ("c.keras", "c.h5"):
         _close(keras.models.load_model(tmp_path / name).predict(x, verbose=0), expected)
+    for axis in (-1, None):  # adapt(): Keras's mean and variance; count stays 0, as Keras's
+        k_layer, c_layer = keras.layers.Normalization(axis=axis), ck.layers.Normalization(axis=axis)
+        k_layer.adapt(3 * x + 1)
+        c_layer.adapt(3 * x + 1)
+        for u, v in zip(c_layer.get_weights(), k_layer.get_weights(), strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-5)
+        _close(c_layer(x), k_layer(x))
+
+
+def test_efficientnets_initializers_and_dropout_come_over(keras, ck, tmp_path: Path) -> None:
+    """EfficientNet's config pieces: VarianceScaling and Constant initializers (built with
+    Keras's statistics, written back as Keras's), Dropout(noise_shape=(None, 1, 1, 1))."""
+    vs = keras.initializers.VarianceScaling
+    k_model = keras.Sequential(
+        [
+            keras.Input((6, 6, 8)),
+            keras.layers.Conv2D(
+                64, 3, name="conv", bias_initializer=keras.initializers.Constant(0.25),
+                kernel_initializer=vs(2.0, "fan_out", "truncated_normal"),
+            ),
+            keras.layers.Dropout(0.5, noise_shape=(None, 1, 1, 1), name="drop"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(200, kernel_initializer=vs(1 / 3, "fan_out", "uniform"), name="d"),
+        ],
+        name="eff",
+    )  # fmt: skip
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 6, 6, 8)).astype("float32")
+    expected = k_model.predict(x, verbose=0)
+    k_model.save(tmp_path / "k.keras")
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    _close(loaded.predict(x, verbose=0), expected)
+    assert _json(loaded.get_config()) == _json(k_model.get_config())
+    loaded.save(tmp_path / "c.keras")
+    _close(keras.models.load_model(tmp_path / "c.keras").predict(x, verbose=0), expected)
+
+    fresh = type(loaded).from_config(loaded.get_config())  # initialised from the config
+    conv, dense = (np.asarray(fresh.get_layer(n).get_weights()[0]) for n in ("conv", "d"))
+    # Keras: truncated normal, std sqrt(2 / fan_out) (fan_out = 3 * 3 * 64), cut at 2 std
+    # of the untruncated one; uniform with limit sqrt(3 * (1/3) / fan_out) (fan_out 200)
+    assert abs(conv.std() / np.sqrt(2 / 576) - 1) < 0.05
+    assert np.abs(conv).max() <= 2 * np.sqrt(2 / 576) / 0.87962566103423978
+    assert abs(np.abs(dense).max() / np.sqrt(1 / 200) - 1) < 0.01
+    np.testing.assert_array_equal(fresh.get_layer("conv").get_weights()[1], 0.25)
+
+    drop = loaded.get_layer("drop")  # training: one keep/drop draw per sample
+    out = np.asarray(drop(np.ones((64, 3, 3, 4), "float32"), training=True))
+    assert set(np.unique(out)) == {0.0, 2.0}
+    assert (out == out[:, :1, :1, :1]).all()
 
 
 def test_compile_config_travels_both_ways(keras, ck, tmp_path: Path) -> None:
