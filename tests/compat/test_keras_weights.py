@@ -108,6 +108,8 @@ def _compare(keras, ck, tmp_path: Path, app: str, size: int, **kwargs) -> None:
                      marks=pytest.mark.slow),
         # Normalization(mean=..., variance=...) in the config
         pytest.param("EfficientNetV2B0", 32, {"classes": 10}, marks=pytest.mark.slow),
+        # VarianceScaling from the config was all V2S/M/L lacked
+        pytest.param("EfficientNetV2S", 32, {"include_top": False}, marks=pytest.mark.slow),
     ],
 )  # fmt: skip
 def test_keras_file_gives_keras_predictions(keras, ck, tmp_path, app, size, kwargs) -> None:
