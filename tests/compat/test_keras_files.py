@@ -177,6 +177,8 @@ def test_normalization_files_both_ways(keras, ck, tmp_path: Path) -> None:
         for u, v in zip(c_layer.get_weights(), k_layer.get_weights(), strict=True):
             np.testing.assert_allclose(u, v, rtol=1e-5)
         _close(c_layer(x), k_layer(x))
+    with pytest.raises(NotImplementedError, match=r"axis=\(1,\)\) on 4-d inputs.*last"):
+        ck.layers.Normalization(axis=1)(x)  # Keras keeps axis 1; compat only the channels
 
 
 def test_efficientnets_initializers_and_dropout_come_over(keras, ck, tmp_path: Path) -> None:
