@@ -117,10 +117,12 @@ def _init_weight(weight: torch.Tensor, initializer: Any, fan_in: int, fan_out: i
         elif name == "glorot_uniform":
             limit = math.sqrt(6.0 / (fan_in + fan_out))
             weight.uniform_(-limit, limit)
-        elif name == "glorot_normal":
-            weight.normal_(0, math.sqrt(2.0 / (fan_in + fan_out)))
-        elif name == "he_normal":
-            nn.init.trunc_normal_(weight, 0, math.sqrt(2.0 / fan_in))
+        elif name in ("glorot_normal", "he_normal"):  # Keras: truncated at 2 stddev
+            scale, mode = (1.0, "fan_avg") if name == "glorot_normal" else (2.0, "fan_in")
+            config = {"scale": scale, "mode": mode, "distribution": "truncated_normal"}
+            _init_from_config(
+                weight, {"class_name": "VarianceScaling", "config": config}, fan_in, fan_out
+            )
         elif name == "he_uniform":
             limit = math.sqrt(6.0 / fan_in)
             weight.uniform_(-limit, limit)

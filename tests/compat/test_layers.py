@@ -90,8 +90,6 @@ def test_wrong_shapes_and_types_say_received_and_expected(ck):
 
 
 def test_unsupported_features_raise_not_implemented(ck):
-    with pytest.raises(NotImplementedError, match="noise_shape"):
-        ck.layers.Dropout(0.5, noise_shape=(1, 2))
     with pytest.raises(NotImplementedError, match="data_format"):
         ck.layers.Conv2D(2, 3, data_format="channels_first")
     with pytest.raises(NotImplementedError, match="LSTM"):

@@ -121,3 +121,23 @@ def test_normalization_adapt_matches_keras(keras, ck, batch):
     np.testing.assert_allclose(cpred, kpred, atol=1e-4)
     assert [tuple(s) for s in cshapes] == [tuple(s) for s in kshapes]
     assert ccount == kcount
+
+
+@pytest.mark.parametrize(
+    "initializer", ["glorot_normal", "he_normal", "glorot_uniform", "he_uniform"]
+)
+def test_named_kernel_initializers_draw_keras_distributions(keras, ck, initializer):
+    """Keras's *_normal initializers are truncated normals with a corrected stddev, cut at two
+    of them (VarianceScaling): the same spread and bounds in compat."""
+
+    def kernel(mod):
+        model = mod.Sequential(
+            [mod.Input((300,)), mod.layers.Dense(200, kernel_initializer=initializer)]
+        )
+        return np.asarray(model.layers[0].get_weights()[0])
+
+    ours, theirs = kernel(ck), kernel(keras)
+    assert ours.shape == theirs.shape
+    assert ours.std() == pytest.approx(theirs.std(), rel=0.03)
+    assert np.abs(ours).max() <= np.abs(theirs).max() * 1.03
+    assert np.abs(ours).max() >= np.abs(theirs).max() * 0.9
