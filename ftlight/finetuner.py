@@ -26,7 +26,7 @@ from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, fre
 from ftlight.models.head import build_head
 from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
 from ftlight.tta import probabilities_to_logits, resolve_tta, tta_probabilities
-from ftlight.tuning import is_auto, keep_group_ratios, numeric_lr
+from ftlight.tuning import is_auto, keep_group_ratios, numeric_lr, refuse_auto_with_backbone_lr
 
 Task = Literal["multiclass", "binary", "multilabel"]
 # Optimizer settings a resume takes from the module, not from the restored optimizer state.
@@ -652,12 +652,7 @@ class FineTuner(L.LightningModule):
 def _check_lr_and_ema(lr: Any, backbone_lr: Any, ema_decay: Any) -> None:
     if isinstance(lr, str) and not is_auto(lr):
         raise ValueError(f"lr must be a number or 'auto'. Received: {lr!r}")
-    if is_auto(lr) and backbone_lr is not None:
-        raise ValueError(
-            f"lr='auto' with backbone_lr={backbone_lr}: the finder keeps each group's ratio to "
-            "the head's rate, which is not known yet. Leave backbone_lr unset (lr/10, with "
-            "layer_decay if given), or give a numeric lr."
-        )
+    refuse_auto_with_backbone_lr(lr, backbone_lr)
     if ema_decay is not None and not 0.0 < ema_decay < 1.0:
         raise ValueError(
             f"ema_decay must be between 0 and 1 (exclusive), e.g. 0.999. Received: {ema_decay}"

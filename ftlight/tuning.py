@@ -52,6 +52,17 @@ class LRFinderError(ValueError):
     """The range test gave no usable learning rate."""
 
 
+def refuse_auto_with_backbone_lr(lr: Any, backbone_lr: Any, flag: str = "") -> None:
+    """``lr="auto"`` keeps each group's ratio to the head's rate, which is then unknown: an
+    explicit ``backbone_lr`` beside it is refused (``flag``: ``"--model."`` on the CLI)."""
+    if is_auto(lr) and backbone_lr is not None:
+        raise LRFinderError(
+            f"{flag}lr='auto' with {flag}backbone_lr={backbone_lr}: the finder keeps each "
+            "group's ratio to the head's rate, which is not known yet. Leave backbone_lr unset "
+            "(lr/10, with layer_decay if given), or give a numeric lr."
+        )
+
+
 def is_auto(lr: Any) -> bool:
     return isinstance(lr, str) and lr == AUTO
 
@@ -236,12 +247,9 @@ class LRFinder(LearningRateFinder):
                 )
                 set_lr(pl_module, PLACEHOLDER_LR)
             return
-        if is_auto(pl_module.hparams.get("lr")) and pl_module.hparams.get("backbone_lr"):
-            raise LRFinderError(
-                "lr='auto' with an explicit backbone_lr: the finder keeps the groups' ratios to "
-                "the head's rate, and that rate is unknown. Leave backbone_lr unset (lr/10), or "
-                "give a numeric lr with it."
-            )
+        refuse_auto_with_backbone_lr(
+            pl_module.hparams.get("lr"), pl_module.hparams.get("backbone_lr")
+        )
         gated = _gated_parameters(trainer, pl_module)
         self.ratios = group_ratios(pl_module, gated)
         setattr(pl_module, _GATED_ATTR, gated)

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ftlight.cli.main import _lightning_cli_class, _resolve_config_args
     from ftlight.data import ImageDataModule
     from ftlight.finetuner import FineTuner
-    from ftlight.tuning import LRFinder, LRFinderError, is_auto
+    from ftlight.tuning import LRFinder, is_auto, refuse_auto_with_backbone_lr
 
     base = _lightning_cli_class()
 
@@ -47,12 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             type(self).run_dir = None  # no run folder: the files go to save_dir
             config = self.config[self.subcommand]
             if is_auto(config.model.get("lr")):
-                if config.model.get("backbone_lr") is not None:  # as `ftlight fit` refuses it
-                    raise LRFinderError(
-                        "--model.lr auto with an explicit --model.backbone_lr: the finder keeps "
-                        "the groups' ratios to the head's rate, and that rate is unknown. Leave "
-                        "backbone_lr unset (lr/10), or give a numeric lr with it."
-                    )
+                refuse_auto_with_backbone_lr("auto", config.model.get("backbone_lr"), "--model.")
                 config.model.lr = 1e-3  # the sweep needs the groups' ratios only
             if config.lr_find.get("save_dir") is None:
                 config.lr_find.save_dir = str(config.trainer.default_root_dir or ".")
