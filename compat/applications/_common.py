@@ -177,8 +177,10 @@ class InputMap(nn.Module):
         self.register_buffer("offset", torch.tensor(b, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last
+        if (
+            x.ndim == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
         ):
             # compat's batches are NHWC viewed as NCHW; stay channels-last, as index_select
             # on dim 1 would return NCHW-contiguous and every later conv and batch norm would
