@@ -117,7 +117,10 @@ def logreg_frozen(image_size: int | None) -> Callable[[Digits], dict[str, Any]]:
 
 
 def plain_default(
-    image_size: int | None = None, epochs: int = 3, **data: Any
+    image_size: int | None = None,
+    epochs: int = 3,
+    model_kw: dict[str, Any] | None = None,
+    **data: Any,
 ) -> Callable[[Digits], dict]:
     """The issue's snippet: from_arrays(val_split=0.2, batch_size=32), FineTuner(freeze=True,
     lr=1e-2), L.Trainer(max_epochs=3).fit -- ftlight's defaults for everything else."""
@@ -131,6 +134,7 @@ def plain_default(
             freeze=True,
             lr=1e-2,
             image_size=image_size,
+            **(model_kw or {}),
         )
         trainer = L.Trainer(max_epochs=epochs, **_trainer(d, "default"))
         trainer.fit(model, dm)
@@ -180,6 +184,9 @@ VARIANTS: dict[str, Callable[[Digits], dict[str, Any]]] = {
     "default_96": plain_default(96),
     "default_96_10_epochs": plain_default(96, epochs=10),  # the head needs ~10 epochs
     "default_augment": plain_default(augment=True),  # the old default, for comparison
+    # the snippet with the head fitted by a linear probe on the cached features first
+    "default_probe": plain_default(model_kw={"head_init": "probe"}),
+    "default_96_probe": plain_default(96, model_kw={"head_init": "probe"}),
     "fine_tune": recipe(96),
     # the recipe plus each option (issue 14); options that mix or augment training images
     # turn caching off, so their frozen phase is shorter (5 epochs) to stay affordable

@@ -23,7 +23,7 @@ from ftlight.data.config import DataConfig
 from ftlight.files import UnreadableFileError, load_torch_file
 from ftlight.models.backbone import Backbone, create_backbone
 from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
-from ftlight.models.head import build_head
+from ftlight.models.head import build_head, fit_linear_probe, linear_head
 from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
 from ftlight.tta import probabilities_to_logits, resolve_tta, tta_probabilities
 from ftlight.tuning import is_auto, keep_group_ratios, numeric_lr, refuse_auto_with_backbone_lr
@@ -88,6 +88,13 @@ class FineTuner(L.LightningModule):
         ema_decay: keep an exponential moving average of the weights with this decay
             (:class:`ftlight.callbacks.EMA`): validated, left in the module after ``fit`` and
             saved as the checkpoints' weights. ``None``: no average.
+        head_init: ``"random"`` (torch's default initialisation) or ``"probe"``: before the
+            first training step, the (linear) head is fitted to the cached features of the
+            frozen backbone by full-batch L-BFGS logistic regression (the linear probe of
+            LP-FT), then trains on as usual. Needs feature caching on in the first epoch (a
+            clear error otherwise); not repeated on resume; under DDP rank 0's fit is
+            broadcast. Measured on digits: 0.959 held-out before any epoch, where 3 epochs
+            of the head alone reach 0.93 (``benchmarks/README.md``).
         weights_strict: a weights file must hold every backbone weight with its shape (its
             classifier excepted); ``False`` loads the part that matches (see
             :func:`ftlight.models.weights.load_state_dict_file`).
@@ -128,6 +135,7 @@ class FineTuner(L.LightningModule):
         torch_compile: bool = False,
         weights_strict: bool = True,
         ema_decay: float | None = None,
+        head_init: Literal["random", "probe"] = "random",
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes and task != "binary":
@@ -153,6 +161,8 @@ class FineTuner(L.LightningModule):
                 f"task={task!r} with mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}."
             )
         _check_lr_and_ema(lr, backbone_lr, ema_decay)
+        if head_init not in ("random", "probe"):
+            raise ValueError(f"head_init must be 'random' or 'probe'. Received: {head_init!r}")
         self.save_hyperparameters()
         self.backbone: Backbone = create_backbone(
             backbone, weights, keep_fc=keep_fc, image_size=image_size, weights_strict=weights_strict
@@ -166,6 +176,8 @@ class FineTuner(L.LightningModule):
             dropout=dropout,
             batchnorm=head_batchnorm,
         )
+        if head_init == "probe":
+            linear_head(self.head)  # a head the probe cannot fit is refused here, not at fit
         self.class_names = list(class_names) if class_names else None
         self.frozen_names = freeze_backbone(self.backbone, freeze)
         enforce_bn_policy(self.backbone, bn)
@@ -577,9 +589,27 @@ class FineTuner(L.LightningModule):
 
             self.backbone.weights_info = WeightsInfo(**meta["weights_info"])
 
+    def probe_head(self, features: torch.Tensor, targets: torch.Tensor) -> float:
+        """Fit the linear head to backbone ``features`` and their ``targets`` with this
+        module's loss (see ``head_init="probe"``); returns the fitted loss."""
+        loss = fit_linear_probe(linear_head(self.head), features, targets, self.loss)
+        self.__dict__["_head_probed"] = True
+        return loss
+
     def on_train_start(self) -> None:
         if keep_group_ratios(self):  # a learning-rate finder's sweep: keep the groups' ratios
             return
+        probed = self.__dict__.pop("_head_probed", False)
+        wanted = self.hparams.get("head_init") == "probe" and self.trainer.global_step == 0
+        if wanted and not probed:
+            callbacks = self.trainer.callbacks
+            cache = next((cb for cb in callbacks if isinstance(cb, FeatureCache)), None)
+            why = cache.reason if cache is not None and cache.reason else "it is not on"
+            raise ValueError(
+                "head_init='probe' fits the head on cached features of the frozen backbone "
+                f"before the first step, but feature caching is off: {why}. Freeze the "
+                "backbone (freeze=True) with cache_features left on, or use head_init='random'."
+            )
         self._apply_optimizer_hparams()
 
     def _apply_optimizer_hparams(self) -> None:

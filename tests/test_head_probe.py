@@ -1,0 +1,160 @@
+"""``FineTuner(head_init="probe")``: the linear head fitted to the cached features of the frozen
+backbone before the first step (LP-FT's linear probe), never again on resume, one head for
+every DDP rank, and a clear error wherever it cannot run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ftlight import FineTuner
+from ftlight.callbacks.feature_cache import FeatureCache
+from ftlight.models.head import PROBE_L2, fit_linear_probe
+from tests.conftest import quiet_trainer, two_class_arrays_dm
+
+
+def model(**kw) -> FineTuner:
+    L.seed_everything(0, verbose=False)
+    return FineTuner("resnet18", 2, None, image_size=32, freeze=True, lr=0.05, **kw)
+
+
+class FirstStepHead(L.Callback):
+    """The head's weight when the first training batch starts, and the cached training rows."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+        self.rows = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.weights or batch_idx == 0:
+            self.weights.append(pl_module.head[-1].weight.detach().clone())
+        cache = next(cb for cb in trainer.callbacks if isinstance(cb, FeatureCache))
+        self.rows = next(rows for (split, *_), (_, rows) in cache.store.items() if split == "train")
+
+
+def objective_gradient(linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    w = linear.weight.detach().clone().requires_grad_()
+    b = linear.bias.detach().clone().requires_grad_()
+    value = F.cross_entropy(F.linear(x, w, b), y) + 0.5 * PROBE_L2 * w.pow(2).sum()
+    value.backward()
+    return float(torch.cat([w.grad.flatten(), b.grad]).abs().max())
+
+
+def test_probe_fits_the_head_on_the_cached_rows_before_the_first_step(tmp_path) -> None:
+    dm = two_class_arrays_dm()
+    probed, plain = model(head_init="probe"), model()
+    initial = probed.head[-1].weight.detach().clone()
+    assert torch.equal(initial, plain.head[-1].weight)  # same seed, same random head
+    seen = FirstStepHead()
+    quiet_trainer(tmp_path, max_epochs=1, callbacks=[seen]).fit(probed, datamodule=dm)
+
+    first = seen.weights[0]
+    assert not torch.allclose(first, initial)
+    # the head at step 0 is the minimiser of the probe's objective on the cached rows
+    features, labels = seen.rows.tensors[:2]
+    head = torch.nn.Linear(features.shape[1], 2)
+    head.weight.data.copy_(first)
+    head.bias.data.zero_()
+    reference = torch.nn.Linear(features.shape[1], 2)
+    fit_linear_probe(reference, features, labels, F.cross_entropy)
+    torch.testing.assert_close(first, reference.weight, rtol=1e-4, atol=1e-5)
+    assert objective_gradient(reference, features, labels) < 1e-3
+    # it separates the training rows, where the random head is at chance
+    assert (reference(features).argmax(1) == labels).float().mean() == 1.0
+
+
+def test_probe_is_not_repeated_on_resume(tmp_path) -> None:
+    dm = two_class_arrays_dm()
+    first = model(head_init="probe")
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    trainer.fit(first, datamodule=dm)
+    ckpt = tmp_path / "one.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]["head.0.weight"]
+
+    seen = FirstStepHead()
+    resumed = model(head_init="probe")
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[seen]).fit(
+        resumed, datamodule=dm, ckpt_path=ckpt
+    )
+    torch.testing.assert_close(seen.weights[0], saved, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"cache_features": False}, "it is not on"),
+        ({"freeze": None}, "trainable parameters"),
+    ],
+    ids=["cache-off", "backbone-trains"],
+)
+def test_probe_without_cached_rows_is_a_clear_error(tmp_path, kw, reason) -> None:
+    net = model(head_init="probe", **{k: v for k, v in kw.items() if k != "freeze"})
+    if "freeze" in kw:
+        net.set_freeze(kw["freeze"])
+    with pytest.raises(ValueError, match=r"head_init='probe'.*caching is off") as err:
+        quiet_trainer(tmp_path, max_epochs=1).fit(net, datamodule=two_class_arrays_dm())
+    assert reason in str(err.value)
+
+
+def test_probe_needs_a_linear_head_and_a_known_mode() -> None:
+    with pytest.raises(ValueError, match=r"linear head .*\['Linear', 'Linear'\]"):
+        model(head_init="probe", hidden=(8,))
+    with pytest.raises(ValueError, match=r"head_init must be 'random' or 'probe'\. Received: 'lp'"):
+        model(head_init="lp")
+
+
+def test_probe_fits_a_binary_head_with_its_own_loss() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 5)
+    y = (x[:, 0] - 0.5 * x[:, 1] > 0).float()
+    head = torch.nn.Linear(5, 1)
+
+    def bce(logits, target):
+        return F.binary_cross_entropy_with_logits(logits.squeeze(1), target)
+
+    fit_linear_probe(head, x, y, bce)
+    assert ((head(x).squeeze(1) > 0).float() == y).float().mean() >= 0.97
+    assert head.weight[0, 0] > 0 > head.weight[0, 1]
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, lightning as L
+    sys.path.insert(0, {root!r})
+    from ftlight import FineTuner
+    from tests.conftest import quiet_trainer, two_class_arrays_dm
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 0:
+                torch.save(pl_module.head[-1].weight, f"head{{trainer.global_rank}}.pt")
+
+    L.seed_everything(0, verbose=False)
+    net = FineTuner("resnet18", 2, None, image_size=32, freeze=True, head_init="probe")
+    trainer = quiet_trainer(".", max_epochs=1, devices=2, strategy="ddp", callbacks=[Record()])
+    trainer.fit(net, datamodule=two_class_arrays_dm())
+    """
+)
+
+
+@pytest.mark.slow
+def test_every_ddp_rank_starts_from_rank_zeros_probe(tmp_path) -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    (tmp_path / "run.py").write_text(DDP_SCRIPT.format(root=root))
+    proc = subprocess.run(
+        [sys.executable, "run.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    heads = [torch.load(tmp_path / f"head{rank}.pt") for rank in (0, 1)]
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
+    L.seed_everything(0, verbose=False)
+    random_head = FineTuner("resnet18", 2, None, image_size=32).head[-1].weight
+    assert not torch.allclose(heads[0], random_head)
