@@ -670,6 +670,11 @@ def sequential_config(model: Any) -> dict[str, Any]:
     return config
 
 
+# Keras's layers whose call() takes ``mask``: Keras records ``mask=None`` in their nodes'
+# kwargs when they are called without ``training=``.
+_MASK_CALLS = ("BatchNormalization", "Sequential", "Functional")
+
+
 def _tensor_ref(t: Any, node_index: dict[int, int]) -> dict[str, Any]:
     layer, index, tensor_index = t._keras_history
     return {
@@ -702,6 +707,9 @@ def functional_config(model: Any) -> dict[str, Any]:
             node_index[id(node)] = i
     for layer in layers:
         own = [n for n in layer._inbound_nodes if id(n) in in_model]
+        if _is_operation(layer):
+            entries.append(_operation_entry(layer, own, node_index))
+            continue
         inbound = []
         first_shape = None
         for node in own:
@@ -711,6 +719,8 @@ def functional_config(model: Any) -> dict[str, Any]:
             shapes = [t.shape for t in node.input_tensors]
             first_shape = first_shape or (list(shapes) if node.multi_input else shapes[0])
             kwargs = {} if node.training is None else {"training": node.training}
+            if not kwargs and _keras_class(layer) in _MASK_CALLS:
+                kwargs = {"mask": None}  # Keras fills the call's mask argument
             inbound.append({"args": [refs if node.multi_input else refs[0]], "kwargs": kwargs})
         pres = pre_layers(layer)
         if pres and (len(inbound) != 1 or own[-1].multi_input):
@@ -752,6 +762,23 @@ def functional_config(model: Any) -> dict[str, Any]:
         "layers": entries,
         "input_layers": ends(model._inputs, model._struct_in),
         "output_layers": ends(model._outputs, model._struct_out),
+    }
+
+
+def _operation_entry(layer: Any, own: list[Any], node_index: dict[int, int]) -> dict[str, Any]:
+    """Keras's serialised operation node: ``Add`` called with ``(tensor, 3.0)``..."""
+    inbound = []
+    for node in own:
+        refs = iter(_tensor_ref(t, node_index) for t in node.input_tensors)
+        args = [next(refs) if v is None else v for v in layer.operands]
+        inbound.append({"args": args, "kwargs": {}})
+    return {
+        "module": _OPS_MODULE,
+        "class_name": layer.op,
+        "config": {"name": layer.name},
+        "registered_name": layer.op,
+        "name": layer.name,
+        "inbound_nodes": inbound,
     }
 
 
@@ -1027,8 +1054,36 @@ def _input_layer(config: dict[str, Any], where: str) -> Any:
     return InputLayer(batch_shape=tuple(shape), name=config.get("name"))
 
 
+_OPS_MODULE = "keras.src.ops.numpy"
+
+
+def _operation(entry: dict[str, Any], where: str) -> Any:
+    """Keras's serialised operation node (``x + 3.0`` on a KerasTensor), its constants set
+    when its node is read (:func:`_functional`)."""
+    from compat.ops import NumpyOperation
+
+    cls, config = entry.get("class_name"), entry.get("config")
+    if (
+        entry.get("module") != _OPS_MODULE
+        or cls not in NumpyOperation.FUNCTIONS
+        or entry.get("registered_name") not in (None, cls)
+    ):
+        raise KerasFileError(
+            f"{where}: operation {cls!r} from {entry.get('module')!r}; compat builds the "
+            f"operations {sorted(NumpyOperation.FUNCTIONS)} of {_OPS_MODULE} only."
+        )
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name or set(config) - {"name"}:
+        raise KerasFileError(
+            f"{where}: an operation config that is not Keras's ({_short(config)})."
+        )
+    return NumpyOperation(cls, name=name)
+
+
 def build(entry: Any, where: str = "config.json") -> Any:
     """A compat model or layer from Keras's serialised form (``config.json``)."""
+    if isinstance(entry, dict) and str(entry.get("module", "")).startswith("keras.src.ops"):
+        return _operation(entry, f"{where}: operation '{(entry.get('config') or {}).get('name')}'")
     cls, config = _check_entry(entry, where)
     where = f"{where}: {cls} '{config.get('name')}'"
     if cls == "Sequential":
@@ -1054,6 +1109,8 @@ def _sequential(config: dict[str, Any], where: str) -> Any:
     model = Sequential(name=config.get("name"))
     for i, entry in enumerate(entries):
         layer = build(entry, f"{where}, layer {i}")
+        if _is_operation(layer):
+            raise KerasFileError(f"{where}: operation {layer.name!r} in a Sequential model.")
         try:
             model.add(layer)
         except _BUILD_ERRORS as err:
@@ -1110,6 +1167,10 @@ def _functional(config: dict[str, Any], where: str) -> Any:
             if not isinstance(node, dict) or not isinstance(node.get("args"), list):
                 raise KerasFileError(f"{where}: layer {layer.name!r}: a node that is not Keras's.")
             args, kwargs = node["args"], node.get("kwargs") or {}
+            if _is_operation(layer):
+                if not _call_operation(layer, node, k, outputs, where):
+                    waiting.append((layer, node, k))
+                continue
             if len(args) != 1 or set(kwargs) - {"training", "mask"} or kwargs.get("mask"):
                 raise KerasFileError(
                     f"{where}: layer {layer.name!r} is called with {_short(node)}; compat "
@@ -1157,8 +1218,43 @@ def _functional(config: dict[str, Any], where: str) -> Any:
     return model
 
 
+def _operation_args(node: dict[str, Any], where: str) -> list[Any]:
+    """An operation node's arguments: tensor references and numbers (the constants)."""
+    args = node["args"]
+    if node.get("kwargs") or not 1 <= len(args) <= 2:
+        raise KerasFileError(
+            f"{where}: an operation called with {_short(node)}; compat builds operations on "
+            "two arguments (tensors or numbers) without keyword arguments."
+        )
+    return [
+        a if isinstance(a, (int, float)) and not isinstance(a, bool) else _ref(a, where)
+        for a in args
+    ]
+
+
+def _call_operation(
+    layer: Any, node: dict[str, Any], k: int, outputs: dict[tuple[str, int], Any], where: str
+) -> bool:
+    """Call the operation ``layer`` on its node's tensors and constants; False while a
+    tensor it needs is not made yet."""
+    args = _operation_args(node, f"{where}: operation {layer.name!r}")
+    refs = [a for a in args if isinstance(a, tuple)]
+    if not all((r[0], r[1]) in outputs for r in refs):
+        return False
+    try:
+        layer.set_operands([None if isinstance(a, tuple) else a for a in args])
+        inputs = [outputs[(r[0], r[1])] for r in refs]
+        out = layer(inputs if len(inputs) > 1 else inputs[0])
+    except _BUILD_ERRORS as err:
+        raise KerasFileError(f"{where}: calling operation {layer.name!r}: {err}") from None
+    outputs[(layer.name, k)] = out
+    return True
+
+
 def _node_refs(node: Any, where: str) -> list[tuple[str, int, int]]:
     try:
+        if len(node["args"]) > 1:
+            return [a for a in _operation_args(node, where) if isinstance(a, tuple)]
         arg = node["args"][0]
         multi = isinstance(arg, list) and not (len(arg) == 3 and isinstance(arg[0], str))
         return [_ref(a, where) for a in (arg if multi else [arg])]
@@ -1184,7 +1280,12 @@ def _keras_layers(model: Any) -> list[Any]:
         return model.layers
     from compat.graph import map_graph
 
-    return map_graph(model._inputs, model._outputs)[1]
+    return [x for x in map_graph(model._inputs, model._outputs)[1] if not _is_operation(x)]
+
+
+def _is_operation(layer: Any) -> bool:
+    """A ``keras.ops`` node of a graph (``x + 3.0``): in Keras's config, not a layer of it."""
+    return bool(getattr(layer, "_keras_operation", False))
 
 
 def weight_entries(model: Any, prefix: str = "") -> Iterator[tuple[str, str, list[Any]]]:

@@ -73,7 +73,12 @@ def _serialize(model: Any) -> dict[str, Any]:
 
 
 # The widths Keras has ImageNet weights for besides alpha=1.0, recorded as <Name>_alpha<a>.
-ALPHAS = {"MobileNet": (0.25, 0.5, 0.75), "MobileNetV2": (0.35, 0.5, 0.75, 1.3, 1.4)}
+ALPHAS = {
+    "MobileNet": (0.25, 0.5, 0.75),
+    "MobileNetV2": (0.35, 0.5, 0.75, 1.3, 1.4),
+    "MobileNetV3Small": (0.75,),
+    "MobileNetV3Large": (0.75,),
+}
 VARIANTS = [f"{app}_alpha{alpha}" for app, alphas in ALPHAS.items() for alpha in alphas]
 
 

@@ -60,6 +60,11 @@ _FILES: dict[str, tuple[str, str]] = {
                                f"efficientnetv2-{v.lower()}_notop.h5")
         for v in ("B0", "B1", "B2", "B3", "S", "M", "L")
     },
+    **{
+        f"MobileNetV3{v}": (f"weights_mobilenet_v3_{v.lower()}_224_1.0_float.h5",
+                            f"weights_mobilenet_v3_{v.lower()}_224_1.0_float_no_top_v2.h5")
+        for v in ("Small", "Large")
+    },
 }  # fmt: skip
 
 
@@ -81,6 +86,11 @@ def _file_name(application: str, include_top: bool, alpha: float, rows: int) -> 
     if application == "MobileNet":
         text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0"}.get(alpha, "2_5")  # Keras's own rule
         return f"mobilenet_{text}_{rows}_tf" + ("" if include_top else "_no_top") + ".h5"
+    if application.startswith("MobileNetV3") and alpha in (0.75, 1.0) and rows == 224:
+        kind = application[len("MobileNetV3") :].lower()
+        return f"weights_mobilenet_v3_{kind}_224_{float(alpha)}_float" + (
+            ".h5" if include_top else "_no_top_v2.h5"
+        )
     if alpha != 1.0 or rows != 224:
         raise ValueError(f"{application} has no `alpha` or `rows` variants of its weights.")
     return _FILES[application][0 if include_top else 1]
@@ -92,7 +102,7 @@ def cached_weights(
     """The path of Keras's ImageNet weights for ``application`` in Keras's cache
     (``<keras home>/models/<file>``, where ``keras.applications.<application>(
     weights="imagenet")`` downloads it), for ``weights=``; ``alpha`` and ``rows`` (the
-    image size the weights were trained at) pick MobileNet/MobileNetV2's files. An error
+    image size the weights were trained at) pick MobileNet/MobileNetV2/V3's files. An error
     when it is not there."""
     if application not in _FILES:
         raise ValueError(
@@ -248,9 +258,12 @@ def keras_config(
     """Keras's serialised ``keras.applications.<application>(...)`` for these arguments."""
     record = _record(application, alpha)
     _common.check_pooling(pooling)
-    shape = _common.check_input_shape(
-        None, input_shape, record["default_size"], record["min_size"], include_top, weights
-    )
+    if application.startswith("MobileNetV3"):
+        shape = _mobilenet_v3_shape(input_shape)
+    else:
+        shape = _common.check_input_shape(
+            None, input_shape, record["default_size"], record["min_size"], include_top, weights
+        )
     config = copy.deepcopy(record["top" if include_top else "notop"])
     if include_top:
         for path in record["classes_paths"]:
@@ -273,6 +286,23 @@ def keras_config(
     if record["correct_pad"] and shape[0] is not None:
         _fix_pads(config, record["correct_pad"], f"Keras's {application}")
     return config
+
+
+def _mobilenet_v3_shape(input_shape: Any) -> tuple[Any, ...]:
+    """Keras's MobileNetV3 input rule: any size, with or without the top (its top pools
+    first), at least 32x32."""
+    if input_shape is None:
+        return (None, None, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            "`input_shape` must be a tuple of three integers (height, width, channels). "
+            f"Received: input_shape={shape}"
+        )
+    rows, cols = shape[:2]
+    if rows and cols and (rows < 32 or cols < 32):
+        raise ValueError(f"Input size must be at least 32x32; Received `input_shape={shape}`")
+    return shape
 
 
 def _file_layers(path: str) -> list[tuple[str, list[tuple[int, ...]]]] | None:
