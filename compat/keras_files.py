@@ -436,7 +436,24 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
             "variance": np.array(layer.input_variance).tolist(),
         },
     ),
+    # Keras's applications' own layers (InceptionResNetV2's residual sum, ConvNeXt's scale)
+    "CustomScaleLayer": _spec(
+        "CustomScaleLayer", ("scale",), {}, lambda layer, where: {"scale": layer.scale}
+    ),
+    "LayerScale": _spec(
+        "LayerScale", ("init_values", "projection_dim"), {},
+        lambda layer, where: {"init_values": layer.init_values,
+                              "projection_dim": layer.projection_dim},
+    ),
 }  # fmt: skip
+# Layers of Keras's applications: class -> (Keras's module, compat's module)
+_APPLICATION_LAYERS = {
+    "CustomScaleLayer": (
+        "keras.src.applications.inception_resnet_v2",
+        "compat.applications.inception_resnet_v2",
+    ),
+    "LayerScale": ("keras.src.applications.convnext", "compat.applications.convnext"),
+}
 _MODELS = ("Sequential", "Functional", "Model")
 # Layers whose Keras build() is the default one: Keras records no build_config for them.
 _NO_BUILD_CONFIG = (
@@ -464,7 +481,9 @@ def _keras_class(layer: Any) -> str:
     if isinstance(layer, _Pseudo):
         return layer.keras_cls
     for cls in type(layer).__mro__:
-        if cls.__module__.startswith("compat.layers") and cls.__name__ in LAYERS:
+        if (
+            cls.__module__.startswith("compat.layers") and cls.__name__ in LAYERS
+        ) or cls.__module__ == _APPLICATION_LAYERS.get(cls.__name__, ("", ""))[1]:
             if cls is not type(layer) and _input_map(layer) is None:
                 break  # a subclass of the user's own: its code is not in Keras's config
             return cls.__name__
@@ -622,13 +641,13 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
     """Keras's ``serialize_keras_object(layer)``: module, class name, config, build config."""
     cls = _keras_class(layer)
     module = {"Sequential": "keras", "Functional": "keras.src.models.functional"}.get(
-        cls, "keras.layers"
+        cls, _APPLICATION_LAYERS.get(cls, ("keras.layers",))[0]
     )
     out: dict[str, Any] = {
         "module": module,
         "class_name": cls,
         "config": layer_config(layer),
-        "registered_name": None,
+        "registered_name": cls if cls in _APPLICATION_LAYERS else None,
     }
     shape = getattr(layer, "_build_shape", None) or input_shape
     if _fixed_batch(input_shape):  # Input(batch_size=4): Keras built it on (4, ...)
@@ -977,6 +996,11 @@ def _check_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
             f"{where}: class {cls!r} from module {module!r} is a custom object; compat builds "
             "only its own layers from a file, never code it names."
         )
+    if cls in _APPLICATION_LAYERS and module != _APPLICATION_LAYERS[cls][0]:
+        raise KerasFileError(
+            f"{where}: class {cls!r} from module {module!r}; compat builds Keras's "
+            f"{cls} of {_APPLICATION_LAYERS[cls][0]} only."
+        )
     if registered not in (None, cls):
         raise KerasFileError(
             f"{where}: {cls!r} is registered as {registered!r}, a custom object; compat builds "
@@ -1023,8 +1047,14 @@ def _layer_from_config(cls: str, config: dict[str, Any], where: str) -> Any:
     name = config.get("name")
     if not isinstance(name, str) or not name:
         raise KerasFileError(f"{where}: a layer without a name ({_short(name)}).")
+    if cls in _APPLICATION_LAYERS:
+        import importlib
+
+        source = importlib.import_module(_APPLICATION_LAYERS[cls][1])
+    else:
+        source = layers
     try:
-        layer = getattr(layers, cls)(name=name, **kwargs)
+        layer = getattr(source, cls)(name=name, **kwargs)
     except (TypeError, ValueError, NotImplementedError) as err:
         raise KerasFileError(f"{where}: compat cannot build it: {err}") from None
     layer.trainable = bool(config.get("trainable", True))

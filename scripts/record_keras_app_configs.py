@@ -110,7 +110,9 @@ def _classes(entry: dict[str, Any]) -> set[str]:
 
 
 def _unsupported(entry: dict[str, Any]) -> list[str]:
-    missing = sorted(_classes(entry) - set(keras_files.LAYERS) - {"InputLayer"})
+    missing = sorted(
+        _classes(entry) - set(keras_files.LAYERS) - {"InputLayer", *keras_files._MODELS}
+    )
     if missing:
         return missing
     try:
@@ -162,9 +164,29 @@ def record(name: str) -> dict[str, Any] | list[str]:
     record["pooling"] = {}
     for pooling in ("avg", "max"):
         pooled = _make(name, include_top=False, pooling=pooling)
-        record["pooling"][pooling] = pooled["config"]["layers"][-1]
         if len(pooled["config"]["layers"]) != len(notop["config"]["layers"]) + 1:
             raise SystemExit(f"{name}: pooling={pooling} adds more than one layer")
+        before = {layer["config"]["name"]: layer for layer in notop["config"]["layers"]}
+        added = [
+            (i, layer)
+            for i, layer in enumerate(pooled["config"]["layers"])
+            if layer["config"]["name"] not in before
+        ]
+        changed = [
+            layer
+            for layer in pooled["config"]["layers"]
+            if layer["config"]["name"] in before and layer != before[layer["config"]["name"]]
+        ]
+        record["pooling"][pooling] = added[0][1]
+        if changed or added[0][0] != len(notop["config"]["layers"]):
+            # ConvNeXt pools before its last LayerNormalization: the pooling layer goes in
+            # at this index and the layers it feeds take these recorded entries
+            if pooled["config"]["output_layers"] != notop["config"]["output_layers"]:
+                raise SystemExit(f"{name}: pooling={pooling} inserts a layer and moves the output")
+            record.setdefault("pooling_inserted", {})[pooling] = {
+                "index": added[0][0],
+                "changed": changed,
+            }
     # sizes 2**n + 1 stay odd down the network: every correct_pad layer pads differently
     odd = _pads(_make(name, include_top=False, input_shape=(257, 257, 3)))
     record["correct_pad"] = {
