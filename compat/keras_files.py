@@ -480,6 +480,11 @@ def _keras_class(layer: Any) -> str:
         return "InputLayer"
     if isinstance(layer, _Pseudo):
         return layer.keras_cls
+    # an application's subclass that says which Keras layer computes what it does (a name,
+    # or a method naming it, which raises NotWritableError when none does)
+    declared = type(layer).__dict__.get("keras_written_as")
+    if declared is not None:
+        return declared(layer) if callable(declared) else declared
     for cls in type(layer).__mro__:
         if (
             cls.__module__.startswith("compat.layers") and cls.__name__ in LAYERS
@@ -572,6 +577,16 @@ def _explicit_pad(layer: Any) -> tuple[int, int] | None:
     """torch's own padding of a convolution compat wrapped (``from_torch``) when Keras's
     ``padding`` cannot say it: symmetric padding where Keras's ``'same'`` pads the
     bottom/right (strided), or any padding of a ``'valid'`` layer."""
+    if getattr(layer, "count_include_pad", False) and layer.padding == "same":
+        # torch's average over the padded zeros (InceptionV3's timm pools): Keras's 'same'
+        # leaves them out, so the zeros are a ZeroPadding2D before a 'valid' pooling
+        if tuple(layer.strides) != (1, 1) or any(k % 2 == 0 for k in layer.pool_size):
+            raise NotWritableError(
+                f"Layer '{layer.name}' averages over its 'same' padding (torch's "
+                f"count_include_pad) with strides {tuple(layer.strides)} and pool size "
+                f"{tuple(layer.pool_size)}: Keras has no layer for it."
+            )
+        return ((layer.pool_size[0] - 1) // 2, (layer.pool_size[1] - 1) // 2)
     pad = tuple(getattr(layer, "_torch_pad", (0, 0)) or (0, 0))
     if pad == (0, 0) or isinstance(layer, _Pseudo):
         return None
@@ -591,6 +606,8 @@ def pre_layers(layer: Any) -> list[_Pseudo]:
     mapping = _input_map(layer)
     if mapping is not None:
         out.append(_map_layer(layer, mapping))
+    for cls, attrs in getattr(layer, "keras_pre_layers", ()):  # declared by the layer
+        out.append(_Pseudo(f"{layer.name}_{snake_case(cls)}", cls, [], **attrs))
     pad = _explicit_pad(layer)
     if pad is not None:
         out.append(
@@ -631,7 +648,7 @@ def layer_config(layer: Any) -> dict[str, Any]:
         return functional_config(layer)
     where = f"layer '{layer.name}' ({cls})"
     base = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(DTYPE_POLICY)}
-    config = {**base, **LAYERS[cls][3](layer, where)}
+    config = {**base, **LAYERS[cls][3](layer, where), **getattr(layer, "keras_config", {})}
     if _explicit_pad(layer) is not None:
         config["padding"] = "valid"  # the padding is the ZeroPadding2D written before it
     return config
@@ -650,7 +667,9 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
         "registered_name": cls if cls in _APPLICATION_LAYERS else None,
     }
     shape = getattr(layer, "_build_shape", None) or input_shape
-    if _fixed_batch(input_shape):  # Input(batch_size=4): Keras built it on (4, ...)
+    several = isinstance(input_shape, list) and input_shape and isinstance(input_shape[0], tuple)
+    if _fixed_batch(input_shape) or (several and any(_fixed_batch(s) for s in input_shape)):
+        # Input(batch_size=4): Keras built it on (4, ...)
         shape = input_shape
     if cls not in ("InputLayer", "Functional", *_NO_BUILD_CONFIG) and shape is not None:
         out["build_config"] = {"input_shape": _json_shape(shape)}
@@ -694,12 +713,14 @@ def sequential_config(model: Any) -> dict[str, Any]:
 _MASK_CALLS = ("BatchNormalization", "Sequential", "Functional")
 
 
-def _tensor_ref(t: Any, node_index: dict[int, int]) -> dict[str, Any]:
+def _tensor_ref(
+    t: Any, node_index: dict[int, int], batch: dict[int, int] | None = None
+) -> dict[str, Any]:
     layer, index, tensor_index = t._keras_history
     return {
         "class_name": "__keras_tensor__",
         "config": {
-            "shape": _json_shape(t.shape),
+            "shape": _json_shape(_batched(t, batch or {})),
             "dtype": "float32",
             "keras_history": [
                 layer.name,
@@ -710,11 +731,32 @@ def _tensor_ref(t: Any, node_index: dict[int, int]) -> dict[str, Any]:
     }
 
 
+def _fixed_batches(nodes: list[Any]) -> dict[int, int]:
+    """``id(tensor) -> batch size`` for the tensors of a graph whose input has a fixed batch
+    size (``Input(batch_size=4)``): Keras's shapes keep it through every layer."""
+    batch: dict[int, int] = {}
+    for node in nodes:
+        if node.is_input:
+            shape = getattr(node.layer, "batch_shape", None)
+            size = shape[0] if shape else None
+        else:
+            size = next((batch[id(t)] for t in node.input_tensors if id(t) in batch), None)
+        if size is not None:
+            batch.update((id(t), size) for t in node.outputs)
+    return batch
+
+
+def _batched(t: Any, batch: dict[int, int]) -> Any:
+    size = batch.get(id(t))
+    return t.shape if size is None else (size, *tuple(t.shape)[1:])
+
+
 def functional_config(model: Any) -> dict[str, Any]:
     """Keras's ``Functional.get_config()``: layers with their inbound nodes, in Keras order."""
     from compat.graph import map_graph
 
     nodes, layers = map_graph(model._inputs, model._outputs)
+    batch = _fixed_batches(nodes)
     in_model = {id(n) for n in nodes}
     for t in model._inputs:
         in_model.add(id(t._keras_history[0]._inbound_nodes[t._keras_history[1]]))
@@ -727,15 +769,15 @@ def functional_config(model: Any) -> dict[str, Any]:
     for layer in layers:
         own = [n for n in layer._inbound_nodes if id(n) in in_model]
         if _is_operation(layer):
-            entries.append(_operation_entry(layer, own, node_index))
+            entries.append(_operation_entry(layer, own, node_index, batch))
             continue
         inbound = []
         first_shape = None
         for node in own:
             if node.is_input:
                 continue
-            refs = [_tensor_ref(t, node_index) for t in node.input_tensors]
-            shapes = [t.shape for t in node.input_tensors]
+            refs = [_tensor_ref(t, node_index, batch) for t in node.input_tensors]
+            shapes = [_batched(t, batch) for t in node.input_tensors]
             first_shape = first_shape or (list(shapes) if node.multi_input else shapes[0])
             kwargs = {} if node.training is None else {"training": node.training}
             if not kwargs and _keras_class(layer) in _MASK_CALLS:
@@ -754,7 +796,7 @@ def functional_config(model: Any) -> dict[str, Any]:
             pre_entry["inbound_nodes"] = [{"args": inbound[0]["args"], "kwargs": {}}]
             entries.append(pre_entry)
             shape = pre.compute_output_shape(shape)
-            ref = _tensor_ref(own[-1].input_tensors[0], node_index)
+            ref = _tensor_ref(own[-1].input_tensors[0], node_index, batch)
             ref["config"]["keras_history"] = [pre.name, 0, 0]
             ref["config"]["shape"] = _json_shape(shape)
             inbound = [{"args": [ref], "kwargs": inbound[0]["kwargs"]}]
@@ -784,11 +826,13 @@ def functional_config(model: Any) -> dict[str, Any]:
     }
 
 
-def _operation_entry(layer: Any, own: list[Any], node_index: dict[int, int]) -> dict[str, Any]:
+def _operation_entry(
+    layer: Any, own: list[Any], node_index: dict[int, int], batch: dict[int, int]
+) -> dict[str, Any]:
     """Keras's serialised operation node: ``Add`` called with ``(tensor, 3.0)``..."""
     inbound = []
     for node in own:
-        refs = iter(_tensor_ref(t, node_index) for t in node.input_tensors)
+        refs = iter(_tensor_ref(t, node_index, batch) for t in node.input_tensors)
         args = [next(refs) if v is None else v for v in layer.operands]
         inbound.append({"args": args, "kwargs": {}})
     return {

@@ -483,3 +483,47 @@ def test_a_config_whose_sizes_overflow_is_one_error(ck, tmp_path: Path) -> None:
     path = _archive(tmp_path / "overflow.keras", config)
     with pytest.raises(UnreadableFileError, match=r"overflow\.keras: config\.json: .* layer 'd'"):
         ck.models.load_model(path)
+
+
+def _fixed_batch(K):
+    """A functional model on ``Input(batch_size=4)``: Keras's shapes keep the 4 throughout."""
+    inputs = K.Input((6, 6, 3), batch_size=4, name="img")
+    a = K.layers.Conv2D(3, 3, padding="same", name="a")(inputs)
+    b = K.layers.BatchNormalization(name="bn")(a)
+    x = K.layers.Add(name="add")([a, b])
+    x = K.layers.GlobalAveragePooling2D(name="gap")(x)
+    return K.Model(inputs, K.layers.Dense(2, name="out")(x), name="fixed")
+
+
+def _archived_config(path: Path) -> dict:
+    """The model config a ``.keras`` archive holds, without Keras's ``shared_object_id``
+    marks (Python object ids, different in every session)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "shared_object_id"}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    with zipfile.ZipFile(path) as archive:
+        return strip(json.loads(archive.read("config.json"))["config"])
+
+
+def test_a_fixed_batch_size_is_written_as_keras_writes_it(keras, ck, tmp_path: Path) -> None:
+    """``Input(batch_size=4)`` in a functional model: compat's config (every tensor shape and
+    build_config) is Keras's, both ways through ``.keras`` files."""
+    k_model, c_model = _fixed_batch(keras), _fixed_batch(ck)
+    assert _json(c_model.get_config()) == _json(k_model.get_config())
+    _randomise(k_model)
+    c_model.set_weights(k_model.get_weights())
+    x = np.random.default_rng(6).uniform(-1, 1, (4, 6, 6, 3)).astype("float32")
+    k_model.save(tmp_path / "k.keras")
+    c_model.save(tmp_path / "c.keras")
+    assert _archived_config(tmp_path / "c.keras") == _archived_config(tmp_path / "k.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    assert tuple(back.input.shape) == (4, 6, 6, 3)
+    _close(back.predict(x, verbose=0), k_model.predict(x, verbose=0))
+    # Keras -> compat -> Keras keeps it
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    loaded.save(tmp_path / "again.keras")
+    assert _archived_config(tmp_path / "again.keras") == _archived_config(tmp_path / "k.keras")
+    _close(loaded.predict(x, verbose=0), k_model.predict(x, verbose=0))
