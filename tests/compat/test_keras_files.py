@@ -379,6 +379,21 @@ def _dense_sequential(layer: dict) -> dict:
                                                                  "config": "f"}}},
             r"activation .* compat never deserialises functions",
         ),
+        (
+            {"module": "keras.src.ops.numpy", "class_name": "Add", "registered_name": "Add",
+             "config": {"name": "a"}},
+            r"operation 'a' in a Sequential model",
+        ),
+        (
+            {"module": "keras.src.ops.numpy", "class_name": "Divide",
+             "registered_name": "Divide", "config": {"name": "d"}},
+            r"operation 'Divide' .*compat builds the operations \['Add', 'Multiply'\]",
+        ),
+        (
+            {"module": "keras.layers", "class_name": "CustomScaleLayer",
+             "config": {"name": "c", "scale": 0.1}},
+            r"compat builds Keras's CustomScaleLayer of keras.src.applications.inception_re",
+        ),
     ],
 )  # fmt: skip
 def test_a_config_builds_only_compats_own_layers(ck, tmp_path: Path, layer, message) -> None:
@@ -527,3 +542,39 @@ def test_a_fixed_batch_size_is_written_as_keras_writes_it(keras, ck, tmp_path: P
     loaded.save(tmp_path / "again.keras")
     assert _archived_config(tmp_path / "again.keras") == _archived_config(tmp_path / "k.keras")
     _close(loaded.predict(x, verbose=0), k_model.predict(x, verbose=0))
+
+
+def _operations(K):
+    """Keras's hard sigmoid as MobileNetV3 writes it (``ReLU(6)(x + 3) * (1 / 6)``: ``+`` and
+    ``*`` on KerasTensors are operation nodes with a constant), a constant first
+    (``3.0 + x``) and two tensors (``a * b``)."""
+    inputs = K.Input((4,), name="x")
+    a = K.layers.Dense(3, name="a")(inputs)
+    b = K.layers.Dense(3, name="b")(inputs)
+    x = K.layers.ReLU(6.0, name="relu6")(a + 3.0) * (1.0 / 6.0)
+    return K.Model(inputs, [x, (3.0 + b) * a], name="ops")
+
+
+def test_keras_operation_nodes_come_over_both_ways(keras, ck, tmp_path: Path) -> None:
+    source = _operations(keras)
+    _randomise(source)
+    source.save(tmp_path / "k.keras")
+    x = np.random.default_rng(7).uniform(-3, 3, (5, 4)).astype("float32")
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    # operations are no layers of model.layers in Keras, nor here
+    assert [layer.name for layer in loaded.layers] == ["x", "a", "b", "relu6"]
+    assert _json(loaded.get_config()) == _json(source.get_config())
+    for got, want in zip(loaded.predict(x, verbose=0), source.predict(x, verbose=0), strict=True):
+        _close(got, want, tol=1e-6)
+    loaded.save(tmp_path / "c.keras")  # written back as Keras wrote them
+    assert _archived_config(tmp_path / "c.keras") == _archived_config(tmp_path / "k.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    for got, want in zip(back.predict(x, verbose=0), source.predict(x, verbose=0), strict=True):
+        _close(got, want, tol=1e-6)
+    config = _archived_config(tmp_path / "k.keras")
+    add = next(e for e in config["layers"] if e["class_name"] == "Add")
+    add["inbound_nodes"][0]["args"][1] = "3.0"  # a string where a number or tensor goes
+    _archive(tmp_path / "bad.keras", {"module": "keras.src.models.functional",
+                                      "class_name": "Functional", "config": config})  # fmt: skip
+    with pytest.raises(UnreadableFileError, match=r"operation 'add'.*not Keras's \('3.0'\)"):
+        ck.models.load_model(tmp_path / "bad.keras")
