@@ -781,7 +781,8 @@ def functional_config(model: Any) -> dict[str, Any]:
             first_shape = first_shape or (list(shapes) if node.multi_input else shapes[0])
             kwargs = {} if node.training is None else {"training": node.training}
             if not kwargs and _keras_class(layer) in _MASK_CALLS:
-                kwargs = {"mask": None}  # Keras fills the call's mask argument
+                # Keras fills the call's mask argument: None for each input tensor
+                kwargs = {"mask": [None] * len(refs) if node.multi_input else None}
             inbound.append({"args": [refs if node.multi_input else refs[0]], "kwargs": kwargs})
         pres = pre_layers(layer)
         if pres and (len(inbound) != 1 or own[-1].multi_input):
@@ -1245,7 +1246,9 @@ def _functional(config: dict[str, Any], where: str) -> Any:
                 if not _call_operation(layer, node, k, outputs, where):
                     waiting.append((layer, node, k))
                 continue
-            if len(args) != 1 or set(kwargs) - {"training", "mask"} or kwargs.get("mask"):
+            mask = kwargs.get("mask")
+            no_mask = mask is None or (isinstance(mask, list) and all(m is None for m in mask))
+            if len(args) != 1 or set(kwargs) - {"training", "mask"} or not no_mask:
                 raise KerasFileError(
                     f"{where}: layer {layer.name!r} is called with {_short(node)}; compat "
                     "calls layers on one tensor or a list and training= only."

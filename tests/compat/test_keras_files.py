@@ -578,3 +578,19 @@ def test_keras_operation_nodes_come_over_both_ways(keras, ck, tmp_path: Path) ->
                                       "class_name": "Functional", "config": config})  # fmt: skip
     with pytest.raises(UnreadableFileError, match=r"operation 'add'.*not Keras's \('3.0'\)"):
         ck.models.load_model(tmp_path / "bad.keras")
+
+
+def test_a_nested_model_called_on_two_tensors_comes_over(keras, ck, tmp_path: Path) -> None:
+    """Keras records ``mask=[None, None]`` for a nested model called on a list: compat reads
+    it (no mask is none) and writes it back so."""
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    inner = keras.Model([a, b], keras.layers.Add(name="sum")([a, b]), name="inner")
+    x, y = keras.Input((3,), name="x"), keras.Input((3,), name="y")
+    source = keras.Model([x, y], keras.layers.Dense(2, name="d")(inner([x, y])), name="outer")
+    _randomise(source)
+    source.save(tmp_path / "k.keras")
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    node = next(e for e in _json(loaded.get_config())["layers"] if e["name"] == "inner")
+    assert node["inbound_nodes"][0]["kwargs"] == {"mask": [None, None]}
+    data = [np.random.default_rng(i).normal(size=(4, 3)).astype("float32") for i in (8, 9)]
+    _close(loaded.predict(data, verbose=0), source.predict(data, verbose=0), tol=1e-6)
