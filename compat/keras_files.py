@@ -436,7 +436,24 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
             "variance": np.array(layer.input_variance).tolist(),
         },
     ),
+    # Keras's applications' own layers (InceptionResNetV2's residual sum, ConvNeXt's scale)
+    "CustomScaleLayer": _spec(
+        "CustomScaleLayer", ("scale",), {}, lambda layer, where: {"scale": layer.scale}
+    ),
+    "LayerScale": _spec(
+        "LayerScale", ("init_values", "projection_dim"), {},
+        lambda layer, where: {"init_values": layer.init_values,
+                              "projection_dim": layer.projection_dim},
+    ),
 }  # fmt: skip
+# Layers of Keras's applications: class -> (Keras's module, compat's module)
+_APPLICATION_LAYERS = {
+    "CustomScaleLayer": (
+        "keras.src.applications.inception_resnet_v2",
+        "compat.applications.inception_resnet_v2",
+    ),
+    "LayerScale": ("keras.src.applications.convnext", "compat.applications.convnext"),
+}
 _MODELS = ("Sequential", "Functional", "Model")
 # Layers whose Keras build() is the default one: Keras records no build_config for them.
 _NO_BUILD_CONFIG = (
@@ -463,8 +480,15 @@ def _keras_class(layer: Any) -> str:
         return "InputLayer"
     if isinstance(layer, _Pseudo):
         return layer.keras_cls
+    # an application's subclass that says which Keras layer computes what it does (a name,
+    # or a method naming it, which raises NotWritableError when none does)
+    declared = type(layer).__dict__.get("keras_written_as")
+    if declared is not None:
+        return declared(layer) if callable(declared) else declared
     for cls in type(layer).__mro__:
-        if cls.__module__.startswith("compat.layers") and cls.__name__ in LAYERS:
+        if (
+            cls.__module__.startswith("compat.layers") and cls.__name__ in LAYERS
+        ) or cls.__module__ == _APPLICATION_LAYERS.get(cls.__name__, ("", ""))[1]:
             if cls is not type(layer) and _input_map(layer) is None:
                 break  # a subclass of the user's own: its code is not in Keras's config
             return cls.__name__
@@ -553,6 +577,16 @@ def _explicit_pad(layer: Any) -> tuple[int, int] | None:
     """torch's own padding of a convolution compat wrapped (``from_torch``) when Keras's
     ``padding`` cannot say it: symmetric padding where Keras's ``'same'`` pads the
     bottom/right (strided), or any padding of a ``'valid'`` layer."""
+    if getattr(layer, "count_include_pad", False) and layer.padding == "same":
+        # torch's average over the padded zeros (InceptionV3's timm pools): Keras's 'same'
+        # leaves them out, so the zeros are a ZeroPadding2D before a 'valid' pooling
+        if tuple(layer.strides) != (1, 1) or any(k % 2 == 0 for k in layer.pool_size):
+            raise NotWritableError(
+                f"Layer '{layer.name}' averages over its 'same' padding (torch's "
+                f"count_include_pad) with strides {tuple(layer.strides)} and pool size "
+                f"{tuple(layer.pool_size)}: Keras has no layer for it."
+            )
+        return ((layer.pool_size[0] - 1) // 2, (layer.pool_size[1] - 1) // 2)
     pad = tuple(getattr(layer, "_torch_pad", (0, 0)) or (0, 0))
     if pad == (0, 0) or isinstance(layer, _Pseudo):
         return None
@@ -572,6 +606,8 @@ def pre_layers(layer: Any) -> list[_Pseudo]:
     mapping = _input_map(layer)
     if mapping is not None:
         out.append(_map_layer(layer, mapping))
+    for cls, attrs in getattr(layer, "keras_pre_layers", ()):  # declared by the layer
+        out.append(_Pseudo(f"{layer.name}_{snake_case(cls)}", cls, [], **attrs))
     pad = _explicit_pad(layer)
     if pad is not None:
         out.append(
@@ -612,7 +648,7 @@ def layer_config(layer: Any) -> dict[str, Any]:
         return functional_config(layer)
     where = f"layer '{layer.name}' ({cls})"
     base = {"name": layer.name, "trainable": layer.trainable, "dtype": dict(DTYPE_POLICY)}
-    config = {**base, **LAYERS[cls][3](layer, where)}
+    config = {**base, **LAYERS[cls][3](layer, where), **getattr(layer, "keras_config", {})}
     if _explicit_pad(layer) is not None:
         config["padding"] = "valid"  # the padding is the ZeroPadding2D written before it
     return config
@@ -622,16 +658,18 @@ def serialize_layer(layer: Any, input_shape: Any = None) -> dict[str, Any]:
     """Keras's ``serialize_keras_object(layer)``: module, class name, config, build config."""
     cls = _keras_class(layer)
     module = {"Sequential": "keras", "Functional": "keras.src.models.functional"}.get(
-        cls, "keras.layers"
+        cls, _APPLICATION_LAYERS.get(cls, ("keras.layers",))[0]
     )
     out: dict[str, Any] = {
         "module": module,
         "class_name": cls,
         "config": layer_config(layer),
-        "registered_name": None,
+        "registered_name": cls if cls in _APPLICATION_LAYERS else None,
     }
     shape = getattr(layer, "_build_shape", None) or input_shape
-    if _fixed_batch(input_shape):  # Input(batch_size=4): Keras built it on (4, ...)
+    several = isinstance(input_shape, list) and input_shape and isinstance(input_shape[0], tuple)
+    if _fixed_batch(input_shape) or (several and any(_fixed_batch(s) for s in input_shape)):
+        # Input(batch_size=4): Keras built it on (4, ...)
         shape = input_shape
     if cls not in ("InputLayer", "Functional", *_NO_BUILD_CONFIG) and shape is not None:
         out["build_config"] = {"input_shape": _json_shape(shape)}
@@ -670,12 +708,19 @@ def sequential_config(model: Any) -> dict[str, Any]:
     return config
 
 
-def _tensor_ref(t: Any, node_index: dict[int, int]) -> dict[str, Any]:
+# Keras's layers whose call() takes ``mask``: Keras records ``mask=None`` in their nodes'
+# kwargs when they are called without ``training=``.
+_MASK_CALLS = ("BatchNormalization", "Sequential", "Functional")
+
+
+def _tensor_ref(
+    t: Any, node_index: dict[int, int], batch: dict[int, int] | None = None
+) -> dict[str, Any]:
     layer, index, tensor_index = t._keras_history
     return {
         "class_name": "__keras_tensor__",
         "config": {
-            "shape": _json_shape(t.shape),
+            "shape": _json_shape(_batched(t, batch or {})),
             "dtype": "float32",
             "keras_history": [
                 layer.name,
@@ -686,11 +731,32 @@ def _tensor_ref(t: Any, node_index: dict[int, int]) -> dict[str, Any]:
     }
 
 
+def _fixed_batches(nodes: list[Any]) -> dict[int, int]:
+    """``id(tensor) -> batch size`` for the tensors of a graph whose input has a fixed batch
+    size (``Input(batch_size=4)``): Keras's shapes keep it through every layer."""
+    batch: dict[int, int] = {}
+    for node in nodes:
+        if node.is_input:
+            shape = getattr(node.layer, "batch_shape", None)
+            size = shape[0] if shape else None
+        else:
+            size = next((batch[id(t)] for t in node.input_tensors if id(t) in batch), None)
+        if size is not None:
+            batch.update((id(t), size) for t in node.outputs)
+    return batch
+
+
+def _batched(t: Any, batch: dict[int, int]) -> Any:
+    size = batch.get(id(t))
+    return t.shape if size is None else (size, *tuple(t.shape)[1:])
+
+
 def functional_config(model: Any) -> dict[str, Any]:
     """Keras's ``Functional.get_config()``: layers with their inbound nodes, in Keras order."""
     from compat.graph import map_graph
 
     nodes, layers = map_graph(model._inputs, model._outputs)
+    batch = _fixed_batches(nodes)
     in_model = {id(n) for n in nodes}
     for t in model._inputs:
         in_model.add(id(t._keras_history[0]._inbound_nodes[t._keras_history[1]]))
@@ -702,15 +768,21 @@ def functional_config(model: Any) -> dict[str, Any]:
             node_index[id(node)] = i
     for layer in layers:
         own = [n for n in layer._inbound_nodes if id(n) in in_model]
+        if _is_operation(layer):
+            entries.append(_operation_entry(layer, own, node_index, batch))
+            continue
         inbound = []
         first_shape = None
         for node in own:
             if node.is_input:
                 continue
-            refs = [_tensor_ref(t, node_index) for t in node.input_tensors]
-            shapes = [t.shape for t in node.input_tensors]
+            refs = [_tensor_ref(t, node_index, batch) for t in node.input_tensors]
+            shapes = [_batched(t, batch) for t in node.input_tensors]
             first_shape = first_shape or (list(shapes) if node.multi_input else shapes[0])
             kwargs = {} if node.training is None else {"training": node.training}
+            if not kwargs and _keras_class(layer) in _MASK_CALLS:
+                # Keras fills the call's mask argument: None for each input tensor
+                kwargs = {"mask": [None] * len(refs) if node.multi_input else None}
             inbound.append({"args": [refs if node.multi_input else refs[0]], "kwargs": kwargs})
         pres = pre_layers(layer)
         if pres and (len(inbound) != 1 or own[-1].multi_input):
@@ -725,7 +797,7 @@ def functional_config(model: Any) -> dict[str, Any]:
             pre_entry["inbound_nodes"] = [{"args": inbound[0]["args"], "kwargs": {}}]
             entries.append(pre_entry)
             shape = pre.compute_output_shape(shape)
-            ref = _tensor_ref(own[-1].input_tensors[0], node_index)
+            ref = _tensor_ref(own[-1].input_tensors[0], node_index, batch)
             ref["config"]["keras_history"] = [pre.name, 0, 0]
             ref["config"]["shape"] = _json_shape(shape)
             inbound = [{"args": [ref], "kwargs": inbound[0]["kwargs"]}]
@@ -752,6 +824,25 @@ def functional_config(model: Any) -> dict[str, Any]:
         "layers": entries,
         "input_layers": ends(model._inputs, model._struct_in),
         "output_layers": ends(model._outputs, model._struct_out),
+    }
+
+
+def _operation_entry(
+    layer: Any, own: list[Any], node_index: dict[int, int], batch: dict[int, int]
+) -> dict[str, Any]:
+    """Keras's serialised operation node: ``Add`` called with ``(tensor, 3.0)``..."""
+    inbound = []
+    for node in own:
+        refs = iter(_tensor_ref(t, node_index, batch) for t in node.input_tensors)
+        args = [next(refs) if v is None else v for v in layer.operands]
+        inbound.append({"args": args, "kwargs": {}})
+    return {
+        "module": _OPS_MODULE,
+        "class_name": layer.op,
+        "config": {"name": layer.name},
+        "registered_name": layer.op,
+        "name": layer.name,
+        "inbound_nodes": inbound,
     }
 
 
@@ -950,6 +1041,11 @@ def _check_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
             f"{where}: class {cls!r} from module {module!r} is a custom object; compat builds "
             "only its own layers from a file, never code it names."
         )
+    if cls in _APPLICATION_LAYERS and module != _APPLICATION_LAYERS[cls][0]:
+        raise KerasFileError(
+            f"{where}: class {cls!r} from module {module!r}; compat builds Keras's "
+            f"{cls} of {_APPLICATION_LAYERS[cls][0]} only."
+        )
     if registered not in (None, cls):
         raise KerasFileError(
             f"{where}: {cls!r} is registered as {registered!r}, a custom object; compat builds "
@@ -996,8 +1092,14 @@ def _layer_from_config(cls: str, config: dict[str, Any], where: str) -> Any:
     name = config.get("name")
     if not isinstance(name, str) or not name:
         raise KerasFileError(f"{where}: a layer without a name ({_short(name)}).")
+    if cls in _APPLICATION_LAYERS:
+        import importlib
+
+        source = importlib.import_module(_APPLICATION_LAYERS[cls][1])
+    else:
+        source = layers
     try:
-        layer = getattr(layers, cls)(name=name, **kwargs)
+        layer = getattr(source, cls)(name=name, **kwargs)
     except (TypeError, ValueError, NotImplementedError) as err:
         raise KerasFileError(f"{where}: compat cannot build it: {err}") from None
     layer.trainable = bool(config.get("trainable", True))
@@ -1027,8 +1129,36 @@ def _input_layer(config: dict[str, Any], where: str) -> Any:
     return InputLayer(batch_shape=tuple(shape), name=config.get("name"))
 
 
+_OPS_MODULE = "keras.src.ops.numpy"
+
+
+def _operation(entry: dict[str, Any], where: str) -> Any:
+    """Keras's serialised operation node (``x + 3.0`` on a KerasTensor), its constants set
+    when its node is read (:func:`_functional`)."""
+    from compat.ops import NumpyOperation
+
+    cls, config = entry.get("class_name"), entry.get("config")
+    if (
+        entry.get("module") != _OPS_MODULE
+        or cls not in NumpyOperation.FUNCTIONS
+        or entry.get("registered_name") not in (None, cls)
+    ):
+        raise KerasFileError(
+            f"{where}: operation {cls!r} from {entry.get('module')!r}; compat builds the "
+            f"operations {sorted(NumpyOperation.FUNCTIONS)} of {_OPS_MODULE} only."
+        )
+    name = config.get("name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name or set(config) - {"name"}:
+        raise KerasFileError(
+            f"{where}: an operation config that is not Keras's ({_short(config)})."
+        )
+    return NumpyOperation(cls, name=name)
+
+
 def build(entry: Any, where: str = "config.json") -> Any:
     """A compat model or layer from Keras's serialised form (``config.json``)."""
+    if isinstance(entry, dict) and str(entry.get("module", "")).startswith("keras.src.ops"):
+        return _operation(entry, f"{where}: operation '{(entry.get('config') or {}).get('name')}'")
     cls, config = _check_entry(entry, where)
     where = f"{where}: {cls} '{config.get('name')}'"
     if cls == "Sequential":
@@ -1054,6 +1184,8 @@ def _sequential(config: dict[str, Any], where: str) -> Any:
     model = Sequential(name=config.get("name"))
     for i, entry in enumerate(entries):
         layer = build(entry, f"{where}, layer {i}")
+        if _is_operation(layer):
+            raise KerasFileError(f"{where}: operation {layer.name!r} in a Sequential model.")
         try:
             model.add(layer)
         except _BUILD_ERRORS as err:
@@ -1110,7 +1242,13 @@ def _functional(config: dict[str, Any], where: str) -> Any:
             if not isinstance(node, dict) or not isinstance(node.get("args"), list):
                 raise KerasFileError(f"{where}: layer {layer.name!r}: a node that is not Keras's.")
             args, kwargs = node["args"], node.get("kwargs") or {}
-            if len(args) != 1 or set(kwargs) - {"training", "mask"} or kwargs.get("mask"):
+            if _is_operation(layer):
+                if not _call_operation(layer, node, k, outputs, where):
+                    waiting.append((layer, node, k))
+                continue
+            mask = kwargs.get("mask")
+            no_mask = mask is None or (isinstance(mask, list) and all(m is None for m in mask))
+            if len(args) != 1 or set(kwargs) - {"training", "mask"} or not no_mask:
                 raise KerasFileError(
                     f"{where}: layer {layer.name!r} is called with {_short(node)}; compat "
                     "calls layers on one tensor or a list and training= only."
@@ -1157,8 +1295,43 @@ def _functional(config: dict[str, Any], where: str) -> Any:
     return model
 
 
+def _operation_args(node: dict[str, Any], where: str) -> list[Any]:
+    """An operation node's arguments: tensor references and numbers (the constants)."""
+    args = node["args"]
+    if node.get("kwargs") or not 1 <= len(args) <= 2:
+        raise KerasFileError(
+            f"{where}: an operation called with {_short(node)}; compat builds operations on "
+            "two arguments (tensors or numbers) without keyword arguments."
+        )
+    return [
+        a if isinstance(a, (int, float)) and not isinstance(a, bool) else _ref(a, where)
+        for a in args
+    ]
+
+
+def _call_operation(
+    layer: Any, node: dict[str, Any], k: int, outputs: dict[tuple[str, int], Any], where: str
+) -> bool:
+    """Call the operation ``layer`` on its node's tensors and constants; False while a
+    tensor it needs is not made yet."""
+    args = _operation_args(node, f"{where}: operation {layer.name!r}")
+    refs = [a for a in args if isinstance(a, tuple)]
+    if not all((r[0], r[1]) in outputs for r in refs):
+        return False
+    try:
+        layer.set_operands([None if isinstance(a, tuple) else a for a in args])
+        inputs = [outputs[(r[0], r[1])] for r in refs]
+        out = layer(inputs if len(inputs) > 1 else inputs[0])
+    except _BUILD_ERRORS as err:
+        raise KerasFileError(f"{where}: calling operation {layer.name!r}: {err}") from None
+    outputs[(layer.name, k)] = out
+    return True
+
+
 def _node_refs(node: Any, where: str) -> list[tuple[str, int, int]]:
     try:
+        if len(node["args"]) > 1:
+            return [a for a in _operation_args(node, where) if isinstance(a, tuple)]
         arg = node["args"][0]
         multi = isinstance(arg, list) and not (len(arg) == 3 and isinstance(arg[0], str))
         return [_ref(a, where) for a in (arg if multi else [arg])]
@@ -1184,7 +1357,12 @@ def _keras_layers(model: Any) -> list[Any]:
         return model.layers
     from compat.graph import map_graph
 
-    return map_graph(model._inputs, model._outputs)[1]
+    return [x for x in map_graph(model._inputs, model._outputs)[1] if not _is_operation(x)]
+
+
+def _is_operation(layer: Any) -> bool:
+    """A ``keras.ops`` node of a graph (``x + 3.0``): in Keras's config, not a layer of it."""
+    return bool(getattr(layer, "_keras_operation", False))
 
 
 def weight_entries(model: Any, prefix: str = "") -> Iterator[tuple[str, str, list[Any]]]:

@@ -92,7 +92,8 @@ class Model(TorchTrainer, Layer):
 
     @property
     def layers(self) -> list[Layer]:
-        return list(self._layer_list)
+        # Keras's ``model.layers`` leaves out operation nodes (``x + 3.0`` in a graph)
+        return [x for x in self._layer_list if not getattr(x, "_keras_operation", False)]
 
     def _sublayers(self) -> list[Layer]:
         return self.layers

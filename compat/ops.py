@@ -57,6 +57,92 @@ class Operation(Layer):
         return (None, *dims)
 
 
+class NumpyOperation(Layer):
+    """A node of Keras's ``keras.src.ops.numpy`` arithmetic as Keras serialises it in a
+    functional config: ``x + 3.0`` on a KerasTensor is an ``Add`` node called with
+    ``(tensor, 3.0)``, ``x + y`` one called with two tensors (Keras's MobileNetV3 and ConvNeXt
+    graphs). ``operands`` holds the call's positional arguments in order: ``None`` where a
+    tensor goes (the layer's inputs, in order), a number for a constant. Like Keras's
+    operations it is no layer of ``model.layers`` and holds no weights."""
+
+    FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+        "Add": torch.add,
+        "Multiply": torch.multiply,
+    }
+    _keras_operation = True
+
+    def __init__(self, op: str, operands: list[Any] | None = None, *, name: str) -> None:
+        if op not in self.FUNCTIONS:
+            raise ValueError(
+                f"Keras operation {op!r}: compat builds only {sorted(self.FUNCTIONS)} nodes."
+            )
+        super().__init__(name=name)
+        self.op = op
+        self.operands: list[Any] | None = None
+        if operands is not None:
+            self.set_operands(operands)
+
+    def set_operands(self, operands: list[Any]) -> None:
+        """The call's arguments (``None`` for each tensor, numbers for constants), fixed once."""
+        ok = (
+            isinstance(operands, list)
+            and 1 <= len(operands) <= 2
+            and any(v is None for v in operands)
+            and all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                for v in operands
+            )
+        )
+        if not ok:
+            raise ValueError(
+                f"Keras operation '{self.name}' ({self.op}): expected two arguments, tensors "
+                f"or numbers with at least one tensor; received {operands!r}."
+            )
+        if self.operands is not None and self.operands != operands:
+            raise ValueError(
+                f"Keras operation '{self.name}' is called with {operands!r} after "
+                f"{self.operands!r}; compat's operation nodes keep one set of constants."
+            )
+        self.operands = list(operands)
+
+    def _arguments(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.operands is None or len(tensors) != self.operands.count(None):
+            raise ValueError(
+                f"Keras operation '{self.name}' ({self.op}) with operands {self.operands!r} "
+                f"received {len(tensors)} tensor(s)."
+            )
+        it = iter(tensors)
+        like = tensors[0]
+        # Keras converts a constant to a tensor of the float type (float32) before the op
+        return [
+            next(it) if v is None else torch.tensor(v, dtype=like.dtype, device=like.device)
+            for v in self.operands
+        ]
+
+    def forward(self, x: Any) -> Any:
+        xs = [backend.to_keras(t) for t in (x if isinstance(x, list) else [x])]
+        return backend.to_internal(self.FUNCTIONS[self.op](*self._arguments(xs)))
+
+    def compute_output_shape(self, input_shape: Any) -> Shape:
+        shapes = [
+            tuple(s) for s in (input_shape if isinstance(input_shape, list) else [input_shape])
+        ]
+        rank = max(len(s) for s in shapes)
+        padded = [(1,) * (rank - len(s)) + s for s in shapes]
+        out = []
+        for dims in zip(*padded, strict=True):
+            known = {d for d in dims if d is not None and d != 1}
+            if len(known) > 1:
+                raise ValueError(
+                    f"Keras operation '{self.name}' ({self.op}): shapes {shapes} do not broadcast."
+                )
+            if known:
+                out.append(known.pop())
+            else:
+                out.append(None if None in dims else 1)
+        return tuple(out)
+
+
 def _apply(name: str, fn: Callable[..., torch.Tensor], *inputs: Any) -> Any:
     """Run ``fn`` eagerly on tensors / arrays, or add it to the graph for KerasTensors."""
     if any(isinstance(t, KerasTensor) for t in inputs):

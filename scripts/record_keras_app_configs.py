@@ -73,7 +73,12 @@ def _serialize(model: Any) -> dict[str, Any]:
 
 
 # The widths Keras has ImageNet weights for besides alpha=1.0, recorded as <Name>_alpha<a>.
-ALPHAS = {"MobileNet": (0.25, 0.5, 0.75), "MobileNetV2": (0.35, 0.5, 0.75, 1.3, 1.4)}
+ALPHAS = {
+    "MobileNet": (0.25, 0.5, 0.75),
+    "MobileNetV2": (0.35, 0.5, 0.75, 1.3, 1.4),
+    "MobileNetV3Small": (0.75,),
+    "MobileNetV3Large": (0.75,),
+}
 VARIANTS = [f"{app}_alpha{alpha}" for app, alphas in ALPHAS.items() for alpha in alphas]
 
 
@@ -105,7 +110,9 @@ def _classes(entry: dict[str, Any]) -> set[str]:
 
 
 def _unsupported(entry: dict[str, Any]) -> list[str]:
-    missing = sorted(_classes(entry) - set(keras_files.LAYERS) - {"InputLayer"})
+    missing = sorted(
+        _classes(entry) - set(keras_files.LAYERS) - {"InputLayer", *keras_files._MODELS}
+    )
     if missing:
         return missing
     try:
@@ -157,9 +164,29 @@ def record(name: str) -> dict[str, Any] | list[str]:
     record["pooling"] = {}
     for pooling in ("avg", "max"):
         pooled = _make(name, include_top=False, pooling=pooling)
-        record["pooling"][pooling] = pooled["config"]["layers"][-1]
         if len(pooled["config"]["layers"]) != len(notop["config"]["layers"]) + 1:
             raise SystemExit(f"{name}: pooling={pooling} adds more than one layer")
+        before = {layer["config"]["name"]: layer for layer in notop["config"]["layers"]}
+        added = [
+            (i, layer)
+            for i, layer in enumerate(pooled["config"]["layers"])
+            if layer["config"]["name"] not in before
+        ]
+        changed = [
+            layer
+            for layer in pooled["config"]["layers"]
+            if layer["config"]["name"] in before and layer != before[layer["config"]["name"]]
+        ]
+        record["pooling"][pooling] = added[0][1]
+        if changed or added[0][0] != len(notop["config"]["layers"]):
+            # ConvNeXt pools before its last LayerNormalization: the pooling layer goes in
+            # at this index and the layers it feeds take these recorded entries
+            if pooled["config"]["output_layers"] != notop["config"]["output_layers"]:
+                raise SystemExit(f"{name}: pooling={pooling} inserts a layer and moves the output")
+            record.setdefault("pooling_inserted", {})[pooling] = {
+                "index": added[0][0],
+                "changed": changed,
+            }
     # sizes 2**n + 1 stay odd down the network: every correct_pad layer pads differently
     odd = _pads(_make(name, include_top=False, input_shape=(257, 257, 3)))
     record["correct_pad"] = {

@@ -43,6 +43,10 @@ _FILES: dict[str, tuple[str, str]] = {
             "DenseNet201",
         )
     },
+    "InceptionResNetV2": (
+        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
+        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
     "InceptionV3": (
         "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -59,6 +63,15 @@ _FILES: dict[str, tuple[str, str]] = {
         f"EfficientNetV2{v}": (f"efficientnetv2-{v.lower()}.h5",
                                f"efficientnetv2-{v.lower()}_notop.h5")
         for v in ("B0", "B1", "B2", "B3", "S", "M", "L")
+    },
+    **{
+        f"MobileNetV3{v}": (f"weights_mobilenet_v3_{v.lower()}_224_1.0_float.h5",
+                            f"weights_mobilenet_v3_{v.lower()}_224_1.0_float_no_top_v2.h5")
+        for v in ("Small", "Large")
+    },
+    **{
+        f"ConvNeXt{v}": (f"convnext_{v.lower()}.h5", f"convnext_{v.lower()}_notop.h5")
+        for v in ("Tiny", "Small", "Base", "Large", "XLarge")
     },
 }  # fmt: skip
 
@@ -81,6 +94,11 @@ def _file_name(application: str, include_top: bool, alpha: float, rows: int) -> 
     if application == "MobileNet":
         text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0"}.get(alpha, "2_5")  # Keras's own rule
         return f"mobilenet_{text}_{rows}_tf" + ("" if include_top else "_no_top") + ".h5"
+    if application.startswith("MobileNetV3") and alpha in (0.75, 1.0) and rows == 224:
+        kind = application[len("MobileNetV3") :].lower()
+        return f"weights_mobilenet_v3_{kind}_224_{float(alpha)}_float" + (
+            ".h5" if include_top else "_no_top_v2.h5"
+        )
     if alpha != 1.0 or rows != 224:
         raise ValueError(f"{application} has no `alpha` or `rows` variants of its weights.")
     return _FILES[application][0 if include_top else 1]
@@ -92,7 +110,7 @@ def cached_weights(
     """The path of Keras's ImageNet weights for ``application`` in Keras's cache
     (``<keras home>/models/<file>``, where ``keras.applications.<application>(
     weights="imagenet")`` downloads it), for ``weights=``; ``alpha`` and ``rows`` (the
-    image size the weights were trained at) pick MobileNet/MobileNetV2's files. An error
+    image size the weights were trained at) pick MobileNet/MobileNetV2/V3's files. An error
     when it is not there."""
     if application not in _FILES:
         raise ValueError(
@@ -248,9 +266,12 @@ def keras_config(
     """Keras's serialised ``keras.applications.<application>(...)`` for these arguments."""
     record = _record(application, alpha)
     _common.check_pooling(pooling)
-    shape = _common.check_input_shape(
-        None, input_shape, record["default_size"], record["min_size"], include_top, weights
-    )
+    if application.startswith("MobileNetV3"):
+        shape = _mobilenet_v3_shape(input_shape)
+    else:
+        shape = _common.check_input_shape(
+            None, input_shape, record["default_size"], record["min_size"], include_top, weights
+        )
     config = copy.deepcopy(record["top" if include_top else "notop"])
     if include_top:
         for path in record["classes_paths"]:
@@ -259,10 +280,17 @@ def keras_config(
             _set(config, path, _activation(classifier_activation))
     elif pooling is not None:
         layer = copy.deepcopy(record["pooling"][pooling])
-        config["config"]["layers"].append(layer)
-        outputs = config["config"]["output_layers"]
-        ref = [layer["config"]["name"], 0, 0]
-        config["config"]["output_layers"] = [ref] if isinstance(outputs[0], list) else ref
+        inserted = record.get("pooling_inserted", {}).get(pooling)
+        layers = config["config"]["layers"]
+        if inserted is not None:  # ConvNeXt: pooled before its last LayerNormalization
+            changed = {e["config"]["name"]: e for e in copy.deepcopy(inserted["changed"])}
+            layers[:] = [changed.get(e["config"]["name"], e) for e in layers]
+            layers.insert(inserted["index"], layer)
+        else:
+            layers.append(layer)
+            outputs = config["config"]["output_layers"]
+            ref = [layer["config"]["name"], 0, 0]
+            config["config"]["output_layers"] = [ref] if isinstance(outputs[0], list) else ref
     _auto_names(config)
     first = config["config"]["layers"][0]
     first["config"]["batch_shape"] = [None, *shape]
@@ -272,7 +300,59 @@ def keras_config(
     config["config"]["name"] = name or recorded
     if record["correct_pad"] and shape[0] is not None:
         _fix_pads(config, record["correct_pad"], f"Keras's {application}")
+    _fix_nested_inputs(config, f"Keras's {application}")
     return config
+
+
+def _fix_nested_inputs(config: dict[str, Any], where: str) -> None:
+    """The input shape of each nested model (ConvNeXt's stem and downsampling Sequentials),
+    which Keras builds on the shape it is called on: the input size's own shapes, found by
+    building on the meta device with the nested inputs left open."""
+    from compat.keras_format import hook
+
+    nested = [
+        e for e in config["config"]["layers"] if e["class_name"] in ("Sequential", "Functional")
+    ]
+    if not nested:
+        return
+    first = config["config"]["layers"][0]["config"]["batch_shape"]
+    if all(d is None for d in first[1:-1]):
+        return  # recorded without a size: every nested input is open already
+    for entry in nested:
+        _set_nested_input(entry, None)
+    with torch.device("meta"):
+        model = hook("build")(config, where)
+    for entry in nested:
+        layer = model.get_layer(entry["config"]["name"])
+        node = [n for n in layer._inbound_nodes if n.input_tensors][-1]
+        _set_nested_input(entry, list(node.input_tensors[0].shape))
+
+
+def _set_nested_input(entry: dict[str, Any], shape: list[Any] | None) -> None:
+    """Set a nested model's input shape (``None``: its spatial sizes open)."""
+    inner = entry["config"]
+    old = inner["layers"][0]["config"]["batch_shape"]
+    new = shape or [None, *[None] * (len(old) - 2), old[-1]]
+    inner["layers"][0]["config"]["batch_shape"] = new
+    if "build_input_shape" in inner:
+        inner["build_input_shape"] = list(new)
+
+
+def _mobilenet_v3_shape(input_shape: Any) -> tuple[Any, ...]:
+    """Keras's MobileNetV3 input rule: any size, with or without the top (its top pools
+    first), at least 32x32."""
+    if input_shape is None:
+        return (None, None, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            "`input_shape` must be a tuple of three integers (height, width, channels). "
+            f"Received: input_shape={shape}"
+        )
+    rows, cols = shape[:2]
+    if rows and cols and (rows < 32 or cols < 32):
+        raise ValueError(f"Input size must be at least 32x32; Received `input_shape={shape}`")
+    return shape
 
 
 def _file_layers(path: str) -> list[tuple[str, list[tuple[int, ...]]]] | None:
@@ -309,10 +389,11 @@ def _check_file(model: Any, path: str, application: str, include_top: bool) -> N
     stored = _file_layers(path)
     if stored is None:
         return
+    # as Keras's legacy layout has them: a nested model (ConvNeXt's stem) is one layer
     wanted = [
-        (layer, [tuple(v.shape) for v in variables])
-        for _, layer, variables in keras_files.weight_entries(model)
-        if variables
+        (layer.name, [tuple(v.shape) for v in keras_files._legacy_variables(layer)])
+        for layer in keras_files._keras_order(model)
+        if keras_files._legacy_variables(layer)
     ]
     what = f"Keras's {application}(include_top={include_top})"
     if len(stored) != len(wanted):

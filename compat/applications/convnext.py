@@ -88,6 +88,8 @@ class Activation(layers.Activation):
     """A block's ``*_identity`` ``Activation("linear")`` followed by the residual sum (Keras's
     ``inputs + x``, a graph operation that is no layer): called on ``[inputs, x]``."""
 
+    keras_written_as = "Add"  # a Keras file holds the sum as an Add layer of that name
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("linear", **kwargs)
 

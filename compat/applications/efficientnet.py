@@ -65,6 +65,19 @@ class ZeroPadding2D(layers.ZeroPadding2D):
         ]
         super().__init__(padding=tuple(pads), **kwargs)
         self.kernel_size, self.strides = kernel_size, strides
+        self._fixed = all(s is not None for s in input_shape[1:3])
+
+    def keras_written_as(self) -> str:
+        """A Keras file's ``ZeroPadding2D`` pads as this layer only at a fixed input size."""
+        if not getattr(self, "_fixed", False):
+            from compat.keras_format import NotWritableError
+
+            raise NotWritableError(
+                f"Layer '{self.name}' pads for each input size as TensorFlow's 'same' does; "
+                "Keras's ZeroPadding2D has one padding. Build the model with a fixed "
+                "input_shape to write a Keras file."
+            )
+        return "ZeroPadding2D"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, b = _same_pads(x.shape[2], self.kernel_size, self.strides)
@@ -75,6 +88,8 @@ class ZeroPadding2D(layers.ZeroPadding2D):
 class Dropout(layers.Dropout):
     """Keras's ``Dropout(rate, noise_shape=(None, 1, 1, 1))``: drops whole samples of a
     residual branch (drop-connect), scaling kept ones by ``1 / (1 - rate)``."""
+
+    keras_written_as = "Dropout"  # with its noise_shape, as Keras's
 
     def __init__(self, rate: float, **kwargs: Any) -> None:
         super().__init__(rate, **kwargs)
@@ -93,6 +108,8 @@ class Dropout(layers.Dropout):
 
 class Rescaling(layers.Rescaling):
     """Keras's ``Rescaling`` with a per-channel ``scale``."""
+
+    keras_written_as = "Rescaling"
 
     def __init__(self, scale: Any, **kwargs: Any) -> None:
         super().__init__(1.0, **kwargs)

@@ -21,7 +21,7 @@ size applies). No difference is forced by the torch weights. Only ``alpha=1.0`` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,8 @@ from compat.models import Model
 class Activation(layers.Activation):
     """Keras's ``Activation("hard_swish")``: ``x * relu6(x + 3) / 6``."""
 
+    keras_written_as = "Activation"  # a Keras file holds it as that
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("linear", **kwargs)
         self.activation = "hard_swish"
@@ -47,6 +49,11 @@ class Activation(layers.Activation):
 class ReLU(layers.ReLU):
     """The ``ReLU(6.0)`` layer of Keras's hard sigmoid ``ReLU(6.0)(x + 3.0) * (1 / 6)``,
     computing the whole expression (Keras's ``+`` and ``*`` are not layers)."""
+
+    # in a Keras file: relu6(x + 3) / 6 == ReLU(max_value=1)(x / 6 + 0.5)
+    keras_written_as = "ReLU"
+    keras_config: ClassVar[dict[str, Any]] = {"max_value": 1.0}
+    keras_pre_layers: ClassVar[tuple] = (("Rescaling", {"scale": 1.0 / 6.0, "offset": 0.5}),)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(6.0, **kwargs)

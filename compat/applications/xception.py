@@ -13,7 +13,7 @@ weights were trained), and BatchNorm epsilon is 1e-5 (Keras 1e-3).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,17 @@ from compat.models import Model
 
 class MaxPooling2D(layers.MaxPooling2D):
     """Keras's ``MaxPooling2D(3, 2, padding="same")`` shape, torch's symmetric padding."""
+
+    # In a Keras file: the maximum over each 3x3 neighbourhood ('same' at stride 1 pads
+    # (1, 1), which a maximum ignores, as torch's padding), then every stride-th of them.
+    keras_written_as = "MaxPooling2D"
+    keras_config: ClassVar[dict[str, Any]] = {"pool_size": (1, 1), "padding": "valid"}
+
+    @property
+    def keras_pre_layers(self) -> tuple:
+        return (
+            ("MaxPooling2D", {"pool_size": self.pool_size, "strides": (1, 1), "padding": "same"}),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x, self.pool_size, self.strides, padding=1)

@@ -379,6 +379,21 @@ def _dense_sequential(layer: dict) -> dict:
                                                                  "config": "f"}}},
             r"activation .* compat never deserialises functions",
         ),
+        (
+            {"module": "keras.src.ops.numpy", "class_name": "Add", "registered_name": "Add",
+             "config": {"name": "a"}},
+            r"operation 'a' in a Sequential model",
+        ),
+        (
+            {"module": "keras.src.ops.numpy", "class_name": "Divide",
+             "registered_name": "Divide", "config": {"name": "d"}},
+            r"operation 'Divide' .*compat builds the operations \['Add', 'Multiply'\]",
+        ),
+        (
+            {"module": "keras.layers", "class_name": "CustomScaleLayer",
+             "config": {"name": "c", "scale": 0.1}},
+            r"compat builds Keras's CustomScaleLayer of keras.src.applications.inception_re",
+        ),
     ],
 )  # fmt: skip
 def test_a_config_builds_only_compats_own_layers(ck, tmp_path: Path, layer, message) -> None:
@@ -483,3 +498,99 @@ def test_a_config_whose_sizes_overflow_is_one_error(ck, tmp_path: Path) -> None:
     path = _archive(tmp_path / "overflow.keras", config)
     with pytest.raises(UnreadableFileError, match=r"overflow\.keras: config\.json: .* layer 'd'"):
         ck.models.load_model(path)
+
+
+def _fixed_batch(K):
+    """A functional model on ``Input(batch_size=4)``: Keras's shapes keep the 4 throughout."""
+    inputs = K.Input((6, 6, 3), batch_size=4, name="img")
+    a = K.layers.Conv2D(3, 3, padding="same", name="a")(inputs)
+    b = K.layers.BatchNormalization(name="bn")(a)
+    x = K.layers.Add(name="add")([a, b])
+    x = K.layers.GlobalAveragePooling2D(name="gap")(x)
+    return K.Model(inputs, K.layers.Dense(2, name="out")(x), name="fixed")
+
+
+def _archived_config(path: Path) -> dict:
+    """The model config a ``.keras`` archive holds, without Keras's ``shared_object_id``
+    marks (Python object ids, different in every session)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "shared_object_id"}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    with zipfile.ZipFile(path) as archive:
+        return strip(json.loads(archive.read("config.json"))["config"])
+
+
+def test_a_fixed_batch_size_is_written_as_keras_writes_it(keras, ck, tmp_path: Path) -> None:
+    """``Input(batch_size=4)`` in a functional model: compat's config (every tensor shape and
+    build_config) is Keras's, both ways through ``.keras`` files."""
+    k_model, c_model = _fixed_batch(keras), _fixed_batch(ck)
+    assert _json(c_model.get_config()) == _json(k_model.get_config())
+    _randomise(k_model)
+    c_model.set_weights(k_model.get_weights())
+    x = np.random.default_rng(6).uniform(-1, 1, (4, 6, 6, 3)).astype("float32")
+    k_model.save(tmp_path / "k.keras")
+    c_model.save(tmp_path / "c.keras")
+    assert _archived_config(tmp_path / "c.keras") == _archived_config(tmp_path / "k.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    assert tuple(back.input.shape) == (4, 6, 6, 3)
+    _close(back.predict(x, verbose=0), k_model.predict(x, verbose=0))
+    # Keras -> compat -> Keras keeps it
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    loaded.save(tmp_path / "again.keras")
+    assert _archived_config(tmp_path / "again.keras") == _archived_config(tmp_path / "k.keras")
+    _close(loaded.predict(x, verbose=0), k_model.predict(x, verbose=0))
+
+
+def _operations(K):
+    """Keras's hard sigmoid as MobileNetV3 writes it (``ReLU(6)(x + 3) * (1 / 6)``: ``+`` and
+    ``*`` on KerasTensors are operation nodes with a constant), a constant first
+    (``3.0 + x``) and two tensors (``a * b``)."""
+    inputs = K.Input((4,), name="x")
+    a = K.layers.Dense(3, name="a")(inputs)
+    b = K.layers.Dense(3, name="b")(inputs)
+    x = K.layers.ReLU(6.0, name="relu6")(a + 3.0) * (1.0 / 6.0)
+    return K.Model(inputs, [x, (3.0 + b) * a], name="ops")
+
+
+def test_keras_operation_nodes_come_over_both_ways(keras, ck, tmp_path: Path) -> None:
+    source = _operations(keras)
+    _randomise(source)
+    source.save(tmp_path / "k.keras")
+    x = np.random.default_rng(7).uniform(-3, 3, (5, 4)).astype("float32")
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    # operations are no layers of model.layers in Keras, nor here
+    assert [layer.name for layer in loaded.layers] == ["x", "a", "b", "relu6"]
+    assert _json(loaded.get_config()) == _json(source.get_config())
+    for got, want in zip(loaded.predict(x, verbose=0), source.predict(x, verbose=0), strict=True):
+        _close(got, want, tol=1e-6)
+    loaded.save(tmp_path / "c.keras")  # written back as Keras wrote them
+    assert _archived_config(tmp_path / "c.keras") == _archived_config(tmp_path / "k.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    for got, want in zip(back.predict(x, verbose=0), source.predict(x, verbose=0), strict=True):
+        _close(got, want, tol=1e-6)
+    config = _archived_config(tmp_path / "k.keras")
+    add = next(e for e in config["layers"] if e["class_name"] == "Add")
+    add["inbound_nodes"][0]["args"][1] = "3.0"  # a string where a number or tensor goes
+    _archive(tmp_path / "bad.keras", {"module": "keras.src.models.functional",
+                                      "class_name": "Functional", "config": config})  # fmt: skip
+    with pytest.raises(UnreadableFileError, match=r"operation 'add'.*not Keras's \('3.0'\)"):
+        ck.models.load_model(tmp_path / "bad.keras")
+
+
+def test_a_nested_model_called_on_two_tensors_comes_over(keras, ck, tmp_path: Path) -> None:
+    """Keras records ``mask=[None, None]`` for a nested model called on a list: compat reads
+    it (no mask is none) and writes it back so."""
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    inner = keras.Model([a, b], keras.layers.Add(name="sum")([a, b]), name="inner")
+    x, y = keras.Input((3,), name="x"), keras.Input((3,), name="y")
+    source = keras.Model([x, y], keras.layers.Dense(2, name="d")(inner([x, y])), name="outer")
+    _randomise(source)
+    source.save(tmp_path / "k.keras")
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    node = next(e for e in _json(loaded.get_config())["layers"] if e["name"] == "inner")
+    assert node["inbound_nodes"][0]["kwargs"] == {"mask": [None, None]}
+    data = [np.random.default_rng(i).normal(size=(4, 3)).astype("float32") for i in (8, 9)]
+    _close(loaded.predict(data, verbose=0), source.predict(data, verbose=0), tol=1e-6)

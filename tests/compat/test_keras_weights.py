@@ -93,6 +93,10 @@ def _compare(keras, ck, tmp_path: Path, app: str, size: int, **kwargs) -> None:
         ("MobileNetV2", 32, {"alpha": 0.35, "include_top": False}),  # tutorials' small width
         # Conv2D classifier + Reshape: classes patched in both
         ("MobileNet", 32, {"classes": 10}),
+        # hard_sigmoid's `x + 3.0` and `x * (1 / 6)`: Keras's Add/Multiply operation nodes
+        # with a constant operand; odd size: correct_pad
+        ("MobileNetV3Small", 33, {"include_top": False, "pooling": "avg"}),
+        ("MobileNetV3Large", 32, {"alpha": 0.75, "classes": 10, "classifier_activation": None}),
         pytest.param("Xception", 71, {"include_top": False, "pooling": "avg"},
                      marks=pytest.mark.slow),
         pytest.param("ResNet50", 32, {"include_top": False, "pooling": "avg"},
@@ -110,6 +114,13 @@ def _compare(keras, ck, tmp_path: Path, app: str, size: int, **kwargs) -> None:
         pytest.param("EfficientNetV2B0", 32, {"classes": 10}, marks=pytest.mark.slow),
         # VarianceScaling from the config was all V2S/M/L lacked
         pytest.param("EfficientNetV2S", 32, {"include_top": False}, marks=pytest.mark.slow),
+        # Keras's own CustomScaleLayer (x + r * scale) on a list of two tensors
+        pytest.param("InceptionResNetV2", 75, {"include_top": False}, marks=pytest.mark.slow),
+        # LayerScale, nested Sequential stem/downsampling, `x + y` operation nodes, pooling
+        # before the last LayerNormalization
+        ("ConvNeXtTiny", 32, {"include_top": False, "pooling": "avg"}),
+        # the nested Sequentials' inputs take the input size's shapes
+        pytest.param("ConvNeXtTiny", 32, {"classes": 10}, marks=pytest.mark.slow),
     ],
 )  # fmt: skip
 def test_keras_file_gives_keras_predictions(keras, ck, tmp_path, app, size, kwargs) -> None:
@@ -168,8 +179,6 @@ def test_wrong_keras_file_is_one_clear_error(ck, mobilenet_files) -> None:
         ck.applications.MobileNetV2(
             weights=top, input_shape=(32, 32, 3), classes=10, classifier_activation="relu"
         )
-    with pytest.raises(NotImplementedError, match=r"InceptionResNetV2 .*CustomScaleLayer"):
-        ck.applications.InceptionResNetV2(weights=notop, include_top=False)
     with pytest.raises(NotImplementedError, match=r"alpha=0.6.*\[0.35, 0.5, 0.75, 1.0, 1.3, 1.4\]"):
         ck.applications.MobileNetV2(weights=notop, include_top=False, alpha=0.6)
     with pytest.raises(NotImplementedError, match=r"dropout"):  # recorded with defaults only
@@ -202,6 +211,9 @@ def test_keras_cache_path(ck, mobilenet_files, tmp_path, monkeypatch) -> None:
     assert _keras_weights._file_name("MobileNet", False, 0.25, 128) == (
         "mobilenet_2_5_128_tf_no_top.h5"
     )
+    assert _keras_weights._file_name("MobileNetV3Large", False, 0.75, 224) == (
+        "weights_mobilenet_v3_large_224_0.75_float_no_top_v2.h5"
+    )
     with pytest.raises(ValueError, match=r"'EfficientNetB0'; known"):
         _keras_weights.cached_weights("EfficientNetB0")
 
@@ -216,8 +228,9 @@ def test_every_recorded_application_builds(ck) -> None:
     files = _keras_weights.CONFIGS.glob("*.json.gz")
     recorded = sorted(p.name[: -len(".json.gz")].partition("_alpha") for p in files)
     assert set(_keras_weights._FILES) <= {app for app, _, _ in recorded}
-    # MobileNet(V2)'s other alphas; EfficientNetB0-B7 (not in _FILES: see there)
-    assert len(recorded) == len(_keras_weights._FILES) + 8 + 8
+    # MobileNet(V2)'s and MobileNetV3's other alphas; EfficientNetB0-B7 (not in _FILES: see
+    # there)
+    assert len(recorded) == len(_keras_weights._FILES) + 8 + 2 + 8
     for app, _, alpha in recorded:
         for kwargs in ({"include_top": False, "pooling": "avg"}, {"classes": 7}):
             config = _keras_weights.keras_config(app, alpha=float(alpha or 1.0), **kwargs)
