@@ -41,6 +41,15 @@ class ZeroPadding2D(layers.ZeroPadding2D):
     """Keras's ``pool1_pad`` (class ``ZeroPadding2D``) padding with -inf, as torch's
     ``MaxPool2d(padding=1)`` the weights were trained with."""
 
+    def keras_written_as(self) -> str:
+        """No Keras layer pads with -inf: a Keras file cannot hold this layer."""
+        from compat.keras_format import NotWritableError
+
+        raise NotWritableError(
+            f"Layer '{self.name}' pads with -inf before the max-pool (torch's padding, which "
+            "the weights were trained with); Keras's ZeroPadding2D pads with zeros only."
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (t, b), (left, r) = self.padding
         return F.pad(x, (left, r, t, b), value=float("-inf"))
