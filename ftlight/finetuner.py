@@ -604,7 +604,12 @@ class FineTuner(L.LightningModule):
         if wanted and not probed:
             callbacks = self.trainer.callbacks
             cache = next((cb for cb in callbacks if isinstance(cb, FeatureCache)), None)
-            why = cache.reason if cache is not None and cache.reason else "it is not on"
+            if cache is not None and cache.reason:
+                why = cache.reason
+            elif self.hparams.get("cache_features") is False:
+                why = "cache_features=False"
+            else:
+                why = "no FeatureCache callback runs"
             raise ValueError(
                 "head_init='probe' fits the head on cached features of the frozen backbone "
                 f"before the first step, but feature caching is off: {why}. Freeze the "

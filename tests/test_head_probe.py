@@ -90,7 +90,7 @@ def test_probe_is_not_repeated_on_resume(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("kw", "reason"),
     [
-        ({"cache_features": False}, "it is not on"),
+        ({"cache_features": False}, "caching is off: cache_features=False."),
         ({"freeze": None}, "trainable parameters"),
     ],
     ids=["cache-off", "backbone-trains"],
