@@ -105,7 +105,7 @@ def test_probe_without_cached_rows_is_a_clear_error(tmp_path, kw, reason) -> Non
 
 
 def test_probe_needs_a_linear_head_and_a_known_mode() -> None:
-    with pytest.raises(ValueError, match=r"linear head .*\['Linear', 'Linear'\]"):
+    with pytest.raises(ValueError, match=r"linear head .*hidden=\(\).*\['Linear', 'Linear'\]"):
         model(head_init="probe", hidden=(8,))
     with pytest.raises(ValueError, match=r"head_init must be 'random' or 'probe'\. Received: 'lp'"):
         model(head_init="lp")

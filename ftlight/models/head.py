@@ -69,7 +69,8 @@ def linear_head(head: nn.Module) -> nn.Linear:
     layers = [m for m in head.modules() if next(m.parameters(recurse=False), None) is not None]
     if len(layers) != 1 or not isinstance(layers[0], nn.Linear):
         raise ValueError(
-            "head_init='probe' fits a linear head (no hidden layers, no head BatchNorm). "
+            "head_init='probe' fits a linear head (no hidden layers, no head BatchNorm: "
+            "hidden=(), head_batchnorm=False; on the command line --model.hidden '[]'). "
             f"Received a head with parametrised layers {[type(m).__name__ for m in layers]}."
         )
     return layers[0]
