@@ -88,10 +88,7 @@ class NumpyOperation(Layer):
             isinstance(operands, list)
             and 1 <= len(operands) <= 2
             and any(v is None for v in operands)
-            and all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                for v in operands
-            )
+            and all(v is None or isinstance(v, (int, float)) for v in operands)  # bools too
         )
         if not ok:
             raise ValueError(

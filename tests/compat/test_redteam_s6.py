@@ -81,3 +81,22 @@ def test_input_map_channels_last_branch_equals_the_contiguous_path(convention) -
     (mapping(cl) ** 2).sum().backward()
     (mapping(dense) ** 2).sum().backward()
     assert torch.equal(cl.grad, dense.grad)
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_a_boolean_operand_of_an_operation_node_reads_as_keras_reads_it(
+    keras, ck, tmp_path, constant
+) -> None:
+    """Keras writes ``x + True`` as an Add node whose second argument is ``true`` and reads
+    it back as the number 1; compat refused the file, calling ``True`` a tensor reference."""
+    x = np.array([[1.0, 2.0, 3.0]], "float32")
+    inp = keras.Input((3,))
+    theirs = keras.Model(inp, keras.ops.multiply(keras.ops.add(inp, constant), 2.0))
+    theirs.save(tmp_path / "bool.keras")
+    want = theirs.predict(x, verbose=0)
+    np.testing.assert_array_equal(want, (x + constant) * 2.0)
+    ours = ck.models.load_model(tmp_path / "bool.keras")
+    np.testing.assert_array_equal(ours.predict(x, verbose=0), want)
+    ours.save(tmp_path / "back.keras")  # and written back as Keras reads it
+    again = keras.models.load_model(tmp_path / "back.keras")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), want)
