@@ -1304,7 +1304,7 @@ def _operation_args(node: dict[str, Any], where: str) -> list[Any]:
             "two arguments (tensors or numbers) without keyword arguments."
         )
     return [
-        a if isinstance(a, (int, float)) and not isinstance(a, bool) else _ref(a, where)
+        a if isinstance(a, (int, float)) else _ref(a, where)  # bool too: x + True, as Keras
         for a in args
     ]
 

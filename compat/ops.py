@@ -88,10 +88,7 @@ class NumpyOperation(Layer):
             isinstance(operands, list)
             and 1 <= len(operands) <= 2
             and any(v is None for v in operands)
-            and all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                for v in operands
-            )
+            and all(v is None or isinstance(v, (int, float)) for v in operands)  # bools too
         )
         if not ok:
             raise ValueError(
@@ -124,23 +121,25 @@ class NumpyOperation(Layer):
         return backend.to_internal(self.FUNCTIONS[self.op](*self._arguments(xs)))
 
     def compute_output_shape(self, input_shape: Any) -> Shape:
-        shapes = [
-            tuple(s) for s in (input_shape if isinstance(input_shape, list) else [input_shape])
-        ]
-        rank = max(len(s) for s in shapes)
-        padded = [(1,) * (rank - len(s)) + s for s in shapes]
-        out = []
-        for dims in zip(*padded, strict=True):
-            known = {d for d in dims if d is not None and d != 1}
-            if len(known) > 1:
-                raise ValueError(
-                    f"Keras operation '{self.name}' ({self.op}): shapes {shapes} do not broadcast."
-                )
-            if known:
-                out.append(known.pop())
-            else:
-                out.append(None if None in dims else 1)
-        return tuple(out)
+        return broadcast_shape(input_shape, f"Keras operation '{self.name}' ({self.op})")
+
+
+def broadcast_shape(input_shape: Any, what: str) -> Shape:
+    """The NumPy broadcast of one Keras shape or a list of them (``None``: unknown size);
+    a ``ValueError`` naming ``what`` when they do not broadcast."""
+    shapes = [tuple(s) for s in (input_shape if isinstance(input_shape, list) else [input_shape])]
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + s for s in shapes]
+    out = []
+    for dims in zip(*padded, strict=True):
+        known = {d for d in dims if d is not None and d != 1}
+        if len(known) > 1:
+            raise ValueError(f"{what}: shapes {shapes} do not broadcast.")
+        if known:
+            out.append(known.pop())
+        else:
+            out.append(None if None in dims else 1)
+    return tuple(out)
 
 
 def _apply(name: str, fn: Callable[..., torch.Tensor], *inputs: Any) -> Any:

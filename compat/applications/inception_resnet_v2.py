@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from compat import layers
+from compat import backend, layers
 from compat.applications import _common
 from compat.applications.imagenet_utils import convention
 from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.applications.inception_v3 import _cat, _Units
 from compat.layers.base import Layer, Shape
 from compat.models import Model
+from compat.ops import broadcast_shape
 
 
 class CustomScaleLayer(Layer):
@@ -37,10 +38,13 @@ class CustomScaleLayer(Layer):
         self.scale = scale
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        return inputs[0] + inputs[1] * self.scale
+        # in Keras's layout: inputs of different ranks broadcast over Keras's trailing axes
+        # (a rank-4 tensor's channels), not over those of compat's NCHW view
+        a, b = (backend.to_keras(t) for t in inputs[:2])
+        return backend.to_internal(a + b * self.scale)
 
     def compute_output_shape(self, input_shape: list[Shape]) -> Shape:
-        return input_shape[0]
+        return broadcast_shape(list(input_shape[:2]), f"CustomScaleLayer '{self.name}'")
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "scale": self.scale}

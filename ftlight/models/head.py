@@ -95,6 +95,12 @@ def fit_linear_probe(
     params = [weight] if bias is None else [weight, bias.requires_grad_()]
     x = features.to(weight.device, torch.float32)
     y = targets.to(weight.device)
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:  # L-BFGS's line search would fail on a NaN step with torch's overflow message
+        raise FloatingPointError(
+            f"The linear probe needs finite features: {bad} of the {x.numel()} feature "
+            f"values are not finite (features of shape {tuple(x.shape)})."
+        )
     optimizer = torch.optim.LBFGS(
         params, lr=1.0, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe"
     )
