@@ -26,7 +26,13 @@ from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, fre
 from ftlight.models.head import build_head, fit_linear_probe, linear_head
 from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
 from ftlight.tta import probabilities_to_logits, resolve_tta, tta_probabilities
-from ftlight.tuning import is_auto, keep_group_ratios, numeric_lr, refuse_auto_with_backbone_lr
+from ftlight.tuning import (
+    LRFinder,
+    is_auto,
+    keep_group_ratios,
+    numeric_lr,
+    refuse_auto_with_backbone_lr,
+)
 
 Task = Literal["multiclass", "binary", "multilabel"]
 # Optimizer settings a resume takes from the module, not from the restored optimizer state.
@@ -92,9 +98,10 @@ class FineTuner(L.LightningModule):
             first training step, the (linear) head is fitted to the cached features of the
             frozen backbone by full-batch L-BFGS logistic regression (the linear probe of
             LP-FT), then trains on as usual. Needs feature caching on in the first epoch (a
-            clear error otherwise); not repeated on resume; under DDP rank 0's fit is
-            broadcast. Measured on digits: 0.959 held-out before any epoch, where 3 epochs
-            of the head alone reach 0.93 (``benchmarks/README.md``).
+            clear error otherwise); once per module (not on resume, a second ``fit`` or a
+            module rebuilt from a checkpoint); refused with ``lr="auto"``; under DDP rank
+            0's fit is broadcast. Measured on digits: 0.959 held-out before any epoch,
+            where 3 epochs of the head alone reach 0.93 (``benchmarks/README.md``).
         weights_strict: a weights file must hold every backbone weight with its shape (its
             classifier excepted); ``False`` loads the part that matches (see
             :func:`ftlight.models.weights.load_state_dict_file`).
@@ -163,6 +170,8 @@ class FineTuner(L.LightningModule):
         _check_lr_and_ema(lr, backbone_lr, ema_decay)
         if head_init not in ("random", "probe"):
             raise ValueError(f"head_init must be 'random' or 'probe'. Received: {head_init!r}")
+        if head_init == "probe" and is_auto(lr):
+            raise ValueError(_PROBE_AND_FINDER)
         self.save_hyperparameters()
         self.backbone: Backbone = create_backbone(
             backbone, weights, keep_fc=keep_fc, image_size=image_size, weights_strict=weights_strict
@@ -185,6 +194,8 @@ class FineTuner(L.LightningModule):
         self.confusion_matrix: torch.Tensor | None = None
         # Per-layer-group learning rates set by StagedUnfreeze (name -> lr).
         self.group_lrs: dict[str, float] = {}
+        # head_init="probe" fits the head once per module (checkpoints carry the flag)
+        self.head_probed = False
 
     # ---- properties ---------------------------------------------------------------------
     @property
@@ -488,6 +499,14 @@ class FineTuner(L.LightningModule):
             self.hparams.get("channels_last") is None and device.type == "cuda"
         ):
             self.backbone.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.hparams.get("head_init") == "probe" and not self.head_probed:
+            sweeps = [
+                cb
+                for cb in self.trainer.callbacks
+                if isinstance(cb, LRFinder) and (not cb.only_auto or is_auto(self.hparams.lr))
+            ]
+            if sweeps:
+                raise ValueError(_PROBE_AND_FINDER)
         if stage == "fit":
             # Frozen BatchNorm layers are in eval mode on purpose (ftlight.models.freezing):
             # Lightning's fit loop would warn about them at every start of training.
@@ -563,9 +582,11 @@ class FineTuner(L.LightningModule):
         hparams["weights"] = None
         hparams["class_names"] = _plain(self.class_names)
         checkpoint["hyper_parameters"] = hparams
+        checkpoint["ftlight"]["head_probed"] = bool(self.head_probed)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("ftlight", {})
+        self.head_probed = bool(meta.get("head_probed", False))
         saved = meta.get("class_names")
         # Runs before the weights load: the data's names (from setup) vs the checkpoint's.
         multilabel = self.hparams.task == "multilabel"
@@ -593,15 +614,14 @@ class FineTuner(L.LightningModule):
         """Fit the linear head to backbone ``features`` and their ``targets`` with this
         module's loss (see ``head_init="probe"``); returns the fitted loss."""
         loss = fit_linear_probe(linear_head(self.head), features, targets, self.loss)
-        self.__dict__["_head_probed"] = True
+        self.head_probed = True
         return loss
 
     def on_train_start(self) -> None:
         if keep_group_ratios(self):  # a learning-rate finder's sweep: keep the groups' ratios
             return
-        probed = self.__dict__.pop("_head_probed", False)
         wanted = self.hparams.get("head_init") == "probe" and self.trainer.global_step == 0
-        if wanted and not probed:
+        if wanted and not self.head_probed:
             callbacks = self.trainer.callbacks
             cache = next((cb for cb in callbacks if isinstance(cb, FeatureCache)), None)
             if cache is not None and cache.reason:
@@ -684,6 +704,14 @@ class FineTuner(L.LightningModule):
         return model.to(map_location).eval()
 
 
+_PROBE_AND_FINDER = (
+    "head_init='probe' with a learning-rate finder (lr='auto' or an LRFinder callback): the "
+    "finder sweeps before the probe is fitted, so it would pick a rate for the random head and "
+    "training would start from the probed one. Give a numeric lr (1e-3 measured on digits "
+    "after the probe) or use head_init='random'."
+)
+
+
 def _check_lr_and_ema(lr: Any, backbone_lr: Any, ema_decay: Any) -> None:
     if isinstance(lr, str) and not is_auto(lr):
         raise ValueError(f"lr must be a number or 'auto'. Received: {lr!r}")
@@ -701,7 +729,6 @@ def _fit_callbacks(module: FineTuner, trainer: Any) -> list[L.Callback]:
     if trainer is None or trainer.state.fn != TrainerFn.FITTING:
         return []
     from ftlight.callbacks.ema import EMA
-    from ftlight.tuning import LRFinder
 
     out: list[L.Callback] = []
     hp = module.hparams

@@ -1,7 +1,7 @@
-"""Red-team of session 6's ``head_init="probe"``: non-finite features are one clear error, and
-two silent mismatches left as strict xfails for the owners (the learning-rate finder sweeps
-the random head while training starts from the probe; a second ``fit`` probes again over a
-trained head)."""
+"""Red-team of session 6's ``head_init="probe"``: non-finite features are one clear error; a
+learning-rate finder beside the probe (it would sweep the random head while training starts
+from the probe) is refused; a second ``fit``, or a fit of a module rebuilt from a checkpoint,
+goes on from the trained head instead of probing over it."""
 
 from __future__ import annotations
 
@@ -47,31 +47,21 @@ def probed(**kw) -> HeadAtSteps:
     return HeadAtSteps("resnet18", 2, None, image_size=32, freeze=True, head_init="probe", **kw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lr='auto' with head_init='probe': Lightning's sweep runs with the callbacks "
-    "swapped out, so FeatureCache never probes in it; the rate is found for the random head "
-    "and training then starts from the probed one (a loss near 0 at step 0).",
-)
-def test_lr_finder_sweeps_the_head_that_trains(tmp_path) -> None:
-    net = probed(lr="auto")
-    net.__dict__["stop_at_start"] = 2  # the sweep's step 0, then training's
-    random_head = net.head[-1].weight.detach().clone()
+def test_a_learning_rate_finder_beside_the_probe_is_refused(tmp_path) -> None:
+    """Lightning's sweep runs with the callbacks swapped out, so the probe would come after
+    it: the rate would be found for the random head while training starts from the probe."""
+    with pytest.raises(ValueError, match=r"head_init='probe' with a learning-rate finder"):
+        probed(lr="auto")
+    net = probed(lr=0.05)
     trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[LRFinder(num_training_steps=15)])
-    trainer.fit(net, datamodule=two_class_arrays_dm())
-    starts = [head for step, head in net.heads if step == 0]
-    assert len(starts) == 2 and len(net.heads) == 16  # a sweep of 15 steps, then training
-    sweep_first, train_first = starts
-    assert not torch.equal(train_first, random_head)  # training starts from the probe
-    torch.testing.assert_close(sweep_first, train_first, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"finder sweeps before the probe is fitted"):
+        trainer.fit(net, datamodule=two_class_arrays_dm())
+    assert not net.head_probed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="head_init='probe' probes at every fit with global_step 0: a second fit on the "
-    "same module (a new Trainer) replaces the head it trained by a new probe, silently.",
-)
 def test_a_second_fit_continues_from_the_trained_head(tmp_path) -> None:
+    """The probe fits a module's head once: a second fit on a new Trainer (global_step 0
+    again) goes on from the head the first one trained."""
     net = probed(lr=0.05)
     quiet_trainer(tmp_path, max_epochs=1).fit(net, datamodule=two_class_arrays_dm())
     trained = net.head[-1].weight.detach().clone()
@@ -79,3 +69,18 @@ def test_a_second_fit_continues_from_the_trained_head(tmp_path) -> None:
     net.__dict__["stop_at_start"] = 1
     quiet_trainer(tmp_path, max_epochs=1).fit(net, datamodule=two_class_arrays_dm())
     torch.testing.assert_close(net.heads[0][1], trained, rtol=0, atol=0)
+
+
+def test_a_module_from_a_checkpoint_keeps_its_trained_head(tmp_path) -> None:
+    """Checkpoints say the head was probed: a module rebuilt from one and fitted anew (global
+    step 0, no resume) trains on from the checkpoint's head."""
+    net = probed(lr=0.05)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(net, datamodule=two_class_arrays_dm())
+    trainer.save_checkpoint(tmp_path / "probed.ckpt")
+    rebuilt = HeadAtSteps.from_checkpoint(tmp_path / "probed.ckpt")
+    assert rebuilt.head_probed
+    saved = rebuilt.head[-1].weight.detach().clone()
+    rebuilt.__dict__["stop_at_start"] = 1
+    quiet_trainer(tmp_path, max_epochs=1).fit(rebuilt, datamodule=two_class_arrays_dm())
+    torch.testing.assert_close(rebuilt.heads[0][1], saved, rtol=0, atol=0)

@@ -552,9 +552,12 @@ class FeatureCache(Callback):
 
     def _probe_head(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """``head_init="probe"``: fit the head on this rank's cached training rows before the
-        first step (never on resume; the module refuses a probe without cached rows)."""
+        first step of the module's first fit (never on resume or a second fit; the module
+        refuses a probe without cached rows)."""
         hparams = getattr(pl_module, "hparams", {})
         if hparams.get("head_init") != "probe" or trainer.global_step != 0:
+            return
+        if getattr(pl_module, "head_probed", False):  # once per module: a second fit goes on
             return
         loader = trainer.train_dataloader
         if not _serves_rows(loader) or isinstance(loader, (list, tuple)):
