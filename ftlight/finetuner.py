@@ -13,11 +13,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ftlight import recipes
-from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache
+from ftlight.callbacks.feature_cache import FeatureBatch, FeatureCache, FeatureRows
 from ftlight.data.augment import BatchMixer
 from ftlight.data.config import DataConfig
 from ftlight.files import UnreadableFileError, load_torch_file
@@ -621,9 +622,17 @@ class FineTuner(L.LightningModule):
         if keep_group_ratios(self):  # a learning-rate finder's sweep: keep the groups' ratios
             return
         wanted = self.hparams.get("head_init") == "probe" and self.trainer.global_step == 0
-        if wanted and not self.head_probed:
-            callbacks = self.trainer.callbacks
-            cache = next((cb for cb in callbacks if isinstance(cb, FeatureCache)), None)
+        if wanted and not self.head_probed:  # once per module: not on resume or a second fit
+            self._probe_cached_rows()
+        self._apply_optimizer_hparams()
+
+    def _probe_cached_rows(self) -> None:
+        """``head_init="probe"``: fit the head on the cached training rows the Trainer holds
+        (FeatureCache's hooks ran before this one), or say why there are none."""
+        trainer = self.trainer
+        rows = getattr(trainer.train_dataloader, "dataset", None)
+        if not isinstance(rows, FeatureRows) or len(rows.tensors) < 2:
+            cache = next((cb for cb in trainer.callbacks if isinstance(cb, FeatureCache)), None)
             if cache is not None and cache.reason:
                 why = cache.reason
             elif self.hparams.get("cache_features") is False:
@@ -635,7 +644,16 @@ class FineTuner(L.LightningModule):
                 f"before the first step, but feature caching is off: {why}. Freeze the "
                 "backbone (freeze=True) with cache_features left on, or use head_init='random'."
             )
-        self._apply_optimizer_hparams()
+        loss = self.probe_head(rows.tensors[0], rows.tensors[1])
+        # every rank fits the same rows, but float reductions may differ between devices, and
+        # DDP never re-syncs parameters: every rank starts from rank 0's head
+        if trainer.world_size > 1:
+            for tensor in [*self.head.parameters(), *self.head.buffers()]:
+                tensor.data.copy_(trainer.strategy.broadcast(tensor.data.cpu(), src=0))
+        rank_zero_info(
+            f"head_init='probe': head fitted by a linear probe on {len(rows)} cached training "
+            f"rows (loss {loss:.4f})."
+        )
 
     def _apply_optimizer_hparams(self) -> None:
         """On resume, apply this module's learning rates and weight decay to the restored optimizer.

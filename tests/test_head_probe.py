@@ -59,9 +59,6 @@ def test_probe_fits_the_head_on_the_cached_rows_before_the_first_step(tmp_path) 
     assert not torch.allclose(first, initial)
     # the head at step 0 is the minimiser of the probe's objective on the cached rows
     features, labels = seen.rows.tensors[:2]
-    head = torch.nn.Linear(features.shape[1], 2)
-    head.weight.data.copy_(first)
-    head.bias.data.zero_()
     reference = torch.nn.Linear(features.shape[1], 2)
     fit_linear_probe(reference, features, labels, F.cross_entropy)
     torch.testing.assert_close(first, reference.weight, rtol=1e-4, atol=1e-5)

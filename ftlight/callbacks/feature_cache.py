@@ -548,34 +548,6 @@ class FeatureCache(Callback):
             epoch = trainer.current_epoch
             self._switch = not self._static(trainer, pl_module, epoch)[0]
             self._sync_reload(trainer)
-            self._probe_head(trainer, pl_module)
-
-    def _probe_head(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """``head_init="probe"``: fit the head on this rank's cached training rows before the
-        first step of the module's first fit (never on resume or a second fit; the module
-        refuses a probe without cached rows)."""
-        hparams = getattr(pl_module, "hparams", {})
-        if hparams.get("head_init") != "probe" or trainer.global_step != 0:
-            return
-        if getattr(pl_module, "head_probed", False):  # once per module: a second fit goes on
-            return
-        loader = trainer.train_dataloader
-        if not _serves_rows(loader) or isinstance(loader, (list, tuple)):
-            return
-        rows = loader.dataset
-        if len(rows.tensors) < 2 or rows.tensors[1] is None:
-            return
-        loss = pl_module.probe_head(rows.tensors[0], rows.tensors[1])
-        # every rank fits the same rows, but float reductions may differ between devices, and
-        # DDP never re-syncs parameters: every rank starts from rank 0's head
-        if trainer.world_size > 1:
-            head = pl_module.head
-            for tensor in [*head.parameters(), *head.buffers()]:
-                tensor.data.copy_(trainer.strategy.broadcast(tensor.data.cpu(), src=0))
-        rank_zero_info(
-            f"FeatureCache: head fitted by a linear probe on {len(rows)} cached training rows "
-            f"(loss {loss:.4f}), head_init='probe'."
-        )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._wrapped:
