@@ -7,6 +7,7 @@ Images are channels-last here, as at every compat boundary.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -66,8 +67,8 @@ class NumpyOperation(Layer):
     operations it is no layer of ``model.layers`` and holds no weights."""
 
     FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-        "Add": torch.add,
-        "Multiply": torch.multiply,
+        "Add": operator.add,
+        "Multiply": operator.mul,
     }
     _keras_operation = True
 
@@ -102,19 +103,16 @@ class NumpyOperation(Layer):
             )
         self.operands = list(operands)
 
-    def _arguments(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _arguments(self, tensors: list[torch.Tensor]) -> list[Any]:
         if self.operands is None or len(tensors) != self.operands.count(None):
             raise ValueError(
                 f"Keras operation '{self.name}' ({self.op}) with operands {self.operands!r} "
                 f"received {len(tensors)} tensor(s)."
             )
         it = iter(tensors)
-        like = tensors[0]
-        # Keras converts a constant to a tensor of the float type (float32) before the op
-        return [
-            next(it) if v is None else torch.tensor(v, dtype=like.dtype, device=like.device)
-            for v in self.operands
-        ]
+        # Keras converts a constant to the tensor's float type before the op; a Python number
+        # beside a float tensor is computed in that type too, with no tensor made per call
+        return [next(it) if v is None else float(v) for v in self.operands]
 
     def forward(self, x: Any) -> Any:
         xs = [backend.to_keras(t) for t in (x if isinstance(x, list) else [x])]

@@ -21,9 +21,18 @@ class Rescaling(Layer):
         super().__init__(**kwargs)
         self.scale = _rescaling_value(scale, "scale")
         self.offset = _rescaling_value(offset, "offset")
+        # per-channel values as tensors, made once per (dtype, device, rank), not per batch
+        self._operands: dict[tuple, tuple[Any, Any]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * _broadcast(self.scale, x) + _broadcast(self.offset, x)
+        key = (x.dtype, x.device, x.ndim)
+        operands = self._operands.get(key)
+        if operands is None:
+            operands = self._operands[key] = (
+                _broadcast(self.scale, x),
+                _broadcast(self.offset, x),
+            )
+        return x * operands[0] + operands[1]
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
