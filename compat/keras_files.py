@@ -768,7 +768,7 @@ def functional_config(model: Any) -> dict[str, Any]:
             node_index[id(node)] = i
     for layer in layers:
         own = [n for n in layer._inbound_nodes if id(n) in in_model]
-        if _is_operation(layer):
+        if _as_operation(layer) is not None:
             entries.append(_operation_entry(layer, own, node_index, batch))
             continue
         inbound = []
@@ -830,17 +830,21 @@ def functional_config(model: Any) -> dict[str, Any]:
 def _operation_entry(
     layer: Any, own: list[Any], node_index: dict[int, int], batch: dict[int, int]
 ) -> dict[str, Any]:
-    """Keras's serialised operation node: ``Add`` called with ``(tensor, 3.0)``..."""
+    """Keras's serialised operation node: ``Add`` called with ``(tensor, 3.0)``, ``Pad``
+    called with ``(tensor,)`` and ``constant_values``..."""
+    op = _as_operation(layer)
+    config, kwargs = op.keras_node() if hasattr(op, "keras_node") else ({}, {})
     inbound = []
     for node in own:
         refs = iter(_tensor_ref(t, node_index, batch) for t in node.input_tensors)
-        args = [next(refs) if v is None else v for v in layer.operands]
-        inbound.append({"args": args, "kwargs": {}})
+        operands = getattr(op, "operands", None) or [None]
+        args = [next(refs) if v is None else v for v in operands]
+        inbound.append({"args": args, "kwargs": kwargs})
     return {
         "module": _OPS_MODULE,
-        "class_name": layer.op,
-        "config": {"name": layer.name},
-        "registered_name": layer.op,
+        "class_name": op.op,
+        "config": {"name": layer.name, **config},
+        "registered_name": op.op,
         "name": layer.name,
         "inbound_nodes": inbound,
     }
@@ -1133,26 +1137,33 @@ _OPS_MODULE = "keras.src.ops.numpy"
 
 
 def _operation(entry: dict[str, Any], where: str) -> Any:
-    """Keras's serialised operation node (``x + 3.0`` on a KerasTensor), its constants set
-    when its node is read (:func:`_functional`)."""
-    from compat.ops import NumpyOperation
+    """Keras's serialised operation node (``x + 3.0``, ``keras.ops.pad`` on a KerasTensor),
+    its call's constants set when its node is read (:func:`_functional`)."""
+    from compat.ops import NumpyOperation, PadOperation
 
+    known = sorted([*NumpyOperation.FUNCTIONS, PadOperation.op])
     cls, config = entry.get("class_name"), entry.get("config")
     if (
         entry.get("module") != _OPS_MODULE
-        or cls not in NumpyOperation.FUNCTIONS
+        or cls not in known
         or entry.get("registered_name") not in (None, cls)
     ):
         raise KerasFileError(
             f"{where}: operation {cls!r} from {entry.get('module')!r}; compat builds the "
-            f"operations {sorted(NumpyOperation.FUNCTIONS)} of {_OPS_MODULE} only."
+            f"operations {known} of {_OPS_MODULE} only."
         )
     name = config.get("name") if isinstance(config, dict) else None
-    if not isinstance(name, str) or not name or set(config) - {"name"}:
+    allowed = {"name", "pad_width", "mode"} if cls == PadOperation.op else {"name"}
+    if not isinstance(name, str) or not name or set(config) - allowed:
         raise KerasFileError(
             f"{where}: an operation config that is not Keras's ({_short(config)})."
         )
-    return NumpyOperation(cls, name=name)
+    if cls != PadOperation.op:
+        return NumpyOperation(cls, name=name)
+    try:
+        return PadOperation(config.get("pad_width"), config.get("mode", "constant"), name=name)
+    except ValueError as err:
+        raise KerasFileError(f"{where}: {err}") from None
 
 
 def build(entry: Any, where: str = "config.json") -> Any:
@@ -1295,13 +1306,15 @@ def _functional(config: dict[str, Any], where: str) -> Any:
     return model
 
 
-def _operation_args(node: dict[str, Any], where: str) -> list[Any]:
-    """An operation node's arguments: tensor references and numbers (the constants)."""
+def _operation_args(node: dict[str, Any], where: str, kwargs: Any = ()) -> list[Any]:
+    """An operation node's arguments: tensor references and numbers (the constants); its
+    keyword arguments may only be those named in ``kwargs``."""
     args = node["args"]
-    if node.get("kwargs") or not 1 <= len(args) <= 2:
+    if set(node.get("kwargs") or {}) - set(kwargs) or not 1 <= len(args) <= 2:
         raise KerasFileError(
             f"{where}: an operation called with {_short(node)}; compat builds operations on "
-            "two arguments (tensors or numbers) without keyword arguments."
+            "two arguments (tensors or numbers)"
+            + (f" and keyword arguments {sorted(kwargs)}." if kwargs else " without keywords.")
         )
     return [
         a if isinstance(a, (int, float)) else _ref(a, where)  # bool too: x + True, as Keras
@@ -1314,12 +1327,18 @@ def _call_operation(
 ) -> bool:
     """Call the operation ``layer`` on its node's tensors and constants; False while a
     tensor it needs is not made yet."""
-    args = _operation_args(node, f"{where}: operation {layer.name!r}")
+    keywords = ("constant_values",) if hasattr(layer, "set_constant") else ()
+    args = _operation_args(node, f"{where}: operation {layer.name!r}", keywords)
     refs = [a for a in args if isinstance(a, tuple)]
     if not all((r[0], r[1]) in outputs for r in refs):
         return False
     try:
-        layer.set_operands([None if isinstance(a, tuple) else a for a in args])
+        if keywords:  # Pad: one tensor, its constant a keyword argument
+            if len(args) != 1 or len(refs) != 1:
+                raise ValueError(f"expected one tensor argument, received {_short(node)}")
+            layer.set_constant((node.get("kwargs") or {}).get("constant_values"))
+        else:
+            layer.set_operands([None if isinstance(a, tuple) else a for a in args])
         inputs = [outputs[(r[0], r[1])] for r in refs]
         out = layer(inputs if len(inputs) > 1 else inputs[0])
     except _BUILD_ERRORS as err:
@@ -1357,12 +1376,22 @@ def _keras_layers(model: Any) -> list[Any]:
         return model.layers
     from compat.graph import map_graph
 
-    return [x for x in map_graph(model._inputs, model._outputs)[1] if not _is_operation(x)]
+    return [x for x in map_graph(model._inputs, model._outputs)[1] if _as_operation(x) is None]
 
 
 def _is_operation(layer: Any) -> bool:
     """A ``keras.ops`` node of a graph (``x + 3.0``): in Keras's config, not a layer of it."""
     return bool(getattr(layer, "_keras_operation", False))
+
+
+def _as_operation(layer: Any) -> Any:
+    """The operation node ``layer`` is written as: itself for an operation, the one an
+    application's layer declares (``keras_operation()``: what no Keras layer computes, such
+    as -inf padding), else ``None``."""
+    if _is_operation(layer):
+        return layer
+    declared = getattr(layer, "keras_operation", None)
+    return declared() if callable(declared) else None
 
 
 def weight_entries(model: Any, prefix: str = "") -> Iterator[tuple[str, str, list[Any]]]:

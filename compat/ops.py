@@ -122,6 +122,84 @@ class NumpyOperation(Layer):
         return broadcast_shape(input_shape, f"Keras operation '{self.name}' ({self.op})")
 
 
+class PadOperation(Layer):
+    """Keras's ``Pad`` operation node (``keras.ops.pad(x, pad_width, constant_values=c)`` on a
+    KerasTensor, as Keras serialises it): constant padding of every axis by its
+    ``(before, after)`` pair, in Keras's layout. Like Keras's operations it is no layer of
+    ``model.layers`` and holds no weights."""
+
+    op = "Pad"
+    _keras_operation = True
+
+    def __init__(
+        self,
+        pad_width: Any,
+        mode: str = "constant",
+        constant_values: float | None = None,
+        *,
+        name: str,
+    ) -> None:
+        if mode != "constant":
+            raise ValueError(
+                f"Keras operation '{name}' (Pad): compat pads in mode 'constant' only. "
+                f"Received: mode={mode!r}."
+            )
+        pairs = [pad_width] if _is_pair(pad_width) else pad_width
+        if not isinstance(pairs, (list, tuple)) or not pairs or not all(map(_is_pair, pairs)):
+            raise ValueError(
+                f"Keras operation '{name}' (Pad): expected pad_width as (before, after) pairs "
+                f"of non-negative integers, one per axis. Received: {pad_width!r}."
+            )
+        super().__init__(name=name)
+        self.pad_width = [[int(b), int(a)] for b, a in pairs]
+        self.mode = mode
+        self.constant_values: float | None = None
+        self.set_constant(constant_values)
+
+    def set_constant(self, value: Any) -> None:
+        """The call's ``constant_values`` (``None``: zeros), as Keras passes it to the node."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(
+                f"Keras operation '{self.name}' (Pad): constant_values must be a number or "
+                f"None. Received: {value!r}."
+            )
+        self.constant_values = None if value is None else float(value)
+
+    def keras_node(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The node's config (beside its name) and call keyword arguments, as Keras writes them."""
+        config = {"pad_width": [list(p) for p in self.pad_width], "mode": self.mode}
+        return config, {"constant_values": self.constant_values}
+
+    def _pairs(self, rank: int) -> list[list[int]]:
+        if len(self.pad_width) == 1:
+            return self.pad_width * rank
+        if len(self.pad_width) != rank:
+            raise ValueError(
+                f"Keras operation '{self.name}' (Pad): {len(self.pad_width)} (before, after) "
+                f"pairs for a rank-{rank} tensor."
+            )
+        return self.pad_width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = backend.to_keras(x)
+        flat = [n for pair in reversed(self._pairs(t.ndim)) for n in pair]  # F.pad: last axis first
+        value = 0.0 if self.constant_values is None else self.constant_values
+        return backend.to_internal(F.pad(t, flat, value=value))
+
+    def compute_output_shape(self, input_shape: Any) -> Shape:
+        pairs = self._pairs(len(input_shape))
+        sizes = zip(input_shape, pairs, strict=True)
+        return tuple(None if d is None else d + b + a for d, (b, a) in sizes)
+
+
+def _is_pair(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+    )
+
+
 def broadcast_shape(input_shape: Any, what: str) -> Shape:
     """The NumPy broadcast of one Keras shape or a list of them (``None``: unknown size);
     a ``ValueError`` naming ``what`` when they do not broadcast."""
@@ -224,6 +302,19 @@ def multiply(x1: Any, x2: Any) -> Any:
 
 def divide(x1: Any, x2: Any) -> Any:
     return _apply("divide", lambda a, b: torch.divide(a.float(), b), x1, x2)
+
+
+def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = None) -> Any:
+    """``keras.ops.pad``: constant padding by ``(before, after)`` per axis (one pair, or an
+    int, for every axis); on a KerasTensor, Keras's ``Pad`` operation node."""
+    if isinstance(pad_width, int) and not isinstance(pad_width, bool):
+        pad_width = [pad_width, pad_width]
+    op = PadOperation(pad_width, mode, constant_values, name=backend.unique_name("pad"))
+    if isinstance(x, KerasTensor):
+        return op(x)
+    t = convert_to_tensor(x)
+    flat = [n for pair in reversed(op._pairs(t.ndim)) for n in pair]
+    return F.pad(t, flat, value=0.0 if constant_values is None else float(constant_values))
 
 
 class _Image:

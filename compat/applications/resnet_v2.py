@@ -15,7 +15,10 @@ Differences from Keras's architecture, kept because they belong to the torch wei
 - convolutions have no bias (Keras's ``conv1_conv``, ``*_0_conv`` and ``*_3_conv`` have one:
   ResNet50V2 has 25,594,792 parameters here against Keras's 25,613,800);
 - ``pool1_pad`` pads with -inf, as torch's max-pool (the stem has no ReLU before it, so zero
-  padding would change the result);
+  padding would change the result); as no Keras layer pads with -inf, a Keras file written
+  from this model holds it as ``keras.ops.pad(..., constant_values=-inf)``, an operation
+  node named ``pool1_pad``: the exact computation, so the model Keras reads has one layer
+  fewer (191 for ResNet50V2);
 - BatchNorm epsilon is 1e-5 (Keras 1.001e-5).
 
 timm has no ImageNet weights for ``resnetv2_152``: ``ResNet152V2(weights="imagenet")`` fails
@@ -35,20 +38,20 @@ from compat.applications import _common
 from compat.applications.imagenet_utils import convention
 from compat.applications.imagenet_utils import decode_predictions as decode_predictions
 from compat.models import Model
+from compat.ops import PadOperation
 
 
 class ZeroPadding2D(layers.ZeroPadding2D):
     """Keras's ``pool1_pad`` (class ``ZeroPadding2D``) padding with -inf, as torch's
     ``MaxPool2d(padding=1)`` the weights were trained with."""
 
-    def keras_written_as(self) -> str:
-        """No Keras layer pads with -inf: a Keras file cannot hold this layer."""
-        from compat.keras_format import NotWritableError
-
-        raise NotWritableError(
-            f"Layer '{self.name}' pads with -inf before the max-pool (torch's padding, which "
-            "the weights were trained with); Keras's ZeroPadding2D pads with zeros only."
-        )
+    def keras_operation(self) -> PadOperation:
+        """No Keras layer pads with -inf: a Keras file holds it as ``keras.ops.pad(x, ...,
+        constant_values=-inf)``, an operation node of this name (not a layer of the model
+        Keras reads)."""
+        (t, b), (left, r) = self.padding
+        pad_width = [[0, 0], [t, b], [left, r], [0, 0]]
+        return PadOperation(pad_width, constant_values=float("-inf"), name=self.name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (t, b), (left, r) = self.padding

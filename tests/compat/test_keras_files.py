@@ -387,7 +387,7 @@ def _dense_sequential(layer: dict) -> dict:
         (
             {"module": "keras.src.ops.numpy", "class_name": "Divide",
              "registered_name": "Divide", "config": {"name": "d"}},
-            r"operation 'Divide' .*compat builds the operations \['Add', 'Multiply'\]",
+            r"operation 'Divide' .*compat builds the operations \['Add', 'Multiply', 'Pad'\]",
         ),
         (
             {"module": "keras.layers", "class_name": "CustomScaleLayer",
@@ -577,6 +577,57 @@ def test_keras_operation_nodes_come_over_both_ways(keras, ck, tmp_path: Path) ->
     _archive(tmp_path / "bad.keras", {"module": "keras.src.models.functional",
                                       "class_name": "Functional", "config": config})  # fmt: skip
     with pytest.raises(UnreadableFileError, match=r"operation 'add'.*not Keras's \('3.0'\)"):
+        ck.models.load_model(tmp_path / "bad.keras")
+
+
+def _pads(K):
+    """``keras.ops.pad`` on KerasTensors: zeros (Keras records ``constant_values=None``), -inf
+    before a max pool (how compat writes ResNet50V2's pool1_pad) and a constant."""
+    inputs = K.Input((5, 5, 2), name="x")
+    a = K.layers.Conv2D(3, 1, name="a")(inputs)
+    zeros = K.ops.pad(a, [[0, 0], [1, 1], [0, 2], [0, 0]])
+    low = K.ops.pad(a, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
+    pooled = K.layers.MaxPooling2D(3, strides=2, name="pool")(low)
+    shifted = K.ops.pad(K.layers.Flatten(name="flat")(a), [[0, 0], [2, 0]], constant_values=2.5)
+    return K.Model(inputs, [zeros, pooled, shifted], name="pads")
+
+
+def test_keras_pad_operations_come_over_both_ways(keras, ck, tmp_path: Path) -> None:
+    source = _pads(keras)
+    _randomise(source)
+    source.save(tmp_path / "k.keras")
+    x = np.random.default_rng(3).normal(size=(2, 5, 5, 2)).astype("float32")
+    want = source.predict(x, verbose=0)
+    assert np.isfinite(want[1]).all()  # -inf never wins a pool window
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in source.layers]
+    assert len(source.layers) == 4  # the pads are operations, not layers
+    assert _json(loaded.get_config()) == _json(source.get_config())
+    for got, expected in zip(loaded.predict(x, verbose=0), want, strict=True):
+        _close(got, expected, tol=1e-6)
+    loaded.save(tmp_path / "c.keras")
+    assert _archived_config(tmp_path / "c.keras") == _archived_config(tmp_path / "k.keras")
+    # compat's own keras.ops.pad builds the same graph, which Keras reads
+    ours = _pads(ck)
+    assert _json(ours.get_config()) == _json(source.get_config())
+    ours.set_weights(source.get_weights())
+    ours.save(tmp_path / "ours.keras")
+    back = keras.models.load_model(tmp_path / "ours.keras")
+    for got, expected in zip(back.predict(x, verbose=0), want, strict=True):
+        _close(got, expected, tol=1e-6)
+    # eager, as Keras
+    eager = [np.arange(6.0).reshape(2, 3), [[1, 0], [0, 2]]]
+    np.testing.assert_array_equal(
+        ck.ops.pad(*eager, constant_values=-1.0),
+        keras.ops.convert_to_numpy(keras.ops.pad(*eager, constant_values=-1.0)),
+    )
+    config = _archived_config(tmp_path / "k.keras")
+    node = next(e for e in config["layers"] if e["class_name"] == "Pad")
+    node["config"]["mode"] = "reflect"
+    _archive(tmp_path / "bad.keras", {"module": "keras.src.models.functional",
+                                      "class_name": "Functional", "config": config})  # fmt: skip
+    expected = r"operation 'pad(_\d)?'.*mode 'constant' only. Received: mode='reflect'"
+    with pytest.raises(UnreadableFileError, match=expected):
         ck.models.load_model(tmp_path / "bad.keras")
 
 
