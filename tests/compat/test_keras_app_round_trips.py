@@ -24,7 +24,9 @@ from test_keras_weights import _close, _names, _randomise
 # Each case builds a whole application in Keras and in compat (1-4 s on 2 idle cores).
 # `slow`: Keras -> compat of the deep ones (compat builds Keras's graph and initialises
 # every weight before the file's replace them: 5-17 s). InceptionResNetV2 (54M parameters
-# without its top, 220 MB a file, four files) has one slow test of its own doing both ways.
+# without its top, 220 MB a file, four files) has one slow test of its own doing both ways
+# (46 s on 2 cores with one other job; 86-146 s at load averages 6-9: mostly Keras building
+# its graph and reading and writing the files; no step of it is repeated).
 SLOW = {"InceptionV3", "Xception", "EfficientNetB0", "ResNet50V2", "ResNet50", "DenseNet121",
         "EfficientNetV2B0"}  # fmt: skip
 LEFT_OUT = {"InceptionResNetV2"}
