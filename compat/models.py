@@ -339,7 +339,7 @@ class Sequential(Model):
                     f"shape {self.input_shape}. You cannot add a different Input layer to it."
                 )
             self._input_layer = layer
-            self._out_shape = (None, *layer.batch_shape[1:])
+            self._out_shape = layer.batch_shape
             return
         if not isinstance(layer, Layer):
             raise ValueError(
@@ -354,7 +354,7 @@ class Sequential(Model):
             )
         if self._input_layer is None and not len(self._stack) and layer._batch_input_shape:
             self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
-            self._out_shape = (None, *layer._batch_input_shape[1:])
+            self._out_shape = tuple(layer._batch_input_shape)
         if self._input_layer is not None:
             # extend the graph by one call (each layer keeps a single node, as in Keras)
             last = self._outputs[0] if self._plan is not None else self._input_layer._output_tensor
@@ -383,7 +383,7 @@ class Sequential(Model):
             return
         x = self._input_layer._output_tensor
         self._plan = None
-        self._out_shape = (None, *self._input_layer.batch_shape[1:])
+        self._out_shape = self._input_layer.batch_shape
         for layer in self._stack:
             x = layer(x)
         if len(self._stack):
@@ -424,7 +424,7 @@ class Sequential(Model):
         out: dict[int, str] = {}
         if self._input_layer is None:
             return out
-        shape: Any = (None, *self._input_layer.batch_shape[1:])
+        shape: Any = self._input_layer.batch_shape
         for layer in self._stack:
             shape = layer.compute_output_shape(shape)
             out[id(layer)] = str(shape)
@@ -434,7 +434,7 @@ class Sequential(Model):
     def input_shape(self) -> Shape:
         if self._input_layer is None:
             raise AttributeError(f"Sequential model '{self.name}' has no defined input shape.")
-        return (None, *self._input_layer.batch_shape[1:])
+        return self._input_layer.batch_shape
 
     @property
     def output_shape(self) -> Shape:

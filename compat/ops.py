@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from compat import backend
 from compat.graph import KerasTensor
-from compat.layers.base import Layer, Shape
+from compat.layers.base import Layer, Shape, batch_dim
 
 _DTYPES = {
     "float16": torch.float16,
@@ -55,7 +55,7 @@ class Operation(Layer):
         for i, d in enumerate(dims, start=1):
             if known and any(s[i] is None for s in known):
                 dims[i - 1] = None if d == 1 else d
-        return (None, *dims)
+        return (batch_dim(shapes), *dims)
 
 
 class NumpyOperation(Layer):

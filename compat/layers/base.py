@@ -331,8 +331,10 @@ class Layer(nn.Module):
         """Keras-layout output shape; the default traces ``forward`` with fake tensors."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
+        batch = batch_dim(input_shape)
+
         def fake(shape: Shape) -> torch.Tensor:
-            internal = _internal_shape((2, *shape[1:]))
+            internal = _internal_shape((batch or 2, *shape[1:]))
             return torch.empty(internal)
 
         saved = {m: m.training for m in self.modules()}
@@ -349,7 +351,7 @@ class Layer(nn.Module):
         shape = tuple(out.shape)
         if len(shape) == 4:
             shape = (shape[0], shape[2], shape[3], shape[1])
-        return (None, *shape[1:])
+        return (batch, *shape[1:])
 
     # ----- calling -------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -430,6 +432,15 @@ class Layer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def batch_dim(input_shape: Any) -> int | None:
+    """The batch size a layer's output has for inputs of Keras shape(s) ``input_shape``:
+    the one size the inputs that know theirs agree on (``Input(batch_size=2)``), else
+    ``None`` (Keras's merging layers broadcast it the same way)."""
+    shapes = input_shape if _is_shape_list(input_shape) else [input_shape]
+    known = {s[0] for s in shapes if len(s) and s[0] is not None}
+    return known.pop() if len(known) == 1 else None
 
 
 def _is_shape_list(shape: Any) -> bool:

@@ -116,7 +116,7 @@ def conv_output_shape(layer: Any, input_shape: Shape, torch_pad: tuple[int, ...]
             dims.append(_out_len(input_shape[1 + i], k, s, "valid", d, 2 * torch_pad[i]))
         else:
             dims.append(_out_len(input_shape[1 + i], k, s, layer.padding, d))
-    return (None, dims[0], dims[1], layer.filters)
+    return (input_shape[0], dims[0], dims[1], layer.filters)
 
 
 def depthwise_kernel(layer: Layer, name: str, conv: nn.Conv2d, multiplier: int) -> Variable:
@@ -275,7 +275,7 @@ class MaxPooling2D(Layer):
         _expect_rank(self, input_shape, 4)
         h = _out_len(input_shape[1], self.pool_size[0], self.strides[0], self.padding)
         w = _out_len(input_shape[2], self.pool_size[1], self.strides[1], self.padding)
-        return (None, h, w, input_shape[3])
+        return (input_shape[0], h, w, input_shape[3])
 
 
 class AveragePooling2D(MaxPooling2D):
@@ -323,7 +323,7 @@ class ZeroPadding2D(Layer):
         (t, b), (left, r) = self.padding
         h = None if input_shape[1] is None else input_shape[1] + t + b
         w = None if input_shape[2] is None else input_shape[2] + left + r
-        return (None, h, w, input_shape[3])
+        return (input_shape[0], h, w, input_shape[3])
 
 
 __all__ = ["AveragePooling2D", "Conv2D", "MaxPooling2D", "ZeroPadding2D", "_is_list"]

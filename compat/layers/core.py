@@ -44,7 +44,7 @@ class InputLayer(Layer):
             batch_shape = (batch_size, *tuple(shape))
         self.batch_shape = tuple(None if d is None else int(d) for d in batch_shape)
         self.built = True
-        out = KerasTensor((None, *self.batch_shape[1:]), name=self.name)
+        out = KerasTensor(self.batch_shape, name=self.name)
         Node(self, [], [out])
         self._output_tensor = out
 
@@ -338,7 +338,7 @@ class Flatten(Layer):
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         dims = input_shape[1:]
-        return (None, None if None in dims else int(math.prod(dims)))
+        return (input_shape[0], None if None in dims else int(math.prod(dims)))
 
 
 class BatchNormalization(Layer):
@@ -469,8 +469,8 @@ class GlobalAveragePooling2D(Layer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
         if self.keepdims:
-            return (None, 1, 1, input_shape[-1])
-        return (None, input_shape[-1])
+            return (input_shape[0], 1, 1, input_shape[-1])
+        return (input_shape[0], input_shape[-1])
 
 
 class GlobalMaxPooling2D(GlobalAveragePooling2D):

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from compat import backend
-from compat.layers.base import Layer, Shape
+from compat.layers.base import Layer, Shape, batch_dim
 
 
 def _shape_list(layer: Layer, input_shape: Any) -> list[Shape]:
@@ -22,7 +22,10 @@ def _shape_list(layer: Layer, input_shape: Any) -> list[Shape]:
 class Add(Layer):
     def _check_input_shape(self, input_shape: Any) -> None:
         shapes = _shape_list(self, input_shape)
-        if any(tuple(s) != tuple(shapes[0]) for s in shapes):
+        # batch sizes may differ where one is unknown (``Input(batch_size=2)`` beside
+        # ``Input(...)``): Keras broadcasts them
+        batches = {s[0] for s in shapes} - {None}
+        if any(tuple(s[1:]) != tuple(shapes[0][1:]) for s in shapes) or len(batches) > 1:
             raise ValueError(f"Inputs of '{self.name}' must have equal shapes. Received: {shapes}")
 
     def build(self, input_shape: Any) -> None:
@@ -35,7 +38,7 @@ class Add(Layer):
         return out
 
     def compute_output_shape(self, input_shape: Any) -> Shape:
-        return tuple(input_shape[0])
+        return (batch_dim(input_shape), *input_shape[0][1:])
 
 
 class Concatenate(Layer):
@@ -52,7 +55,10 @@ class Concatenate(Layer):
         axis = self.axis % rank
         for s in shapes:
             if len(s) != rank or any(
-                a != b for i, (a, b) in enumerate(zip(s, shapes[0], strict=True)) if i != axis
+                # Keras checks no batch axis: the output has the first input's
+                a != b
+                for i, (a, b) in enumerate(zip(s, shapes[0], strict=True))
+                if 0 != i != axis
             ):
                 raise ValueError(
                     f"A `Concatenate` layer requires inputs with matching shapes except for "

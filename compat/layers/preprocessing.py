@@ -107,7 +107,7 @@ class Resizing(Layer):
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
-        return (None, self.height, self.width, input_shape[-1])
+        return (input_shape[0], self.height, self.width, input_shape[-1])
 
 
 class _RandomAffine(Layer):
@@ -333,7 +333,7 @@ class CenterCrop(Layer):
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
-        return (None, self.height, self.width, input_shape[-1])
+        return (input_shape[0], self.height, self.width, input_shape[-1])
 
 
 class RandomCrop(Layer):
@@ -372,7 +372,7 @@ class RandomCrop(Layer):
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _expect_rank(self, input_shape, 4)
-        return (None, self.height, self.width, input_shape[-1])
+        return (input_shape[0], self.height, self.width, input_shape[-1])
 
 
 class RandomTranslation(_RandomAffine):

@@ -23,9 +23,10 @@ from test_keras_weights import _close, _names, _randomise
 
 # Each case builds a whole application in Keras and in compat (1-4 s on 2 idle cores).
 # `slow`: Keras -> compat of the deep ones (compat builds Keras's graph and initialises
-# every weight before the file's replace them: 5-17 s). Left out for time: InceptionResNetV2
-# (30+ s each way; both passed when this was written; its Keras file is checked in
-# test_keras_weights.py).
+# every weight before the file's replace them: 5-17 s). InceptionResNetV2 (54M parameters
+# without its top, 220 MB a file, four files) has one slow test of its own doing both ways
+# (46 s on 2 cores with one other job; 86-146 s at load averages 6-9: mostly Keras building
+# its graph and reading and writing the files; no step of it is repeated).
 SLOW = {"InceptionV3", "Xception", "EfficientNetB0", "ResNet50V2", "ResNet50", "DenseNet121",
         "EfficientNetV2B0"}  # fmt: skip
 LEFT_OUT = {"InceptionResNetV2"}
@@ -58,6 +59,32 @@ def _x(size: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("app", "size"), _cases("keras_to_compat"))
 def test_keras_application_files_load_in_compat(keras, ck, tmp_path: Path, app, size) -> None:
+    _keras_to_compat(keras, ck, tmp_path, app, size)
+
+
+@pytest.mark.parametrize(("app", "size"), _cases("compat_to_keras"))
+def test_compat_application_files_load_in_keras(keras, ck, tmp_path: Path, app, size) -> None:
+    _compat_to_keras(keras, ck, tmp_path, app, size)
+
+
+@pytest.mark.slow
+def test_inception_resnet_v2_files_round_trip_both_ways(keras, ck, tmp_path: Path) -> None:
+    """At Keras's smallest input (75x75), headless: every block type (stem, mixed_5b,
+    block35, mixed_6a, block17, mixed_7a, block8, conv_7b) and the CustomScaleLayer residual
+    sums, in both directions; one test so the two share a session and its warm-up."""
+    names = _keras_to_compat(keras, ck, tmp_path, "InceptionResNetV2", 75)
+    for prefix in ("mixed_5b", "block35_10", "mixed_6a", "block17_20", "mixed_7a", "block8_10",
+                   "conv_7b"):  # fmt: skip
+        assert any(n.startswith(prefix) for _, n in names), prefix
+    assert sum(c == "CustomScaleLayer" for c, _ in names) == 10 + 20 + 10
+    for f in tmp_path.iterdir():  # 880 MB of files
+        f.unlink()
+    _compat_to_keras(keras, ck, tmp_path, "InceptionResNetV2", 75)
+
+
+def _keras_to_compat(keras, ck, tmp_path: Path, app: str, size: int) -> list[tuple[str, str]]:
+    """Keras's application saved by Keras loads in compat with Keras's graph and outputs;
+    returns its layers' ``_names``."""
     kwargs = {"weights": None, "include_top": False, "input_shape": (size, size, 3)}
     source = getattr(keras.applications, app)(**kwargs)
     _randomise(source)
@@ -66,7 +93,8 @@ def test_keras_application_files_load_in_compat(keras, ck, tmp_path: Path, app, 
     x = _x(size)
     expected = source.predict(x, verbose=0)
     loaded = ck.models.load_model(tmp_path / "k.keras")
-    assert _names(loaded) == _names(source)
+    names = _names(loaded)
+    assert names == _names(source)
     # written back as Keras wrote it (operation nodes, nested Sequentials, application layers)
     assert json.loads(json.dumps(loaded.get_config())) == json.loads(
         json.dumps(source.get_config())
@@ -77,10 +105,11 @@ def test_keras_application_files_load_in_compat(keras, ck, tmp_path: Path, app, 
     assert not np.allclose(loaded.predict(x, verbose=0), expected, atol=1e-3)
     loaded.load_weights(tmp_path / "k.weights.h5")
     _close(loaded.predict(x, verbose=0), expected)
+    return names
 
 
-@pytest.mark.parametrize(("app", "size"), _cases("compat_to_keras"))
-def test_compat_application_files_load_in_keras(keras, ck, tmp_path: Path, app, size) -> None:
+def _compat_to_keras(keras, ck, tmp_path: Path, app: str, size: int) -> None:
+    """compat's application saved by compat loads in Keras with compat's outputs."""
     kwargs = {"weights": None, "include_top": False, "input_shape": (size, size, 3)}
     model = getattr(ck.applications, app)(**kwargs)
     _randomise(model, seed=2)

@@ -5,6 +5,9 @@ inputs its tests did not try."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,19 +105,47 @@ def test_a_boolean_operand_of_an_operation_node_reads_as_keras_reads_it(
     np.testing.assert_array_equal(again.predict(x, verbose=0), want)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compat's KerasTensors always carry batch None (InputLayer makes "
-    "(None, *batch_shape[1:])): Input(batch_size=2).shape, model.input_shape and "
-    "output_shape say None where Keras says 2; the Keras file keeps the 2 (49a0ce8). "
-    "Propagating it touches every layer's compute_output_shape.",
-)
-def test_a_fixed_batch_size_shows_in_symbolic_shapes_as_in_keras(keras, ck) -> None:
-    shapes = {}
-    for name, mod in (("keras", keras), ("compat", ck)):
-        inp = mod.Input((4, 4, 3), batch_size=2)
-        out = mod.layers.GlobalAveragePooling2D()(mod.layers.Conv2D(5, 3)(inp))
-        model = mod.Model(inp, out)
-        shapes[name] = (tuple(inp.shape), model.input_shape, model.output_shape)
-    assert shapes["keras"] == ((2, 4, 4, 3), (2, 4, 4, 3), (2, 5))
-    assert shapes["compat"] == shapes["keras"]
+def _fixed_batch(mod, path: Path) -> dict:
+    """What a model built on ``Input(batch_size=2)`` says of its shapes, before and after a
+    save and load, and what it computes for a batch of 3 (Keras does not refuse it)."""
+    inp = mod.Input((4, 4, 3), batch_size=2)
+    conv = mod.layers.Conv2D(5, 3, name="conv")(inp)
+    out = mod.layers.GlobalAveragePooling2D(name="pool")(conv)
+    free = mod.Input((5,))  # merged with an input of unknown batch size
+    summed = mod.layers.Add(name="add")([free, out])
+    model = mod.Model([inp, free], [out, summed, mod.layers.Concatenate()([free, out])])
+    lines: list[str] = []
+    model.summary(print_fn=lambda s, **kw: lines.append(s))
+    # every shape the summary prints, in order (Keras wraps long names; shapes stay whole)
+    rows = re.findall(r"\((?:\d+|None)(?:, (?:\d+|None))*,?\)", "\n".join(lines))
+    model.save(path)
+    loaded = mod.models.load_model(path)
+    seq = mod.Sequential([mod.Input((4,), batch_size=2), mod.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    xs = [rng.random((3, 4, 4, 3)).astype("float32"), rng.random((3, 5)).astype("float32")]
+    return {
+        "tensors": (tuple(inp.shape), tuple(conv.shape), tuple(out.shape), tuple(summed.shape)),
+        "model": (model.input_shape, model.output_shape),
+        "summary": rows,
+        "loaded": (loaded.input_shape, loaded.output_shape),
+        "layer_call": tuple(mod.layers.Dense(2)(inp).shape),
+        "compute_output_shape": mod.layers.Dense(2).compute_output_shape((2, 7)),
+        "sequential": (seq.input_shape, seq.output_shape),
+        "batch_of_3": [tuple(np.shape(o)) for o in model.predict(xs, verbose=0)],
+    }
+
+
+def test_a_fixed_batch_size_shows_in_symbolic_shapes_as_in_keras(keras, ck, tmp_path) -> None:
+    """``Input(batch_size=2)``: compat's KerasTensors, model and summary shapes said None
+    where Keras says 2 (the file kept the 2); merges with an input of unknown batch size
+    broadcast it (Add) or take the first input's (Concatenate), as Keras does."""
+    theirs = _fixed_batch(keras, tmp_path / "k.keras")
+    assert theirs["tensors"] == ((2, 4, 4, 3), (2, 2, 2, 5), (2, 5), (2, 5))
+    assert theirs["model"] == ([(2, 4, 4, 3), (None, 5)], [(2, 5), (2, 5), (None, 10)])
+    assert theirs["batch_of_3"] == [(3, 5), (3, 5), (3, 10)]
+    assert "(2, 2, 2, 5)" in theirs["summary"]
+    ours = _fixed_batch(ck, tmp_path / "c.keras")
+    assert ours == theirs
+    # compat's file, read by Keras, keeps it too
+    back = keras.models.load_model(tmp_path / "c.keras")
+    assert (back.input_shape, back.output_shape) == theirs["model"]
