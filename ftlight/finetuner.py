@@ -24,8 +24,8 @@ from ftlight.data.config import DataConfig
 from ftlight.files import UnreadableFileError, load_torch_file
 from ftlight.models.backbone import Backbone, create_backbone
 from ftlight.models.freezing import BNPolicy, FreezeSpec, enforce_bn_policy, freeze_backbone
-from ftlight.models.head import build_head, fit_linear_probe, linear_head
-from ftlight.models.optim import build_optimizer, build_scheduler, split_decay
+from ftlight.models.head import PROBE_AUTO_BUDGET, build_head, fit_linear_probe, linear_head
+from ftlight.models.optim import build_optimizer, build_scheduler, split_decay, warmup_cosine
 from ftlight.tta import probabilities_to_logits, resolve_tta, tta_probabilities
 from ftlight.tuning import (
     LRFinder,
@@ -66,7 +66,16 @@ class FineTuner(L.LightningModule):
         backbone_lr: learning rate of the backbone (default lr/10).
         layer_decay: multiply the backbone LR by this per group, from the top down.
         weight_decay: applied to weights only (never to norms and biases).
-        scheduler: ``None``, ``"cosine"`` (with ``warmup_epochs``) or ``"onecycle"``.
+        scheduler: ``None`` (constant), ``"cosine"`` (with ``warmup_epochs``), ``"onecycle"``,
+            or ``"auto"`` (default): cosine (with ``warmup_epochs``) over the fit when the head
+            starts from the linear probe (``head_init``), constant otherwise (a random head and
+            any fit with a :class:`~ftlight.callbacks.StagedUnfreeze`, which sets its own
+            per-group warm-ups). A probed head sits at the optimum of the head's objective;
+            AdamW at a constant rate turns the mini-batch noise there into steps of about
+            ``lr`` per weight and walks it away (digits, 96 px, ``lr=1e-2``: 0.959 after the
+            probe, 0.938 after 3 constant epochs, 0.948 annealed; 224 px 0.950 / 0.949 /
+            0.957), while a random head in a short run loses by annealing (0.935 constant vs
+            0.930 cosine); ``benchmarks/README.md``. The choice is kept in checkpoints.
         label_smoothing: for the multiclass cross-entropy (also of mixed soft targets).
         mixup_alpha, cutmix_alpha: mix training batches (multiclass only) with mixup / cutmix
             drawn from Beta(alpha, alpha) (torchvision's ``MixUp``/``CutMix``; 0: off), with soft
@@ -95,7 +104,7 @@ class FineTuner(L.LightningModule):
         ema_decay: keep an exponential moving average of the weights with this decay
             (:class:`ftlight.callbacks.EMA`): validated, left in the module after ``fit`` and
             saved as the checkpoints' weights. ``None``: no average.
-        head_init: ``"random"`` (torch's default initialisation) or ``"probe"``: before the
+        head_init: ``"random"`` (torch's default initialisation), ``"probe"``: before the
             first training step, the (linear) head is fitted to the cached features of the
             frozen backbone by full-batch L-BFGS logistic regression (the linear probe of
             LP-FT), then trains on as usual. Needs feature caching on in the first epoch (a
@@ -103,6 +112,10 @@ class FineTuner(L.LightningModule):
             module rebuilt from a checkpoint); refused with ``lr="auto"``; under DDP rank
             0's fit is broadcast. Measured on digits: 0.959 held-out before any epoch,
             where 3 epochs of the head alone reach 0.93 (``benchmarks/README.md``).
+            ``"auto"`` (default): the probe wherever it can run, silently random elsewhere:
+            a linear head, the first epoch on cached features, a numeric ``lr`` with no
+            learning-rate finder, at most ``PROBE_AUTO_BUDGET`` (2**31) rows x features x
+            outputs (a bigger probe would cost more than its epochs save on a CPU).
         weights_strict: a weights file must hold every backbone weight with its shape (its
             classifier excepted); ``False`` loads the part that matches (see
             :func:`ftlight.models.weights.load_state_dict_file`).
@@ -128,7 +141,7 @@ class FineTuner(L.LightningModule):
         layer_decay: float | None = None,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: str | None = None,
+        scheduler: str | None = "auto",
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
@@ -143,7 +156,7 @@ class FineTuner(L.LightningModule):
         torch_compile: bool = False,
         weights_strict: bool = True,
         ema_decay: float | None = None,
-        head_init: Literal["random", "probe"] = "random",
+        head_init: Literal["auto", "random", "probe"] = "auto",
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes and task != "binary":
@@ -169,8 +182,10 @@ class FineTuner(L.LightningModule):
                 f"task={task!r} with mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}."
             )
         _check_lr_and_ema(lr, backbone_lr, ema_decay)
-        if head_init not in ("random", "probe"):
-            raise ValueError(f"head_init must be 'random' or 'probe'. Received: {head_init!r}")
+        if head_init not in ("auto", "random", "probe"):
+            raise ValueError(
+                f"head_init must be 'auto', 'random' or 'probe'. Received: {head_init!r}"
+            )
         if head_init == "probe" and is_auto(lr):
             raise ValueError(_PROBE_AND_FINDER)
         self.save_hyperparameters()
@@ -197,6 +212,8 @@ class FineTuner(L.LightningModule):
         self.group_lrs: dict[str, float] = {}
         # head_init="probe" fits the head once per module (checkpoints carry the flag)
         self.head_probed = False
+        # scheduler="auto": whether this module's fits anneal (a probed head); checkpointed
+        self.anneal = False
 
     # ---- properties ---------------------------------------------------------------------
     @property
@@ -482,15 +499,37 @@ class FineTuner(L.LightningModule):
         optimizer = build_optimizer(
             hp.optimizer, self.param_groups(), numeric_lr(hp.lr), momentum=hp.momentum
         )
-        if hp.scheduler is None:
+        name = hp.get("scheduler")
+        if name == "auto" and not self._may_anneal():
+            return optimizer
+        if name is None or name == "none":
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = int(hp.warmup_epochs * total / epochs)
+        if name == "auto":  # cosine once on_train_start knows the head was probed, else flat
+            cosine = warmup_cosine(total, warmup)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: cosine(step) if self.anneal else 1.0
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"},
+            }
         return {
             "optimizer": optimizer,
-            "lr_scheduler": build_scheduler(hp.scheduler, optimizer, total, warmup),
+            "lr_scheduler": build_scheduler(name, optimizer, total, warmup),
         }
+
+    def _may_anneal(self) -> bool:
+        """``scheduler="auto"``: whether this fit may start from a probed head (decided at
+        ``on_train_start``); never beside a StagedUnfreeze or a learning-rate finder."""
+        from ftlight.callbacks.staged import StagedUnfreeze
+
+        callbacks = self.trainer.callbacks if self._trainer is not None else []
+        if any(isinstance(cb, (StagedUnfreeze, LRFinder)) for cb in callbacks):
+            return False
+        return self.anneal or self.hparams.get("head_init") in ("auto", "probe")
 
     # ---- data config and checkpoints ---------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -584,10 +623,12 @@ class FineTuner(L.LightningModule):
         hparams["class_names"] = _plain(self.class_names)
         checkpoint["hyper_parameters"] = hparams
         checkpoint["ftlight"]["head_probed"] = bool(self.head_probed)
+        checkpoint["ftlight"]["anneal"] = bool(self.anneal)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("ftlight", {})
         self.head_probed = bool(meta.get("head_probed", False))
+        self.anneal = bool(meta.get("anneal", False))
         saved = meta.get("class_names")
         # Runs before the weights load: the data's names (from setup) vs the checkpoint's.
         multilabel = self.hparams.task == "multilabel"
@@ -621,10 +662,32 @@ class FineTuner(L.LightningModule):
     def on_train_start(self) -> None:
         if keep_group_ratios(self):  # a learning-rate finder's sweep: keep the groups' ratios
             return
-        wanted = self.hparams.get("head_init") == "probe" and self.trainer.global_step == 0
-        if wanted and not self.head_probed:  # once per module: not on resume or a second fit
+        mode = self.hparams.get("head_init")
+        probe = self.trainer.global_step == 0 and not self.head_probed  # once per module:
+        probe = probe and (mode == "probe" or (mode == "auto" and self._auto_probe_rows()))
+        if probe:  # not on resume, a second fit or a module from a checkpoint
             self._probe_cached_rows()
+        if self.trainer.global_step == 0:  # scheduler="auto": a fit from the probe anneals
+            auto = self.hparams.get("scheduler") == "auto"
+            self.anneal = bool(probe) and auto and self._may_anneal()
         self._apply_optimizer_hparams()
+
+    def _auto_probe_rows(self) -> bool:
+        """``head_init="auto"``: whether the probe can fit the head on cached training rows
+        (linear head, numeric lr and no finder, within ``PROBE_AUTO_BUDGET``)."""
+        trainer = self.trainer
+        rows = getattr(trainer.train_dataloader, "dataset", None)
+        if not isinstance(rows, FeatureRows) or len(rows.tensors) < 2:
+            return False
+        if is_auto(self.hparams.get("lr")) or any(
+            isinstance(cb, LRFinder) for cb in trainer.callbacks
+        ):
+            return False
+        try:
+            linear = linear_head(self.head)
+        except ValueError:
+            return False
+        return len(rows) * linear.in_features * linear.out_features <= PROBE_AUTO_BUDGET
 
     def _probe_cached_rows(self) -> None:
         """``head_init="probe"``: fit the head on the cached training rows the Trainer holds
@@ -651,8 +714,8 @@ class FineTuner(L.LightningModule):
             for tensor in [*self.head.parameters(), *self.head.buffers()]:
                 tensor.data.copy_(trainer.strategy.broadcast(tensor.data.cpu(), src=0))
         rank_zero_info(
-            f"head_init='probe': head fitted by a linear probe on {len(rows)} cached training "
-            f"rows (loss {loss:.4f})."
+            f"head_init={self.hparams.get('head_init')!r}: head fitted by a linear probe on "
+            f"{len(rows)} cached training rows (loss {loss:.4f})."
         )
 
     def _apply_optimizer_hparams(self) -> None:

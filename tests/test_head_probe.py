@@ -104,7 +104,9 @@ def test_probe_without_cached_rows_is_a_clear_error(tmp_path, kw, reason) -> Non
 def test_probe_needs_a_linear_head_and_a_known_mode() -> None:
     with pytest.raises(ValueError, match=r"linear head .*hidden=\(\).*\['Linear', 'Linear'\]"):
         model(head_init="probe", hidden=(8,))
-    with pytest.raises(ValueError, match=r"head_init must be 'random' or 'probe'\. Received: 'lp'"):
+    with pytest.raises(
+        ValueError, match=r"head_init must be 'auto', 'random' or 'probe'\. Received: 'lp'"
+    ):
         model(head_init="lp")
 
 
@@ -155,3 +157,64 @@ def test_every_ddp_rank_starts_from_rank_zeros_probe(tmp_path) -> None:
     L.seed_everything(0, verbose=False)
     random_head = FineTuner("resnet18", 2, None, image_size=32).head[-1].weight
     assert not torch.allclose(heads[0], random_head)
+
+
+class Rates(L.Callback):
+    """The head's learning rate before every training step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def defaults(**kw) -> FineTuner:
+    """The issue-14 snippet's model: nothing about the head's start or schedule given."""
+    L.seed_everything(0, verbose=False)
+    return FineTuner("resnet18", 2, None, image_size=32, freeze=True, lr=0.05, **kw)
+
+
+def test_default_probes_a_frozen_cached_linear_head_and_anneals(tmp_path) -> None:
+    net, seen, rates = defaults(), FirstStepHead(), Rates()
+    assert net.hparams.head_init == "auto" and net.hparams.scheduler == "auto"
+    quiet_trainer(tmp_path, max_epochs=3, callbacks=[seen, rates]).fit(
+        net, datamodule=two_class_arrays_dm()
+    )
+    features, labels = seen.rows.tensors[:2]
+    reference = torch.nn.Linear(features.shape[1], 2)
+    fit_linear_probe(reference, features, labels, F.cross_entropy)
+    torch.testing.assert_close(seen.weights[0], reference.weight, rtol=1e-4, atol=1e-5)
+    assert net.head_probed and net.anneal
+    # cosine from the given rate (it stays the peak) towards 0 over the fit's 9 steps
+    assert rates.lrs[0] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(rates.lrs, rates.lrs[1:], strict=False))
+    assert rates.lrs[-1] < 0.01
+    ckpt = tmp_path / "probed.ckpt"
+    net.trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=True)["ftlight"]["anneal"] is True
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"hidden": (8,)},  # a head the probe cannot fit
+        {"cache_features": False},  # no cached rows
+        {"head_init": "random"},  # asked for
+        {"scheduler": None},  # probed, but a constant rate asked for
+    ],
+    ids=["hidden", "no-cache", "random", "constant"],
+)
+def test_default_is_random_and_constant_where_the_probe_cannot_run(tmp_path, kw) -> None:
+    net, seen, rates = defaults(**kw), FirstStepHead(), Rates()
+    initial = net.head[-1].weight.detach().clone()
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[seen, rates]).fit(
+        net, datamodule=two_class_arrays_dm()
+    )
+    assert rates.lrs == [pytest.approx(0.05)] * len(rates.lrs)  # the given rate, constant
+    assert not net.anneal
+    if "scheduler" in kw:  # the probe still runs: only the schedule was asked for
+        assert net.head_probed
+    else:
+        assert not net.head_probed
+        torch.testing.assert_close(seen.weights[0], initial, rtol=0, atol=0)

@@ -14,6 +14,9 @@ from torch import nn
 # held-out, and 1e-3 converges in a tenth of 1e-4's time (benchmarks/README.md).
 PROBE_L2 = 1e-3
 PROBE_MAX_ITER = 100
+# head_init="auto" probes up to this many rows x features x outputs: 2**31 is ~3e12 flops
+# for the fit's ~250 passes (tens of seconds on 2 CPU cores); digits: 1,007 x 1,280 x 10.
+PROBE_AUTO_BUDGET = 2**31
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
