@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import os
+
 import lightning as L
 import numpy as np
 import pytest
@@ -16,7 +18,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 if TYPE_CHECKING:
     from ftlight import ImageDataModule
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+def pytest_configure(config: pytest.Config) -> None:
+    """At most two torch threads per pytest process: two for a lone run, one per worker when
+    pytest-xdist runs two (``addopts``: the CI machine's two cores). Set here, not at import,
+    so a subprocess that imports a test module (tests.test_faults' callbacks in ``ftlight
+    fit``) keeps torch's default, as the runs it is compared with do."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
+
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 PALETTE = [(220, 40, 40), (40, 40, 220), (40, 220, 40)]  # for other class names, in order
