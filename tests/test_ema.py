@@ -49,12 +49,15 @@ class RawWeights(L.Callback):
         self.val_losses.append(float(trainer.callback_metrics["val_loss"]))
 
 
-def manual_ema(steps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def manual_ema(steps: list[dict[str, torch.Tensor]], warmup: bool = True) -> dict:
+    """The average by hand: update n (1, 2, ...) at min(DECAY, (1 + n) / (10 + n)) with the
+    warm-up (timm's rule), DECAY throughout without."""
     average = {k: v.clone() for k, v in steps[0].items()}
-    for state in steps[1:]:
+    for n, state in enumerate(steps[1:], start=1):
+        decay = min(DECAY, (1 + n) / (10 + n)) if warmup else DECAY
         for k, v in state.items():
             if v.is_floating_point():
-                average[k] = DECAY * average[k] + (1 - DECAY) * v
+                average[k] = decay * average[k] + (1 - decay) * v
     return average
 
 
@@ -142,6 +145,16 @@ def test_cached_head_only_run_keeps_its_cache_and_averages_the_head(tmp_path) ->
     head = [k for k in expected if k.startswith("head.")]
     assert close(params(m), expected, head)
     assert not close(params(m), raw.steps[-1], head)
+
+
+def test_without_warmup_the_decay_holds_from_the_first_update(tmp_path) -> None:
+    m, dm, raw = model(ema_decay=None, bn="train"), make_dm(), RawWeights()
+    t = trainer(tmp_path, 2, [raw, EMA(decay=DECAY, warmup=False)])
+    t.fit(m, dm)
+    assert len(raw.steps) >= 6
+    held = params(m)
+    assert close(held, manual_ema(raw.steps, warmup=False))
+    assert not close(held, manual_ema(raw.steps, warmup=True))  # the two rules differ here
 
 
 def test_bad_ema_settings_are_refused() -> None:

@@ -35,8 +35,13 @@ What this subclass changes:
   Lightning's callback copies the average into the module at ``on_train_end``, before
   ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` there, so that file's "current"
   weights were the average and a resume from it continued training from the average.
-* ``decay``, ``update_every_n_steps`` and ``start_step`` are its only knobs; the average starts
-  as a copy of the weights at the first update.
+* **The decay warms up** (``warmup=True``, timm's ``ModelEmaV3(use_warmup=True)`` rule):
+  update ``n`` uses ``min(decay, (1 + n) / (10 + n))``, so a short fine-tuning run's average
+  is not held back by the pretrained weights it started from (digits, 5 epochs of full
+  fine-tuning, 160 steps at ``decay=0.99``: 0.578 held-out without the warm-up, as 0.99**160
+  = 20% of the average was still the ImageNet weights).
+* ``decay``, ``warmup``, ``update_every_n_steps`` and ``start_step`` are its only knobs; the
+  average starts as a copy of the weights at the first update.
 """
 
 from __future__ import annotations
@@ -50,12 +55,28 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
+def ema_update(decay: float, warmup: bool = True) -> Any:
+    """``AveragedModel``'s ``multi_avg_fn``: torch's EMA update at ``decay``, or with ``warmup``
+    at ``min(decay, (1 + n) / (10 + n))`` for the ``n``-th update (``n`` averaged so far)."""
+    fixed = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list, current: list, num_averaged: Any) -> None:
+        if not warmup:
+            return fixed(averaged, current, num_averaged)
+        n = int(num_averaged)
+        return get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, n)
+
+    return update
+
+
 class EMA(WeightAveraging):
     """Exponential moving average of the weights, evaluated and checkpointed (see the module).
 
     Args:
         decay: weight of the old average at each update (``0 < decay < 1``); the average
             covers about ``1 / (1 - decay)`` updates.
+        warmup: update ``n`` (1, 2, ...) uses ``min(decay, (1 + n) / (10 + n))`` (timm's
+            EMA warm-up); ``False``: ``decay`` from the first update.
         update_every_n_steps: update after every N-th optimizer step.
         start_step: first optimizer step (0-based) that updates the average; before it the
             average follows the weights.
@@ -66,6 +87,7 @@ class EMA(WeightAveraging):
     def __init__(
         self,
         decay: float = 0.999,
+        warmup: bool = True,
         update_every_n_steps: int = 1,
         start_step: int = 0,
         device: str | None = None,
@@ -79,9 +101,10 @@ class EMA(WeightAveraging):
                 f"update_every_n_steps={update_every_n_steps}, start_step={start_step}"
             )
         super().__init__(
-            device=device, use_buffers=use_buffers, multi_avg_fn=get_ema_multi_avg_fn(decay)
+            device=device, use_buffers=use_buffers, multi_avg_fn=ema_update(decay, warmup)
         )
         self.decay = decay
+        self.warmup = warmup
         self.update_every_n_steps = update_every_n_steps
         self.start_step = start_step
         # State-dict name -> the module's own tensor, kept when on_train_end replaced it by
@@ -211,4 +234,4 @@ class EMA(WeightAveraging):
             checkpoint["current_model_state"] = {**current, **raw}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "decay": self.decay}
+        return {**super().state_dict(), "decay": self.decay, "warmup": self.warmup}
