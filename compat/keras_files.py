@@ -1327,7 +1327,7 @@ def _call_operation(
 ) -> bool:
     """Call the operation ``layer`` on its node's tensors and constants; False while a
     tensor it needs is not made yet."""
-    keywords = ("constant_values",) if hasattr(layer, "set_constant") else ()
+    keywords = ("constant_values",) if hasattr(layer, "set_node_constant") else ()
     args = _operation_args(node, f"{where}: operation {layer.name!r}", keywords)
     refs = [a for a in args if isinstance(a, tuple)]
     if not all((r[0], r[1]) in outputs for r in refs):
@@ -1336,7 +1336,7 @@ def _call_operation(
         if keywords:  # Pad: one tensor, its constant a keyword argument
             if len(args) != 1 or len(refs) != 1:
                 raise ValueError(f"expected one tensor argument, received {_short(node)}")
-            layer.set_constant((node.get("kwargs") or {}).get("constant_values"))
+            layer.set_node_constant((node.get("kwargs") or {}).get("constant_values"))
         else:
             layer.set_operands([None if isinstance(a, tuple) else a for a in args])
         inputs = [outputs[(r[0], r[1])] for r in refs]

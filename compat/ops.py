@@ -144,30 +144,50 @@ class PadOperation(Layer):
                 f"Keras operation '{name}' (Pad): compat pads in mode 'constant' only. "
                 f"Received: mode={mode!r}."
             )
-        pairs = [pad_width] if _is_pair(pad_width) else pad_width
-        if not isinstance(pairs, (list, tuple)) or not pairs or not all(map(_is_pair, pairs)):
+        pairs = _pad_pairs(pad_width)
+        if pairs is None:
             raise ValueError(
-                f"Keras operation '{name}' (Pad): expected pad_width as (before, after) pairs "
-                f"of non-negative integers, one per axis. Received: {pad_width!r}."
+                f"Keras operation '{name}' (Pad): expected pad_width as an integer or "
+                "(before, after) pairs of non-negative integers (one pair for every axis, or "
+                f"one per axis; (n,) for (n, n)). Received: {pad_width!r}."
             )
         super().__init__(name=name)
-        self.pad_width = [[int(b), int(a)] for b, a in pairs]
+        self.pad_width = pairs
+        # as Keras writes it back: the argument as given (an int stays an int)
+        self._written = pad_width if isinstance(pad_width, int) else [list(p) for p in pairs]
+        if _is_pair(pad_width):
+            self._written = list(pairs[0])
         self.mode = mode
         self.constant_values: float | None = None
         self.set_constant(constant_values)
 
     def set_constant(self, value: Any) -> None:
-        """The call's ``constant_values`` (``None``: zeros), as Keras passes it to the node."""
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        """The call's ``constant_values`` (``None``: zeros), as Keras passes it to the node: a
+        number (a bool or NumPy scalar too, as Keras's ``F.pad`` takes them)."""
+        if isinstance(value, np.generic) and value.ndim == 0:
+            value = value.item()
+        if value is not None and not isinstance(value, (int, float)):
             raise ValueError(
                 f"Keras operation '{self.name}' (Pad): constant_values must be a number or "
                 f"None. Received: {value!r}."
             )
-        self.constant_values = None if value is None else float(value)
+        self.constant_values = value
+
+    def set_node_constant(self, value: Any) -> None:
+        """``constant_values`` of a node read from a Keras file: one value for all the
+        operation's nodes (compat's operation nodes keep one set of constants)."""
+        previous = getattr(self, "_node_constant", ())
+        if previous != () and not _same_number(previous, value):
+            raise ValueError(
+                f"Keras operation '{self.name}' (Pad) is called with constant_values={value!r} "
+                f"after {previous!r}; compat's operation nodes keep one set of constants."
+            )
+        self.set_constant(value)
+        self._node_constant = value
 
     def keras_node(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The node's config (beside its name) and call keyword arguments, as Keras writes them."""
-        config = {"pad_width": [list(p) for p in self.pad_width], "mode": self.mode}
+        config = {"pad_width": self._written, "mode": self.mode}
         return config, {"constant_values": self.constant_values}
 
     def _pairs(self, rank: int) -> list[list[int]]:
@@ -183,7 +203,7 @@ class PadOperation(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = backend.to_keras(x)
         flat = [n for pair in reversed(self._pairs(t.ndim)) for n in pair]  # F.pad: last axis first
-        value = 0.0 if self.constant_values is None else self.constant_values
+        value = 0.0 if self.constant_values is None else float(self.constant_values)
         return backend.to_internal(F.pad(t, flat, value=value))
 
     def compute_output_shape(self, input_shape: Any) -> Shape:
@@ -193,11 +213,34 @@ class PadOperation(Layer):
 
 
 def _is_pair(value: Any) -> bool:
+    """``(before, after)`` of non-negative integers (NumPy's too), or ``(n,)`` for ``(n, n)``."""
     return (
         isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+        and len(value) in (1, 2)
+        and all(_is_width(n) for n in value)
     )
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
+def _is_width(n: Any) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 0
+
+
+def _pad_pairs(pad_width: Any) -> list[list[int]] | None:
+    """Keras's ``pad_width`` forms as ``[before, after]`` pairs: ``n``, ``(before, after)``
+    (one pair for every axis), or one pair (or ``(n,)``) per axis; ``None`` if not one."""
+    if _is_width(pad_width):
+        return [[int(pad_width), int(pad_width)]]
+    if isinstance(pad_width, (list, tuple)) and len(pad_width) == 2 and _is_pair(pad_width):
+        return [[int(n) for n in pad_width]]
+    if not isinstance(pad_width, (list, tuple)) or not pad_width:
+        return None
+    if not all(map(_is_pair, pad_width)) or len({len(p) for p in pad_width}) != 1:
+        return None
+    return [[int(p[0]), int(p[-1])] for p in pad_width]
 
 
 def broadcast_shape(input_shape: Any, what: str) -> Shape:
@@ -307,14 +350,14 @@ def divide(x1: Any, x2: Any) -> Any:
 def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = None) -> Any:
     """``keras.ops.pad``: constant padding by ``(before, after)`` per axis (one pair, or an
     int, for every axis); on a KerasTensor, Keras's ``Pad`` operation node."""
-    if isinstance(pad_width, int) and not isinstance(pad_width, bool):
-        pad_width = [pad_width, pad_width]
     op = PadOperation(pad_width, mode, constant_values, name=backend.unique_name("pad"))
     if isinstance(x, KerasTensor):
         return op(x)
-    t = convert_to_tensor(x)
+    # Keras keeps an array's or tensor's dtype (float64 too): no float32 default here
+    t = x if isinstance(x, torch.Tensor) else convert_to_tensor(x, dtype=np.asarray(x).dtype)
     flat = [n for pair in reversed(op._pairs(t.ndim)) for n in pair]
-    return F.pad(t, flat, value=0.0 if constant_values is None else float(constant_values))
+    value = 0.0 if op.constant_values is None else float(op.constant_values)
+    return F.pad(t, flat, value=value)
 
 
 class _Image:

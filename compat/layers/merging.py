@@ -55,10 +55,11 @@ class Concatenate(Layer):
         axis = self.axis % rank
         for s in shapes:
             if len(s) != rank or any(
-                # Keras checks no batch axis: the output has the first input's
-                a != b
+                # as Keras: every axis but the concatenation one, the batch axis too, where
+                # both sizes are known (None matches any size)
+                len({a, b} - {None}) > 1
                 for i, (a, b) in enumerate(zip(s, shapes[0], strict=True))
-                if 0 != i != axis
+                if i != axis
             ):
                 raise ValueError(
                     f"A `Concatenate` layer requires inputs with matching shapes except for "
