@@ -670,6 +670,11 @@ class FineTuner(L.LightningModule):
         if self.trainer.global_step == 0:  # scheduler="auto": a fit from the probe anneals
             auto = self.hparams.get("scheduler") == "auto"
             self.anneal = bool(probe) and auto and self._may_anneal()
+            if self.anneal:
+                rank_zero_info(
+                    f"scheduler='auto': cosine from lr={self.hparams.get('lr')} to 0 over this "
+                    "fit (the head starts from the linear probe; scheduler=None keeps the rate)."
+                )
         self._apply_optimizer_hparams()
 
     def _auto_probe_rows(self) -> bool:

@@ -77,6 +77,16 @@ def test_inf_inputs_are_rejected() -> None:
         images_to_tensor(torch.from_numpy(x))
 
 
+def test_flat_pixel_rows_are_refused_with_the_reshape_to_make() -> None:
+    # load_digits(return_X_y=True) gives (1797, 64) rows: 8x8 images flattened
+    rows = np.zeros((4, 64), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"or 3-D \(N, H, W\).*shape=\(4, 64\); flat rows of 64 "
+                       r"pixels\? x\.reshape\(-1, 8, 8\)"):  # fmt: skip
+        ftlight.ImageDataModule.from_arrays(rows, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"shape=\(4, 60\)$"):  # no square: no hint
+        images_to_tensor(np.zeros((4, 60)))
+
+
 def test_label_count_that_disagrees_with_num_classes(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", per_class=4)  # classes: blue, red
     dm = ftlight.ImageDataModule.from_folder(root, batch_size=4, num_workers=0)

@@ -4,6 +4,7 @@ every DDP rank, and a clear error wherever it cannot run."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -175,12 +176,16 @@ def defaults(**kw) -> FineTuner:
     return FineTuner("resnet18", 2, None, image_size=32, freeze=True, lr=0.05, **kw)
 
 
-def test_default_probes_a_frozen_cached_linear_head_and_anneals(tmp_path) -> None:
+def test_default_probes_a_frozen_cached_linear_head_and_anneals(tmp_path, caplog) -> None:
     net, seen, rates = defaults(), FirstStepHead(), Rates()
     assert net.hparams.head_init == "auto" and net.hparams.scheduler == "auto"
-    quiet_trainer(tmp_path, max_epochs=3, callbacks=[seen, rates]).fit(
-        net, datamodule=two_class_arrays_dm()
-    )
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(tmp_path, max_epochs=3, callbacks=[seen, rates]).fit(
+            net, datamodule=two_class_arrays_dm()
+        )
+    said = caplog.text
+    assert "head_init='auto': head fitted by a linear probe" in said
+    assert "scheduler='auto': cosine from lr=0.05 to 0" in said  # the choice is said
     features, labels = seen.rows.tensors[:2]
     reference = torch.nn.Linear(features.shape[1], 2)
     fit_linear_probe(reference, features, labels, F.cross_entropy)

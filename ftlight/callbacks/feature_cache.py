@@ -802,7 +802,8 @@ class FeatureCache(Callback):
         features = rows.tensors[0]
         rank_zero_info(
             f"FeatureCache: {len(rows)} {split} feature rows {tuple(features.shape[1:])} "
-            f"computed once; the head trains on them while the backbone is frozen."
+            f"computed once; the head {'trains' if split == 'train' else 'is scored'} on them "
+            "while the backbone is frozen."
         )
         return rows
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,9 +67,13 @@ def images_to_tensor(x: Any, channels: str = "auto") -> torch.Tensor:
     if t.ndim == 3:  # (N, H, W) grayscale
         t = t.unsqueeze(1) if channels != "last" else t.unsqueeze(-1)
     if t.ndim != 4:
+        hint = ""
+        if t.ndim == 2 and math.isqrt(t.shape[1]) ** 2 == t.shape[1]:  # flat square rows
+            side = math.isqrt(t.shape[1])
+            hint = f"; flat rows of {t.shape[1]} pixels? x.reshape(-1, {side}, {side})"
         raise ValueError(
-            f"Images must be a 4-D array (N, H, W, C) or (N, C, H, W). Received: "
-            f"shape={tuple(t.shape)}"
+            f"Images must be a 4-D array (N, H, W, C) or (N, C, H, W), or 3-D (N, H, W) "
+            f"grayscale. Received: shape={tuple(t.shape)}{hint}"
         )
     if channels == "auto":
         channels = "last" if t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4) else "first"
