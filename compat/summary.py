@@ -32,7 +32,7 @@ def render_summary(model: Any, line_length: int = 80, show_trainable: bool = Fal
                 f"{layer.name} ({type(layer).__name__})",
                 shape,
                 f"{params:,}",
-                "Y" if layer.trainable else "N",
+                ("Y" if layer.trainable else "N") if layer.weights else "-",  # as Keras
             )
         )
     header = ("Layer (type)", "Output Shape", "Param #", "Trainable")

@@ -112,3 +112,25 @@ def test_concatenate_refuses_known_batches_that_differ(keras, ck) -> None:
         assert tuple(ok.shape) == (5, 3)
         mixed = K.layers.Concatenate()([K.Input((3,), batch_size=2), K.Input((3,))])
         assert tuple(mixed.shape) == (2, 6)
+
+
+def test_summary_trainable_column_is_keras_s(keras, ck) -> None:
+    """``summary(show_trainable=True)``: Y / N for layers with weights, '-' for the others."""
+
+    def column(K) -> list[str]:
+        m = K.Sequential(
+            [
+                K.Input((4,)),
+                K.layers.Dense(3, name="d1"),
+                K.layers.Dropout(0.1, name="drop"),
+                K.layers.Dense(2, name="d2"),
+            ]
+        )
+        m.get_layer("d1").trainable = False
+        lines: list[str] = []
+        m.summary(show_trainable=True, print_fn=lambda s, **kw: lines.append(s))
+        rows = "\n".join(lines).splitlines()
+        cells = [next(r for r in rows if f"{n} (" in r) for n in ("d1", "drop", "d2")]
+        return [r.replace("│", " ").replace("|", " ").split()[-1] for r in cells]
+
+    assert column(ck) == column(keras) == ["N", "-", "Y"]
