@@ -114,8 +114,10 @@ class FineTuner(L.LightningModule):
             where 3 epochs of the head alone reach 0.93 (``benchmarks/README.md``).
             ``"auto"`` (default): the probe wherever it can run, silently random elsewhere:
             a linear head, the first epoch on cached features, a numeric ``lr`` with no
-            learning-rate finder, at most ``PROBE_AUTO_BUDGET`` (2**31) rows x features x
-            outputs (a bigger probe would cost more than its epochs save on a CPU).
+            learning-rate finder, no :class:`~ftlight.callbacks.StagedUnfreeze` (staged runs
+            train the head for epochs first, and one process and several must start alike),
+            at most ``PROBE_AUTO_BUDGET`` (2**31) rows x features x outputs (a bigger probe
+            would cost more than its epochs save on a CPU).
         weights_strict: a weights file must hold every backbone weight with its shape (its
             classifier excepted); ``False`` loads the part that matches (see
             :func:`ftlight.models.weights.load_state_dict_file`).
@@ -679,13 +681,19 @@ class FineTuner(L.LightningModule):
 
     def _auto_probe_rows(self) -> bool:
         """``head_init="auto"``: whether the probe can fit the head on cached training rows
-        (linear head, numeric lr and no finder, within ``PROBE_AUTO_BUDGET``)."""
+        (linear head, numeric lr, no finder and no StagedUnfreeze, within
+        ``PROBE_AUTO_BUDGET``). Staged runs (``fine_tune``, the staged configs) keep a random
+        head: their frozen phase trains it for epochs, and under DDP their gated groups turn
+        caching off, so a probe on one process only would make one process and several
+        start differently."""
+        from ftlight.callbacks.staged import StagedUnfreeze
+
         trainer = self.trainer
         rows = getattr(trainer.train_dataloader, "dataset", None)
         if not isinstance(rows, FeatureRows) or len(rows.tensors) < 2:
             return False
         if is_auto(self.hparams.get("lr")) or any(
-            isinstance(cb, LRFinder) for cb in trainer.callbacks
+            isinstance(cb, (LRFinder, StagedUnfreeze)) for cb in trainer.callbacks
         ):
             return False
         try:

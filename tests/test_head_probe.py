@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ftlight import FineTuner
 from ftlight.callbacks.feature_cache import FeatureCache
+from ftlight.callbacks.staged import Milestone, StagedUnfreeze
 from ftlight.models.head import PROBE_L2, fit_linear_probe
 from tests.conftest import quiet_trainer, two_class_arrays_dm
 
@@ -223,3 +224,18 @@ def test_default_is_random_and_constant_where_the_probe_cannot_run(tmp_path, kw)
     else:
         assert not net.head_probed
         torch.testing.assert_close(seen.weights[0], initial, rtol=0, atol=0)
+
+
+def test_default_keeps_a_random_head_in_a_staged_run(tmp_path) -> None:
+    """Staged runs (fine_tune, the staged configs) cache their frozen phase in one process but
+    not under DDP (gated groups): ``head_init="auto"`` leaves their head random everywhere so
+    one process and several start alike (tests/test_ddp.py compares them)."""
+    net, seen = defaults(), FirstStepHead()
+    initial = net.head[-1].weight.detach().clone()
+    staged = StagedUnfreeze([Milestone(epoch=1, groups=["stage4"])])
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[seen, staged])
+    trainer.fit(net, datamodule=two_class_arrays_dm())
+    cache = next(cb for cb in trainer.callbacks if isinstance(cb, FeatureCache))
+    assert 0 in cache.epochs_cached  # the rows were there: the probe could have run
+    assert not net.head_probed and not net.anneal
+    torch.testing.assert_close(seen.weights[0], initial, rtol=0, atol=0)

@@ -276,7 +276,9 @@ def test_report_says_which_weights_it_evaluated_and_draws_the_best_too(
     )
     dm = ftlight.ImageDataModule.from_folder(root, batch_size=6, num_workers=0, augment=False)
     L.seed_everything(0, verbose=False)
-    model = ftlight.FineTuner("resnet18", num_classes=3, image_size=32, freeze=True, lr=0.3)
+    model = ftlight.FineTuner(  # a random head: the probe's would be perfect from epoch 0
+        "resnet18", num_classes=3, image_size=32, freeze=True, lr=0.3, head_init="random"
+    )
     ckpt = ModelCheckpoint(tmp_path / "ckpt", monitor="score", mode="max", save_last=True)
     trainer = L.Trainer(
         max_epochs=3,
