@@ -320,6 +320,11 @@ def _pooling(layer: Any, where: str) -> dict[str, Any]:
     }
 
 
+def _own_config(layer: Any, where: str) -> dict[str, Any]:
+    """A layer whose ``get_config`` is Keras's (tested against Keras), less the base keys."""
+    return {k: v for k, v in layer.get_config().items() if k not in _BASE}
+
+
 def _spec(
     cls: str,
     passed: tuple[str, ...],
@@ -435,6 +440,15 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
             "mean": np.array(layer.input_mean).tolist(),
             "variance": np.array(layer.input_variance).tolist(),
         },
+    ),
+    # the augmentation layers of Keras's transfer-learning tutorials (identity at inference;
+    # their config is Keras's, so get_config is what the file holds)
+    "RandomFlip": _spec(
+        "RandomFlip", ("mode", "seed"), {"data_format": "channels_last"}, _own_config
+    ),
+    "RandomRotation": _spec(
+        "RandomRotation", ("factor", "fill_mode", "interpolation", "seed", "fill_value"),
+        {"data_format": "channels_last"}, _own_config,
     ),
     # Keras's applications' own layers (InceptionResNetV2's residual sum, ConvNeXt's scale)
     "CustomScaleLayer": _spec(

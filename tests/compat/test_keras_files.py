@@ -308,10 +308,12 @@ def test_other_suffixes_keep_compats_torch_file(ck, tmp_path: Path) -> None:
     x = np.ones((1, 8, 8, 3), "float32")
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     # a layer Keras's config cannot be written for: .keras warns and keeps compat's own file
-    augmented = ck.Sequential([ck.Input((8, 8, 3)), ck.layers.RandomFlip(), ck.layers.Flatten()])
-    with pytest.warns(UserWarning, match=r"compat's own torch file.*'random_flip'"):
+    augmented = ck.Sequential(
+        [ck.Input((8, 8, 3)), ck.layers.RandomZoom(0.1, name="zoom"), ck.layers.Flatten()]
+    )
+    with pytest.warns(UserWarning, match=r"compat's own torch file.*'zoom'"):
         augmented.save(tmp_path / "aug.keras")
-    assert ck.models.load_model(tmp_path / "aug.keras").layers[0].name == "random_flip"
+    assert ck.models.load_model(tmp_path / "aug.keras").layers[0].name == "zoom"
 
 
 # ----- trust: what a file may build ----------------------------------------------------
@@ -645,3 +647,43 @@ def test_a_nested_model_called_on_two_tensors_comes_over(keras, ck, tmp_path: Pa
     assert node["inbound_nodes"][0]["kwargs"] == {"mask": [None, None]}
     data = [np.random.default_rng(i).normal(size=(4, 3)).astype("float32") for i in (8, 9)]
     _close(loaded.predict(data, verbose=0), source.predict(data, verbose=0), tol=1e-6)
+
+
+def _augmented(K):
+    """keras.io's transfer-learning tutorial: augmentation layers in a nested Sequential."""
+    augment = K.Sequential(
+        [
+            K.layers.RandomFlip("horizontal", name="flip"),
+            K.layers.RandomRotation(0.1, seed=3, name="rotate"),
+        ],
+        name="data_augmentation",
+    )
+    inputs = K.Input((12, 12, 3), name="image")
+    x = augment(inputs)
+    x = K.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(x)
+    x = K.layers.Conv2D(4, 3, name="conv")(x)
+    x = K.layers.GlobalAveragePooling2D(name="gap")(x)
+    return K.Model(inputs, K.layers.Dense(2, name="head")(x), name="augmented")
+
+
+def test_tutorial_augmentation_layers_come_over_both_ways(keras, ck, tmp_path: Path) -> None:
+    source = _augmented(keras)
+    _randomise(source)
+    source.save(tmp_path / "k.keras")
+    x = np.random.default_rng(4).uniform(0, 255, (3, 12, 12, 3)).astype("float32")
+    want = source.predict(x, verbose=0)  # the augmentation is the identity at inference
+    loaded = ck.models.load_model(tmp_path / "k.keras")
+    assert _json(loaded.get_config()) == _json(source.get_config())
+    _close(loaded.predict(x, verbose=0), want, tol=1e-6)
+    ours = _augmented(ck)
+    ours.set_weights(source.get_weights())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Keras file, not compat's torch fallback
+        ours.save(tmp_path / "c.keras")
+    assert _archived_config(tmp_path / "c.keras") == _archived_config(tmp_path / "k.keras")
+    back = keras.models.load_model(tmp_path / "c.keras")
+    _close(back.predict(x, verbose=0), want, tol=1e-6)
+    assert [type(la).__name__ for la in back.get_layer("data_augmentation").layers] == [
+        "RandomFlip",
+        "RandomRotation",
+    ]
