@@ -450,6 +450,20 @@ LAYERS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], Callable]] = {
         "RandomRotation", ("factor", "fill_mode", "interpolation", "seed", "fill_value"),
         {"data_format": "channels_last"}, _own_config,
     ),
+    "RandomZoom": _spec(
+        "RandomZoom", ("height_factor", "width_factor", "fill_mode", "interpolation", "seed",
+                       "fill_value"),
+        {"data_format": "channels_last"}, _own_config,
+    ),
+    "RandomTranslation": _spec(
+        "RandomTranslation", ("height_factor", "width_factor", "fill_mode", "interpolation",
+                              "seed", "fill_value"),
+        {"data_format": "channels_last"}, _own_config,
+    ),
+    "RandomContrast": _spec(
+        "RandomContrast", ("factor", "value_range", "seed"), {"data_format": "channels_last"},
+        _own_config,
+    ),
     # Keras's applications' own layers (InceptionResNetV2's residual sum, ConvNeXt's scale)
     "CustomScaleLayer": _spec(
         "CustomScaleLayer", ("scale",), {}, lambda layer, where: {"scale": layer.scale}

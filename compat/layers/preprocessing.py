@@ -249,10 +249,14 @@ class RandomZoom(_RandomAffine):
         **kwargs: Any,
     ) -> None:
         super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
+        self._given = {"height_factor": height_factor, "width_factor": width_factor}
         self.height_factor = _factor_range(height_factor, "height_factor")
         self.width_factor = (
             _factor_range(width_factor, "width_factor") if width_factor is not None else None
         )
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._given}  # the factors as given, as Keras
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
         lo, hi = self.height_factor
@@ -401,6 +405,10 @@ class RandomTranslation(_RandomAffine):
                     )
         self.height_lower, self.height_upper = _translation_factor(height_factor)
         self.width_lower, self.width_upper = _translation_factor(width_factor)
+        self._given = {"height_factor": height_factor, "width_factor": width_factor}
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._given}  # the factors as given, as Keras
 
     def _matrices(self, n: int, device: torch.device) -> torch.Tensor:
         dy = _uniform(self._rng, n, self.height_lower, self.height_upper, device)
@@ -434,6 +442,15 @@ class RandomContrast(Layer):
         self.factor = keras_factor(factor, (0, 1))
         self.value_range, self.seed = tuple(value_range), seed
         self._rng = SeedGenerator(seed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "data_format": "channels_last",
+            "factor": self.factor,
+            "value_range": self.value_range,
+            "seed": self.seed,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

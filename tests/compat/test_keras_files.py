@@ -309,11 +309,11 @@ def test_other_suffixes_keep_compats_torch_file(ck, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     # a layer Keras's config cannot be written for: .keras warns and keeps compat's own file
     augmented = ck.Sequential(
-        [ck.Input((8, 8, 3)), ck.layers.RandomZoom(0.1, name="zoom"), ck.layers.Flatten()]
+        [ck.Input((8, 8, 3)), ck.layers.RandomBrightness(0.1, name="light"), ck.layers.Flatten()]
     )
-    with pytest.warns(UserWarning, match=r"compat's own torch file.*'zoom'"):
+    with pytest.warns(UserWarning, match=r"compat's own torch file.*'light'"):
         augmented.save(tmp_path / "aug.keras")
-    assert ck.models.load_model(tmp_path / "aug.keras").layers[0].name == "zoom"
+    assert ck.models.load_model(tmp_path / "aug.keras").layers[0].name == "light"
 
 
 # ----- trust: what a file may build ----------------------------------------------------
@@ -655,6 +655,9 @@ def _augmented(K):
         [
             K.layers.RandomFlip("horizontal", name="flip"),
             K.layers.RandomRotation(0.1, seed=3, name="rotate"),
+            K.layers.RandomZoom(0.2, name="zoom"),
+            K.layers.RandomTranslation((-0.1, 0.2), 0.1, name="shift"),
+            K.layers.RandomContrast(0.3, name="contrast"),
         ],
         name="data_augmentation",
     )
@@ -686,4 +689,7 @@ def test_tutorial_augmentation_layers_come_over_both_ways(keras, ck, tmp_path: P
     assert [type(la).__name__ for la in back.get_layer("data_augmentation").layers] == [
         "RandomFlip",
         "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomContrast",
     ]
