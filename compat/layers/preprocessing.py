@@ -163,12 +163,29 @@ class _RandomAffine(Layer):
         )
 
 
-def _factor_range(factor: Any, what: str) -> tuple[float, float]:
-    if isinstance(factor, (int, float)):
-        return (-abs(float(factor)), abs(float(factor)))
-    if isinstance(factor, (tuple, list)) and len(factor) == 2:
-        return (float(factor[0]), float(factor[1]))
-    raise ValueError(f"{what} must be a float or a tuple of 2 floats. Received: {factor!r}")
+_ZOOM_FACTOR_ERROR = (
+    "The `height_factor` and `width_factor` arguments should be a number (or a list of two "
+    "numbers) in the range (-1.0, 1.0]. "
+)
+
+
+def _zoom_factor(factor: Any, what: str) -> tuple[float, float]:
+    """Keras's ``RandomZoom._set_factor``: numbers and pairs in ``(-1, 1]``, pairs sorted."""
+    if isinstance(factor, (tuple, list)):
+        if len(factor) != 2:
+            raise ValueError(_ZOOM_FACTOR_ERROR + f"Received: {what}={factor}")
+        values = list(factor)
+    elif isinstance(factor, (int, float)):
+        values = [factor]  # Keras checks the number as given
+    else:
+        raise ValueError(_ZOOM_FACTOR_ERROR + f"Received: {what}={factor}")
+    for v in values:
+        if v > 1.0 or v <= -1.0:
+            raise ValueError(_ZOOM_FACTOR_ERROR + f"Received: input_number={v}")
+    if isinstance(factor, (tuple, list)):
+        lower, upper = sorted(factor)
+        return float(lower), float(upper)
+    return -abs(float(factor)), abs(float(factor))
 
 
 class RandomFlip(Layer):
@@ -222,7 +239,7 @@ class RandomRotation(_RandomAffine):
         **kwargs: Any,
     ) -> None:
         super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
-        self.factor = _factor_range(factor, "factor")
+        self.factor = keras_factor(factor, (-1, 1))  # sorted and range-checked, as Keras
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "factor": self.factor}
@@ -250,9 +267,9 @@ class RandomZoom(_RandomAffine):
     ) -> None:
         super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
         self._given = {"height_factor": height_factor, "width_factor": width_factor}
-        self.height_factor = _factor_range(height_factor, "height_factor")
+        self.height_factor = _zoom_factor(height_factor, "height_factor")
         self.width_factor = (
-            _factor_range(width_factor, "width_factor") if width_factor is not None else None
+            _zoom_factor(width_factor, "width_factor") if width_factor is not None else None
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -396,7 +413,14 @@ class RandomTranslation(_RandomAffine):
         if data_format not in (None, "channels_last"):
             raise NotImplementedError(f"RandomTranslation(data_format={data_format!r})")
         super().__init__(fill_mode, interpolation, seed, fill_value, **kwargs)
-        for value in (height_factor, width_factor):
+        for what, value in (("height_factor", height_factor), ("width_factor", width_factor)):
+            if not isinstance(value, (int, float, tuple, list)) or (
+                isinstance(value, (tuple, list)) and len(value) != 2
+            ):
+                raise ValueError(
+                    "The `factor` argument should be a number (or a list of two numbers) "
+                    f"in the range [-1.0, 1.0]. Received: {what}={value}"
+                )
             for v in value if isinstance(value, (tuple, list)) else [value]:
                 if not -1.0 <= v <= 1.0:
                     raise ValueError(
@@ -440,7 +464,7 @@ class RandomContrast(Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.factor = keras_factor(factor, (0, 1))
-        self.value_range, self.seed = tuple(value_range), seed
+        self.value_range, self.seed = value_range, seed  # as given, as Keras (checked in use)
         self._rng = SeedGenerator(seed)
 
     def get_config(self) -> dict[str, Any]:
