@@ -200,11 +200,14 @@ class PadOperation(Layer):
             )
         return self.pad_width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = backend.to_keras(x)
+    def pad_keras_layout(self, t: torch.Tensor) -> torch.Tensor:
+        """The padding of ``t`` (Keras's layout), its dtype kept."""
         flat = [n for pair in reversed(self._pairs(t.ndim)) for n in pair]  # F.pad: last axis first
         value = 0.0 if self.constant_values is None else float(self.constant_values)
-        return backend.to_internal(F.pad(t, flat, value=value))
+        return F.pad(t, flat, value=value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return backend.to_internal(self.pad_keras_layout(backend.to_keras(x)))
 
     def compute_output_shape(self, input_shape: Any) -> Shape:
         pairs = self._pairs(len(input_shape))
@@ -355,9 +358,7 @@ def pad(x: Any, pad_width: Any, mode: str = "constant", constant_values: Any = N
         return op(x)
     # Keras keeps an array's or tensor's dtype (float64 too): no float32 default here
     t = x if isinstance(x, torch.Tensor) else convert_to_tensor(x, dtype=np.asarray(x).dtype)
-    flat = [n for pair in reversed(op._pairs(t.ndim)) for n in pair]
-    value = 0.0 if op.constant_values is None else float(op.constant_values)
-    return F.pad(t, flat, value=value)
+    return op.pad_keras_layout(t)
 
 
 class _Image:

@@ -526,12 +526,22 @@ class FineTuner(L.LightningModule):
     def _may_anneal(self) -> bool:
         """``scheduler="auto"``: whether this fit may start from a probed head (decided at
         ``on_train_start``); never beside a StagedUnfreeze or a learning-rate finder."""
+        if self._staged_or_sweeping():
+            return False
+        return self.anneal or self.hparams.get("head_init") in ("auto", "probe")
+
+    def _staged_or_sweeping(self) -> bool:
+        """A StagedUnfreeze (its own per-group rates and warm-ups) or a learning-rate finder
+        among the Trainer's callbacks: no automatic probe or schedule beside them."""
         from ftlight.callbacks.staged import StagedUnfreeze
 
         callbacks = self.trainer.callbacks if self._trainer is not None else []
-        if any(isinstance(cb, (StagedUnfreeze, LRFinder)) for cb in callbacks):
-            return False
-        return self.anneal or self.hparams.get("head_init") in ("auto", "probe")
+        return any(isinstance(cb, (StagedUnfreeze, LRFinder)) for cb in callbacks)
+
+    def _cached_train_rows(self) -> FeatureRows | None:
+        """The cached (features, targets) rows the Trainer trains on, if it serves those."""
+        rows = getattr(self.trainer.train_dataloader, "dataset", None)
+        return rows if isinstance(rows, FeatureRows) and len(rows.tensors) >= 2 else None
 
     # ---- data config and checkpoints ---------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -686,15 +696,8 @@ class FineTuner(L.LightningModule):
         head: their frozen phase trains it for epochs, and under DDP their gated groups turn
         caching off, so a probe on one process only would make one process and several
         start differently."""
-        from ftlight.callbacks.staged import StagedUnfreeze
-
-        trainer = self.trainer
-        rows = getattr(trainer.train_dataloader, "dataset", None)
-        if not isinstance(rows, FeatureRows) or len(rows.tensors) < 2:
-            return False
-        if is_auto(self.hparams.get("lr")) or any(
-            isinstance(cb, (LRFinder, StagedUnfreeze)) for cb in trainer.callbacks
-        ):
+        rows = self._cached_train_rows()
+        if rows is None or is_auto(self.hparams.get("lr")) or self._staged_or_sweeping():
             return False
         try:
             linear = linear_head(self.head)
@@ -706,8 +709,8 @@ class FineTuner(L.LightningModule):
         """``head_init="probe"``: fit the head on the cached training rows the Trainer holds
         (FeatureCache's hooks ran before this one), or say why there are none."""
         trainer = self.trainer
-        rows = getattr(trainer.train_dataloader, "dataset", None)
-        if not isinstance(rows, FeatureRows) or len(rows.tensors) < 2:
+        rows = self._cached_train_rows()
+        if rows is None:
             cache = next((cb for cb in trainer.callbacks if isinstance(cb, FeatureCache)), None)
             if cache is not None and cache.reason:
                 why = cache.reason

@@ -12,6 +12,7 @@ import json
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -317,6 +318,20 @@ def test_other_suffixes_keep_compats_torch_file(ck, tmp_path: Path) -> None:
 
 
 # ----- trust: what a file may build ----------------------------------------------------
+
+
+def edit_keras_archive(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of Keras's archive ``src`` at ``dst`` whose ``config.json`` went through ``edit``
+    (in place), every other member (weights, metadata) as Keras wrote it: a crafted file."""
+    with zipfile.ZipFile(src) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    edit(config)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(dst, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return dst
 
 
 def _archive(path: Path, config: dict, weights: bytes | None = None) -> Path:

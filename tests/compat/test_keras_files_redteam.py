@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_keras_files import edit_keras_archive
 
 
 def _save_legacy_h5(model, path: Path) -> None:
@@ -180,21 +181,15 @@ def test_layer_get_config_keeps_its_options(keras, ck) -> None:
 
 
 def test_a_config_with_zero_strides_is_a_keras_file_error(keras, ck, tmp_path: Path) -> None:
-    import json
-    import zipfile
-
     from compat.keras_files import KerasFileError
 
     k_model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="c")])
     k_model.save(tmp_path / "k.keras")
-    with zipfile.ZipFile(tmp_path / "k.keras") as z:
-        data = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(data["config.json"])
-    config["config"]["layers"][1]["config"]["strides"] = [0, 0]
-    data["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as z:
-        for name, blob in data.items():
-            z.writestr(name, blob)
+
+    def zero_strides(config: dict) -> None:
+        config["config"]["layers"][1]["config"]["strides"] = [0, 0]
+
+    edit_keras_archive(tmp_path / "k.keras", tmp_path / "bad.keras", zero_strides)
     with pytest.raises(KerasFileError, match="'c'"):
         ck.models.load_model(tmp_path / "bad.keras")
 
@@ -338,22 +333,16 @@ def test_loss_and_metric_objects_go_both_ways(keras, ck, tmp_path: Path) -> None
 
 
 def test_a_loss_object_from_another_module_is_refused(keras, ck, tmp_path: Path) -> None:
-    import json
-    import zipfile
-
     from compat.keras_files import KerasFileError
 
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy())
     model.save(tmp_path / "k.keras")
-    with zipfile.ZipFile(tmp_path / "k.keras") as z:
-        data = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(data["config.json"])
-    config["compile_config"]["loss"]["module"] = "os"
-    data["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as z:
-        for name, blob in data.items():
-            z.writestr(name, blob)
+
+    def loss_from_os(config: dict) -> None:
+        config["compile_config"]["loss"]["module"] = "os"
+
+    edit_keras_archive(tmp_path / "k.keras", tmp_path / "bad.keras", loss_from_os)
     with pytest.raises(KerasFileError, match=r"loss .*'os'.*compile=False"):
         ck.models.load_model(tmp_path / "bad.keras")
     assert ck.models.load_model(tmp_path / "bad.keras", compile=False).compiled is False

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_keras_files import edit_keras_archive
 
 
 def _keras_file_config(path: Path) -> dict:
@@ -86,17 +87,14 @@ def test_pad_node_called_with_two_constants_is_refused(keras, ck, tmp_path: Path
     """A crafted file calling one Pad node twice with different constants: compat padded
     both with the last one."""
     _pad_model(keras, [[0, 0], [1, 2]], 1.5).save(tmp_path / "k.keras")
-    with zipfile.ZipFile(tmp_path / "k.keras") as z:
-        files = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(files["config.json"])
-    node = next(e for e in config["config"]["layers"] if e["class_name"] == "Pad")
-    second = json.loads(json.dumps(node["inbound_nodes"][0]))
-    second["kwargs"]["constant_values"] = 2.0
-    node["inbound_nodes"].append(second)
-    files["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as z:
-        for name, data in files.items():
-            z.writestr(name, data)
+
+    def call_twice(config: dict) -> None:
+        node = next(e for e in config["config"]["layers"] if e["class_name"] == "Pad")
+        second = json.loads(json.dumps(node["inbound_nodes"][0]))
+        second["kwargs"]["constant_values"] = 2.0
+        node["inbound_nodes"].append(second)
+
+    edit_keras_archive(tmp_path / "k.keras", tmp_path / "bad.keras", call_twice)
     with pytest.raises(Exception, match=r"constant_values=2.0 after 1.5"):
         ck.models.load_model(tmp_path / "bad.keras")
 

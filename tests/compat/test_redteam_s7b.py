@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_keras_files import edit_keras_archive
 
 from ftlight.files import UnreadableFileError
 
@@ -84,14 +85,11 @@ def test_crafted_out_of_range_factor_is_refused(
     keras.Sequential([keras.Input((8, 8, 3)), getattr(keras.layers, cls)(*args)]).save(
         tmp_path / "k.keras"
     )
-    with zipfile.ZipFile(tmp_path / "k.keras") as z:
-        files = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(files["config.json"])
-    config["config"]["layers"][1]["config"][key] = value
-    files["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(tmp_path / "bad.keras", "w") as z:
-        for name, data in files.items():
-            z.writestr(name, data)
+
+    def set_option(config: dict) -> None:
+        config["config"]["layers"][1]["config"][key] = value
+
+    edit_keras_archive(tmp_path / "k.keras", tmp_path / "bad.keras", set_option)
     with pytest.raises(Exception):  # noqa: B017 - Keras wraps its ValueError in a TypeError
         keras.models.load_model(tmp_path / "bad.keras")
     with pytest.raises(UnreadableFileError, match=f"{cls}.*should be a number"):
