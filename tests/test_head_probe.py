@@ -239,3 +239,31 @@ def test_default_keeps_a_random_head_in_a_staged_run(tmp_path) -> None:
     assert 0 in cache.epochs_cached  # the rows were there: the probe could have run
     assert not net.head_probed and not net.anneal
     torch.testing.assert_close(seen.weights[0], initial, rtol=0, atol=0)
+
+
+def test_resume_continues_the_annealed_schedule_and_does_not_probe_again(tmp_path, caplog) -> None:
+    """A fit from the probe resumed from its epoch-0 checkpoint takes the rates of the run
+    that was never stopped (the anneal flag and the scheduler's state come back), and does
+    not fit the probe again over the trained head."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    whole = Rates()
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    options = {"max_epochs": 3, "enable_checkpointing": True}
+    quiet_trainer(tmp_path / "a", callbacks=[whole, every_epoch], **options).fit(
+        defaults(), datamodule=two_class_arrays_dm()
+    )
+    per_epoch = len(whole.lrs) // 3
+    resumed, later = defaults(), Rates()
+    caplog.clear()  # the first run's log said it probed
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(tmp_path / "b", callbacks=[later], **options).fit(
+            resumed,
+            datamodule=two_class_arrays_dm(),
+            ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt",
+        )
+    assert resumed.anneal and resumed.head_probed
+    assert later.lrs == pytest.approx(whole.lrs[per_epoch:])  # still falling, as uninterrupted
+    assert later.lrs[0] < whole.lrs[0]
+    assert "fitted by a linear probe" not in caplog.text
+    assert "Restoring states from the checkpoint" in caplog.text  # the log was captured
