@@ -34,3 +34,17 @@ def test_results_record_machine_load_and_versions(tmp_path, monkeypatch) -> None
     assert len(record["machine"]["load_average_end"]) == 3
     assert record["machine"]["cpu_count"] >= 1
     assert record["versions"]["torch"] == torch.__version__
+
+
+def test_inference_bench_measures_every_contender(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    from benchmarks.bench_inference_cpu import bench_model
+
+    out = bench_model("resnet18", 32, 2, rounds=1)
+    assert out["batchnorms_folded"] == 20  # every BatchNorm of resnet18 follows a convolution
+    assert set(out["speedup_vs_plain"]) == {
+        "infer_channels_last",
+        "infer_channels_last_folded",
+        "train_channels_last",
+    }
+    assert all(v > 0 for v in out["ms_per_image"].values())

@@ -132,6 +132,9 @@ def _autocast_on_cuda(device: torch.device) -> Callable[[], contextlib.AbstractC
     return lambda: torch.autocast(device.type, enabled=device.type == "cuda")
 
 
+_no_fold = contextlib.nullcontext
+
+
 @torch.no_grad()
 def compute_features(
     module: nn.Module,
@@ -787,8 +790,28 @@ class FeatureCache(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader, split: str
     ) -> FeatureRows:
         device = pl_module.device
+        backbone = getattr(pl_module, "backbone", None)
+        # the frozen backbone runs every image once: fold its BatchNorm (ftlight.models.fold)
+        with backbone.folded_inference() if isinstance(backbone, Backbone) else _no_fold():
+            rows = self._compute_rows(trainer, pl_module, loader, split, device)
+        features = rows.tensors[0]
+        rank_zero_info(
+            f"FeatureCache: {len(rows)} {split} feature rows {tuple(features.shape[1:])} "
+            f"computed once; the head {'trains' if split == 'train' else 'is scored'} on them "
+            "while the backbone is frozen."
+        )
+        return rows
+
+    def _compute_rows(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        loader: DataLoader,
+        split: str,
+        device: torch.device,
+    ) -> FeatureRows:
         half = device.type == "cuda" if self.half is None else self.half
-        rows = compute_features(
+        return compute_features(
             pl_module,
             _in_order(loader),
             extract=pl_module.extract_features,
@@ -799,13 +822,6 @@ class FeatureCache(Callback):
             allocate=functools.partial(self._allocate, device=device, split=split),
             desc=split,
         )
-        features = rows.tensors[0]
-        rank_zero_info(
-            f"FeatureCache: {len(rows)} {split} feature rows {tuple(features.shape[1:])} "
-            f"computed once; the head {'trains' if split == 'train' else 'is scored'} on them "
-            "while the backbone is frozen."
-        )
-        return rows
 
     def _allocate(
         self, size: tuple[int, ...], dtype: torch.dtype, *, device: torch.device, split: str

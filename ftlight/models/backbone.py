@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import timm
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from ftlight.data.config import DataConfig
+from ftlight.models.fold import FoldedInference
 from ftlight.models.groups import LayerGroup, timm_layer_groups
 from ftlight.models.registry import BackboneSpec, resolve_backbone
 from ftlight.models.weights import (
@@ -59,7 +61,29 @@ class Backbone(nn.Module):
                 f"{self.name} needs inputs of at least {self.min_input_size}x"
                 f"{self.min_input_size} pixels. Received: {tuple(images.shape[-2:])}"
             )
+        fold = self.__dict__.get("_fold")
+        if fold is not None:
+            out = fold.forward_or_none(images)
+            if out is not None:
+                return out
         return self.model(images)
+
+    def start_folded_inference(self) -> None:
+        """From now on, inference-mode passes run a copy with BatchNorm folded into the
+        convolutions (:mod:`ftlight.models.fold`) while the weights stay unchanged."""
+        self.__dict__["_fold"] = FoldedInference(self.model)
+
+    def stop_folded_inference(self) -> None:
+        self.__dict__.pop("_fold", None)
+
+    @contextlib.contextmanager
+    def folded_inference(self) -> Iterator[None]:
+        """:meth:`start_folded_inference` inside the ``with`` block only."""
+        self.start_folded_inference()
+        try:
+            yield
+        finally:
+            self.stop_folded_inference()
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Unpooled feature map (B, C, h, w)."""

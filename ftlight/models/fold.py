@@ -1,0 +1,136 @@
+"""Inference copies with BatchNorm folded into the convolution before it.
+
+In inference mode a BatchNorm layer is a per-channel affine map of fixed statistics, so it can
+be folded into the weights of the convolution that feeds it (``torch.nn.utils.fusion``): one
+pass over the feature map fewer per layer. On 2 CPU cores, channels-last, that makes
+EfficientNet-Lite0 about 1.5x faster at 224 px (``benchmarks/bench_fold.py``). ftlight uses it
+where a backbone runs many images with fixed weights: the frozen-feature cache and ``test`` /
+``predict``. The copy is checked against the original on its first batch and dropped, with a
+warning, if they differ; it is dropped too as soon as any weight or statistic of the original
+changes (PyTorch's in-place version counters), so it can never serve stale weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+log = logging.getLogger(__name__)
+
+try:  # timm's BatchNorm + dropout + activation in one module
+    from timm.layers.norm_act import BatchNormAct2d
+except ImportError:  # pragma: no cover - timm is a dependency
+    BatchNormAct2d = None  # type: ignore[assignment,misc]
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    """The BatchNorm types whose forward is known: a plain BatchNorm2d, or timm's
+    BatchNormAct2d (BatchNorm, then its ``drop`` and ``act``)."""
+    return type(module) is nn.BatchNorm2d or (
+        BatchNormAct2d is not None and type(module) is BatchNormAct2d
+    )
+
+
+class _Tracer(fx.Tracer):
+    """Keeps BatchNorm layers (timm's too) as single nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_batchnorm(m) or super().is_leaf_module(m, qualname)
+
+
+def _set(root: nn.Module, qualname: str, module: nn.Module) -> None:
+    parent, _, name = qualname.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int] | None:
+    """An inference-mode copy of ``module`` with every BatchNorm that is the only reader of a
+    plain ``nn.Conv2d`` folded into that convolution; and the number folded.
+
+    ``None`` when the module cannot be traced by ``torch.fx`` or has nothing to fold. The copy
+    is only valid in inference mode and for the weights ``module`` has now.
+    """
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as err:  # any model fx cannot trace keeps its own forward
+        log.debug("BatchNorm folding skipped: %s cannot be traced (%s)", type(module), err)
+        return None
+    folded = fx.GraphModule(copy.deepcopy(module).eval(), graph)
+    modules = dict(folded.named_modules())
+    count = 0
+    for node in folded.graph.nodes:
+        if node.op != "call_module" or not _is_batchnorm(modules[node.target]):
+            continue
+        conv_node = node.args[0]
+        if not (
+            isinstance(conv_node, fx.Node)
+            and conv_node.op == "call_module"
+            and type(modules[conv_node.target]) is nn.Conv2d
+            and len(conv_node.users) == 1
+        ):
+            continue
+        bn = modules[node.target]
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # normalises with batch statistics even in inference mode
+        _set(folded, conv_node.target, fuse_conv_bn_eval(modules[conv_node.target], bn))
+        rest = nn.Identity() if type(bn) is nn.BatchNorm2d else nn.Sequential(bn.drop, bn.act)
+        _set(folded, node.target, rest)
+        count += 1
+    if not count:
+        return None
+    folded.recompile()
+    return folded.eval(), count
+
+
+def _stamp(module: nn.Module) -> tuple[int, ...]:
+    """The in-place version counters of every parameter and buffer: any change of weights or
+    statistics (an optimizer step, ``load_state_dict``, ``copy_``) changes the stamp."""
+    return tuple(t._version for t in (*module.parameters(), *module.buffers()))
+
+
+class FoldedInference:
+    """A BatchNorm-folded copy of ``module`` for inference while its weights stay as they are.
+
+    ``forward_or_none(x)`` returns the copy's output, or ``None`` where the caller must run the
+    original: ``module`` is in training mode, its weights changed since the copy was made
+    (the copy is then dropped), nothing could be folded, or the copy's first output differed
+    from the original's (the copy is dropped with a warning).
+    """
+
+    def __init__(self, module: nn.Module, *, rtol: float = 1e-3) -> None:
+        self.module = module
+        self.rtol = rtol
+        self.checked = False
+        built = fold_batchnorm(module)
+        self.copy, self.folded = built if built else (None, 0)
+        self.stamp = _stamp(module)
+        self.device = next(module.parameters(), torch.empty(0)).device
+
+    def forward_or_none(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.copy is None or self.module.training:
+            return None
+        if _stamp(self.module) != self.stamp or x.device != self.device:
+            log.debug("BatchNorm-folded copy dropped: the weights changed or moved")
+            self.copy = None
+            return None
+        out = self.copy(x)
+        if not self.checked:
+            reference = self.module(x)
+            scale = float(reference.detach().abs().max()) or 1.0
+            error = float((out.detach().float() - reference.detach().float()).abs().max())
+            if not error <= self.rtol * scale:
+                warnings.warn(
+                    f"BatchNorm folding changed this backbone's outputs by {error:.3g} (largest "
+                    f"output {scale:.3g}); inference runs without it.",
+                    stacklevel=2,
+                )
+                self.copy = None
+                return reference
+            self.checked = True
+        return out
