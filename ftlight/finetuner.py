@@ -567,6 +567,8 @@ class FineTuner(L.LightningModule):
 
     # ---- data config and checkpoints ---------------------------------------------------
     def setup(self, stage: str) -> None:
+        # a test/predict that raised skipped teardown: its fold must not serve this run
+        self.backbone.stop_folded_inference()
         # The model is moved to its device after setup: ask the strategy where it goes.
         device = self.trainer.strategy.root_device if self._trainer else self.device
         self.backbone.to(

@@ -62,7 +62,9 @@ class Backbone(nn.Module):
                 f"{self.min_input_size} pixels. Received: {tuple(images.shape[-2:])}"
             )
         fold = self.__dict__.get("_fold")
-        if fold is not None:
+        if fold is not None and fold.module is not self.model:  # the model was replaced
+            self.stop_folded_inference()
+        elif fold is not None:
             out = fold.forward_or_none(images)
             if out is not None:
                 return out
@@ -75,6 +77,10 @@ class Backbone(nn.Module):
 
     def stop_folded_inference(self) -> None:
         self.__dict__.pop("_fold", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickles and deep copies (torch.save of a model in predict) hold no folded copy
+        return {k: v for k, v in super().__getstate__().items() if k != "_fold"}
 
     @contextlib.contextmanager
     def folded_inference(self) -> Iterator[None]:

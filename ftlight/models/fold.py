@@ -56,12 +56,15 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int] | None:
     ``None`` when the module cannot be traced by ``torch.fx`` or has nothing to fold. The copy
     is only valid in inference mode and for the weights ``module`` has now.
     """
+    # traced in inference mode: fx bakes Python-level ``self.training`` branches (a head's
+    # functional dropout) into the graph
+    inference = copy.deepcopy(module).eval()
     try:
-        graph = _Tracer().trace(module)
+        graph = _Tracer().trace(inference)
     except Exception as err:  # any model fx cannot trace keeps its own forward
         log.debug("BatchNorm folding skipped: %s cannot be traced (%s)", type(module), err)
         return None
-    folded = fx.GraphModule(copy.deepcopy(module).eval(), graph)
+    folded = fx.GraphModule(inference, graph)
     modules = dict(folded.named_modules())
     count = 0
     for node in folded.graph.nodes:
@@ -88,10 +91,14 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int] | None:
     return folded.eval(), count
 
 
-def _stamp(module: nn.Module) -> tuple[int, ...]:
-    """The in-place version counters of every parameter and buffer: any change of weights or
-    statistics (an optimizer step, ``load_state_dict``, ``copy_``) changes the stamp."""
-    return tuple(t._version for t in (*module.parameters(), *module.buffers()))
+def _stamp(module: nn.Module) -> tuple[tuple[int, int, torch.dtype], ...]:
+    """The in-place version counters, storage and dtype of every parameter and buffer: any
+    change of weights or statistics in place (an optimizer step, ``load_state_dict``,
+    ``copy_``) or by new tensors (``load_state_dict(assign=True)``, ``p.data = ...``, whose
+    version counters may equal the old ones) changes the stamp."""
+    return tuple(
+        (t._version, t.data_ptr(), t.dtype) for t in (*module.parameters(), *module.buffers())
+    )
 
 
 class FoldedInference:
