@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import timm
@@ -29,7 +31,8 @@ def batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "test_efficientnet"])
+# tf_efficientnet_lite0 is ftlight's efficientnet_lite0: TF-"same" padded convolutions
+@pytest.mark.parametrize("name", ["resnet18", "test_efficientnet", "tf_efficientnet_lite0"])
 def test_folded_copy_computes_the_original_without_batchnorm(name: str) -> None:
     model = with_random_statistics(timm.create_model(name, pretrained=False, num_classes=0))
     folded, count = fold_batchnorm(model)
@@ -150,6 +153,23 @@ def test_the_frozen_feature_cache_runs_the_folded_copy(tmp_path) -> None:
     quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(model, dm)
     assert calls.images == dm.batch_size  # the train pass's first batch, the check
     assert "_fold" not in model.backbone.__dict__
+
+
+def test_bf16_inference_folds_without_a_false_alarm(tmp_path) -> None:
+    model = FineTuner("resnet18", 2, None, image_size=32, freeze=True)
+    with_random_statistics(model.backbone.model)
+    dm = small_dm()
+    dm.setup()
+    calls = ModelCalls(model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="BatchNorm folding")
+        trainer = quiet_trainer(tmp_path, precision="bf16-mixed")
+        predicted = torch.cat(trainer.predict(model, dm.test_dataloader()))
+    assert calls.images == 4  # the check's batch only: the folded copy ran the rest
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.cat([model.probabilities(model(x)) for x, _ in dm.test_dataloader()])
+    torch.testing.assert_close(predicted.float(), expected.float(), rtol=0, atol=0.05)
 
 
 def test_backbones_are_channels_last_on_the_cpu_unless_asked_not_to() -> None:
