@@ -90,7 +90,10 @@ class FineTuner(L.LightningModule):
         image_size: override the weights' input size (e.g. for fast CPU runs).
         channels_last: use the channels-last memory format (``None``: on CUDA and CPU, where
             it is faster: on 2 CPU cores 1.1-2.4x for inference and training across
-            EfficientNet-Lite0, ResNet50, VGG16 and InceptionV3, see BENCHMARKS.md).
+            EfficientNet-Lite0, ResNet50, VGG16 and InceptionV3,
+            ``benchmarks/bench_inference_cpu.py``). ``test`` and ``predict`` (and the
+            frozen-feature pass) also fold BatchNorm into the convolutions
+            (:mod:`ftlight.models.fold`).
         cache_features: train the head on backbone features computed once while the backbone
             is static (frozen, BatchNorm in inference mode, deterministic training transforms);
             ``True`` warns when that is not possible and why; ``None`` (default) does it

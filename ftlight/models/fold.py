@@ -3,7 +3,7 @@
 In inference mode a BatchNorm layer is a per-channel affine map of fixed statistics, so it can
 be folded into the weights of the convolution that feeds it (``torch.nn.utils.fusion``): one
 pass over the feature map fewer per layer. On 2 CPU cores, channels-last, that makes
-EfficientNet-Lite0 about 1.5x faster at 224 px (``benchmarks/bench_fold.py``). ftlight uses it
+EfficientNet-Lite0 about 2x faster at 224 px (``benchmarks/bench_inference_cpu.py``). ftlight uses it
 where a backbone runs many images with fixed weights: the frozen-feature cache and ``test`` /
 ``predict``. The copy is checked against the original on its first batch and dropped, with a
 warning, if they differ; it is dropped too as soon as any weight or statistic of the original
