@@ -35,7 +35,7 @@ from ftlight.models.fold import fold_batchnorm
 
 # name, input size, batch: the seed models at their pretrained input sizes
 MODELS = {
-    "efficientnet_lite0": (224, 32),
+    "tf_efficientnet_lite0": (224, 32),  # ftlight's efficientnet_lite0 (TF-same padding)
     "resnet50": (224, 16),
     "inception_v3": (299, 8),
     "vgg16": (224, 8),
