@@ -89,7 +89,7 @@ class FineTuner(L.LightningModule):
         class_names: names of the classes in label order (saved in checkpoints).
         image_size: override the weights' input size (e.g. for fast CPU runs).
         channels_last: use the channels-last memory format (``None``: on CUDA and CPU, where
-            it is faster: on 2 CPU cores 1.1-2.4x for inference and training across
+            it is faster: on 2 CPU cores 1.1-1.7x for inference and training across
             EfficientNet-Lite0, ResNet50, VGG16 and InceptionV3,
             ``benchmarks/bench_inference_cpu.py``). ``test`` and ``predict`` (and the
             frozen-feature pass) also fold BatchNorm into the convolutions
