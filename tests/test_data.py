@@ -110,6 +110,11 @@ def test_folder_problems_are_explained(tmp_path: Path, image_folder: Path) -> No
     no_test = ftlight.ImageDataModule(str(image_folder), num_workers=0)
     with pytest.raises(ValueError, match=r"No 'test' split.*--data\.test_split"):
         no_test.test_dataloader()
+    arrays = ftlight.ImageDataModule.from_arrays(
+        np.zeros((8, 8, 8, 3), np.uint8), np.arange(8) % 2, val_split=0.0
+    )
+    with pytest.raises(ValueError, match=r"No 'test' split.*from_arrays\(\.\.\., x_test="):
+        arrays.test_dataloader()  # arrays: the hint names from_arrays' own arguments (nu8)
     (image_folder / "empty").mkdir()
     with pytest.raises(ValueError, match=r"without any image: \['empty'\]"):
         ftlight.ImageDataModule(str(image_folder), num_workers=0).setup()

@@ -385,7 +385,12 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         if split not in self.datasets:
             hint = ""
-            if split == "test":
+            if split == "test" and self._arrays is not None:
+                hint = (
+                    " Pass your held-out arrays as from_arrays(..., x_test=..., y_test=...), "
+                    "or hold part of the training data out with test_split=FRACTION."
+                )
+            elif split == "test":
                 hint = (
                     " Give the data a test/ sub-folder (beside train/), or hold part of the "
                     "training data out with test_split=FRACTION (CLI: --data.test_split 0.1)."
