@@ -171,6 +171,20 @@ def recipe(
     return run
 
 
+def _full_fine_tune_model(image_size: int, **overrides: Any) -> ftlight.FineTuner:
+    """The full fine-tune's model: AdamW at one rate (1e-3) for head and backbone, cosine
+    decay after a half-epoch warm-up; ``overrides`` add to or replace its arguments."""
+    kw = {
+        "lr": 1e-3,
+        "backbone_lr": 1e-3,
+        "scheduler": "cosine",
+        "warmup_epochs": 0.5,
+        "image_size": image_size,
+        **overrides,
+    }
+    return ftlight.FineTuner(BACKBONE, weights="imagenet", num_classes=10, **kw)
+
+
 def full_fine_tune(
     image_size: int = 48,
     epochs: int = 6,
@@ -186,16 +200,7 @@ def full_fine_tune(
 
     def run(d: Digits) -> dict[str, Any]:
         dm = _datamodule(d, **{"augment": False, **(data_kw or {})})
-        kw = {
-            "freeze": None,
-            "lr": 1e-3,
-            "backbone_lr": 1e-3,
-            "scheduler": "cosine",
-            "warmup_epochs": 0.5,
-            "image_size": image_size,
-            **(model_kw or {}),
-        }
-        model = ftlight.FineTuner(BACKBONE, weights="imagenet", num_classes=10, **kw)
+        model = _full_fine_tune_model(image_size, freeze=None, **(model_kw or {}))
         trainer = L.Trainer(max_epochs=epochs, **_trainer(d, "full"))
         trainer.fit(model, dm)
         return {**_scores(trainer, model, dm), "epochs": trainer.current_epoch}
@@ -217,17 +222,8 @@ def probe_then_full_fine_tune(
 
     def run(d: Digits) -> dict[str, Any]:
         dm = _datamodule(d, **{"augment": False, **(data_kw or {})})
-        kw = {
-            "freeze": True,
-            "head_init": "probe",
-            "lr": 1e-3,
-            "backbone_lr": 1e-3,
-            "scheduler": "cosine",
-            "warmup_epochs": 0.5,
-            "image_size": image_size,
-            **(model_kw or {}),
-        }
-        model = ftlight.FineTuner(BACKBONE, weights="imagenet", num_classes=10, **kw)
+        kw = {"freeze": True, "head_init": "probe", **(model_kw or {})}
+        model = _full_fine_tune_model(image_size, **kw)
         L.Trainer(max_epochs=1, **_trainer(d, "probe")).fit(model, dm)
         model.set_freeze(None)
         trainer = L.Trainer(max_epochs=epochs, **_trainer(d, "full"))

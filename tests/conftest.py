@@ -136,14 +136,16 @@ def batches_per_epoch(mod: Any) -> tuple[Any, list[int]]:
     return Count(), counts
 
 
-def two_class_arrays_dm() -> ImageDataModule:
-    """32 images (32 px) in two classes told apart by the red channel; 8 for validation."""
+def two_class_arrays_dm(*, batch_size: int = 8, test: int = 0) -> ImageDataModule:
+    """32 images (32 px) in two classes told apart by the red channel; 8 for validation;
+    ``test``: the first ``test`` images again as a test split."""
     from ftlight import ImageDataModule
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
     y = np.repeat([0, 1], 16)
     x[y == 1, :, :, 0] = 255
+    held_out = {"x_test": x[:test], "y_test": y[:test]} if test else {}
     return ImageDataModule.from_arrays(
-        x, y, batch_size=8, val_split=0.25, augment=False, image_size=32
+        x, y, batch_size=batch_size, val_split=0.25, augment=False, image_size=32, **held_out
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from ftlight import FineTuner, ImageDataModule
 from ftlight.models.fold import FoldedInference, fold_batchnorm
-from tests.conftest import quiet_trainer
+from tests.conftest import quiet_trainer, two_class_arrays_dm
 
 
 def with_random_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -105,13 +104,7 @@ def test_a_copy_that_disagrees_on_its_first_batch_is_dropped_with_a_warning() ->
 
 
 def small_dm() -> ImageDataModule:
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
-    y = np.repeat([0, 1], 12)
-    x[y == 1, :, :, 0] = 255
-    return ImageDataModule.from_arrays(
-        x, y, x_test=x[:10], y_test=y[:10], batch_size=4, val_split=0.25, image_size=32
-    )
+    return two_class_arrays_dm(batch_size=4, test=10)
 
 
 class ModelCalls:
@@ -165,7 +158,7 @@ def test_bf16_inference_folds_without_a_false_alarm(tmp_path) -> None:
         warnings.filterwarnings("error", message="BatchNorm folding")
         trainer = quiet_trainer(tmp_path, precision="bf16-mixed")
         predicted = torch.cat(trainer.predict(model, dm.test_dataloader()))
-    assert calls.images == 4  # the check's batch only: the folded copy ran the rest
+    assert calls.images == dm.batch_size  # the check's batch only: the copy ran the rest
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = torch.cat([model.probabilities(model(x)) for x, _ in dm.test_dataloader()])

@@ -132,9 +132,6 @@ def _autocast_on_cuda(device: torch.device) -> Callable[[], contextlib.AbstractC
     return lambda: torch.autocast(device.type, enabled=device.type == "cuda")
 
 
-_no_fold = contextlib.nullcontext
-
-
 @torch.no_grad()
 def compute_features(
     module: nn.Module,
@@ -792,7 +789,8 @@ class FeatureCache(Callback):
         device = pl_module.device
         backbone = getattr(pl_module, "backbone", None)
         # the frozen backbone runs every image once: fold its BatchNorm (ftlight.models.fold)
-        with backbone.folded_inference() if isinstance(backbone, Backbone) else _no_fold():
+        folded = isinstance(backbone, Backbone)
+        with backbone.folded_inference() if folded else contextlib.nullcontext():
             rows = self._compute_rows(trainer, pl_module, loader, split, device)
         features = rows.tensors[0]
         rank_zero_info(

@@ -126,7 +126,7 @@ class FoldedInference:
         self.rtol = rtol
         self.checked = False
         built = fold_batchnorm(module)
-        self.copy, self.folded = built if built else (None, 0)
+        self.copy = built[0] if built else None
         self.stamp = _stamp(module)
         self.device = next(module.parameters(), torch.empty(0)).device
 
